@@ -1,0 +1,407 @@
+"""Typed, validated configuration: the one place where YAML becomes objects.
+
+Files are layered left to right (`--conf base.yaml --conf datasets/criteo.yaml ...`), then
+`--set key.path=value` overrides apply. Every error names the offending key and the file that set
+it, and is raised before Spark starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROLES = ("label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore")
+NUMERIC_TRANSFORMS = ("log_bucketize", "log1p_standardize", "standardize", "none")
+# Numeric transforms whose result is a category id rather than a float.
+BUCKETIZING_TRANSFORMS = ("log_bucketize",)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the YAML."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets
+# --------------------------------------------------------------------------------------------
+class ColumnSpec(_Strict):
+    """One input column, or a group of columns (`names`) sharing the same options."""
+
+    name: str | None = None
+    names: list[str] | None = None
+    role: Literal["label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore"]
+    dtype: Literal["int", "float", "string"] | None = None
+    # numeric fields
+    transform: Literal["log_bucketize", "log1p_standardize", "standardize", "none"] | None = None
+    clip: tuple[float, float] | None = None
+    # categorical (and bucketized numeric) fields; None means "use preprocess.vocab"
+    min_count: Annotated[int, Field(ge=1)] | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    hash_buckets: Annotated[int, Field(ge=1)] | None = None
+    # timestamp fields: a Spark datetime pattern; None lets Spark parse ISO-8601
+    format: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSpec:
+        if (self.name is None) == (self.names is None):
+            raise ValueError("give exactly one of 'name' or 'names'")
+        if self.transform is not None and self.role != "numeric":
+            raise ValueError(f"'transform' applies to numeric columns, not role '{self.role}'")
+        if self.clip is not None and self.clip[0] > self.clip[1]:
+            raise ValueError(f"clip lower bound {self.clip[0]} exceeds upper bound {self.clip[1]}")
+        vocab_opts = self.min_count or self.top_k or self.hash_buckets
+        if vocab_opts and self.role not in ("categorical", "numeric"):
+            raise ValueError("min_count/top_k/hash_buckets apply to categorical fields only")
+        if self.format is not None and self.role != "timestamp":
+            raise ValueError("'format' applies to timestamp columns only")
+        return self
+
+    def expand(self) -> list[Column]:
+        names = [self.name] if self.name is not None else list(self.names or [])
+        fields = self.model_dump(exclude={"name", "names"})
+        return [Column(name=n, **fields) for n in names]
+
+
+class Column(_Strict):
+    """A single resolved column: what the pipeline code works with."""
+
+    name: str
+    role: str
+    dtype: str | None = None
+    transform: str | None = None
+    clip: tuple[float, float] | None = None
+    min_count: int | None = None
+    top_k: int | None = None
+    hash_buckets: int | None = None
+    format: str | None = None
+
+    @property
+    def parse_type(self) -> str:
+        """How the raw text is parsed and validated: int, float, timestamp, or string."""
+        if self.role == "timestamp":
+            return "timestamp"
+        if self.role == "label":
+            return "int"
+        if self.role == "numeric":
+            return self.dtype or "float"
+        return self.dtype or "string"
+
+    @property
+    def is_categorical_feature(self) -> bool:
+        """True when the model sees this column as an embedding id."""
+        return self.role == "categorical" or (
+            self.role == "numeric" and self.transform in BUCKETIZING_TRANSFORMS
+        )
+
+    @property
+    def is_dense_feature(self) -> bool:
+        """True when the model sees this column as a float (a value-scaled embedding)."""
+        return self.role == "numeric" and self.transform not in BUCKETIZING_TRANSFORMS
+
+
+class TableSpec(_Strict):
+    """Where a table lives and how to parse it."""
+
+    path: str
+    format: Literal["tsv", "csv", "parquet"] = "tsv"
+    delimiter: str | None = None
+    header: bool = False
+    # Spark picks the codec from the file extension (.gz, .bz2); 'gzip' asserts that it is gzip.
+    compression: Literal["auto", "none", "gzip"] = "auto"
+    columns: list[ColumnSpec]
+
+    @property
+    def field_delimiter(self) -> str:
+        if self.delimiter is not None:
+            return self.delimiter
+        return "\t" if self.format == "tsv" else ","
+
+    @model_validator(mode="after")
+    def _check(self) -> TableSpec:
+        names = [c.name for c in self.resolved_columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate column names: {dupes}")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
+        return self
+
+    @property
+    def resolved_columns(self) -> list[Column]:
+        return [col for spec in self.columns for col in spec.expand()]
+
+
+class ClickJoin(_Strict):
+    """Labels from a separate click-event log, joined to impressions by impression id."""
+
+    table: TableSpec
+    impression_key: str
+    impression_time: str
+    click_key: str
+    click_time: str
+    # A click counts when 0 <= click_time - impression_time <= window_seconds.
+    window_seconds: Annotated[int, Field(gt=0)] = 3600
+    label: str = "label"
+
+
+class SideTable(_Strict):
+    """A small dimension table (item attributes, say) left-joined on a key."""
+
+    name: str
+    table: TableSpec
+    on: str
+    # 'auto' leaves the choice to spark.sql.autoBroadcastJoinThreshold.
+    broadcast: Literal["auto", "always", "never"] = "auto"
+
+
+class SplitConfig(_Strict):
+    method: Literal["random", "time"] = "random"
+    seed: int = 42
+    train: Annotated[float, Field(gt=0, le=1)] = 0.8
+    valid: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    test: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # Columns whose hash places a row; None hashes every input column.
+    key: list[str] | None = None
+    time_column: str | None = None
+    train_end: str | None = None
+    valid_end: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.method == "random" and abs(self.train + self.valid + self.test - 1.0) > 1e-9:
+            raise ValueError(
+                f"train + valid + test must be 1, got {self.train + self.valid + self.test:g}"
+            )
+        if self.method == "time" and not (self.time_column and self.train_end and self.valid_end):
+            raise ValueError("a time split needs time_column, train_end and valid_end")
+        return self
+
+
+class DatasetConfig(_Strict):
+    name: str
+    input: TableSpec
+    clicks: ClickJoin | None = None
+    side_tables: list[SideTable] = []
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        available = {c.name for c in self.all_columns}
+        labels = [c.name for c in self.input.resolved_columns if c.role == "label"]
+        if self.clicks is None and len(labels) != 1:
+            raise ValueError(f"input needs exactly one column with role 'label', found {labels}")
+        if self.clicks is not None:
+            if labels:
+                raise ValueError(f"labels come from 'clicks'; drop role 'label' from {labels}")
+            for key in (self.clicks.impression_key, self.clicks.impression_time):
+                if key not in {c.name for c in self.input.resolved_columns}:
+                    raise ValueError(f"clicks: input has no column '{key}'")
+            click_cols = {c.name for c in self.clicks.table.resolved_columns}
+            for key in (self.clicks.click_key, self.clicks.click_time):
+                if key not in click_cols:
+                    raise ValueError(f"clicks.table has no column '{key}'")
+        for side in self.side_tables:
+            if side.on not in {c.name for c in side.table.resolved_columns}:
+                raise ValueError(f"side table '{side.name}' has no column '{side.on}'")
+            if side.on not in {c.name for c in self.input.resolved_columns}:
+                raise ValueError(f"side table '{side.name}': input has no join column '{side.on}'")
+        for key in self.split.key or []:
+            if key not in available:
+                raise ValueError(f"split.key names unknown column '{key}'")
+        if self.split.time_column and self.split.time_column not in available:
+            raise ValueError(f"split.time_column names unknown column '{self.split.time_column}'")
+        if not self.feature_columns:
+            raise ValueError("no feature columns: give some columns role categorical or numeric")
+        return self
+
+    @property
+    def all_columns(self) -> list[Column]:
+        """Columns of the joined table: input, then each side table's (minus its join key)."""
+        cols = list(self.input.resolved_columns)
+        for side in self.side_tables:
+            cols += [c for c in side.table.resolved_columns if c.name != side.on]
+        return cols
+
+    @property
+    def feature_columns(self) -> list[Column]:
+        return [c for c in self.all_columns if c.role in ("categorical", "numeric")]
+
+    @property
+    def label_name(self) -> str:
+        if self.clicks is not None:
+            return self.clicks.label
+        return next(c.name for c in self.input.resolved_columns if c.role == "label")
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+class VocabConfig(_Strict):
+    min_count: Annotated[int, Field(ge=1)] = 10
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    # Vocabularies up to this size are broadcast to executors for encoding; larger ones shuffle-join.
+    broadcast_max_entries: Annotated[int, Field(ge=0)] = 2_000_000
+    hash_seed: int = 0
+
+
+class ShardConfig(_Strict):
+    # ~64k rows (a few MB) per row group: fine enough to shuffle and to spread over workers,
+    # coarse enough for efficient columnar reads. ~1M rows per file keeps file counts sane.
+    rows_per_row_group: Annotated[int, Field(ge=1)] = 65_536
+    rows_per_file: Annotated[int, Field(ge=1)] = 1_048_576
+    compression: Literal["snappy", "zstd", "none"] = "snappy"
+
+
+class PreprocessConfig(_Strict):
+    output: str
+    numeric_transform: Literal["log_bucketize", "log1p_standardize", "standardize", "none"] = (
+        "log_bucketize"
+    )
+    vocab: VocabConfig = VocabConfig()
+    shards: ShardConfig = ShardConfig()
+    # The job fails when more than this fraction of input rows is rejected.
+    max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class GenerateConfig(_Strict):
+    output: str
+    rows: Annotated[int, Field(ge=1)] = 100_000
+    mode: Literal["criteo", "joined"] = "criteo"
+    seed: int = 7
+    rows_per_file: Annotated[int, Field(ge=1)] = 1_000_000
+    base_ctr: Annotated[float, Field(gt=0, lt=1)] = 0.22
+    # Scales every categorical cardinality (1.0 = Criteo-like, tens to ~10M values).
+    cardinality_scale: Annotated[float, Field(gt=0)] = 1.0
+    gzip: bool = False
+
+
+class SparkConfig(_Strict):
+    master: str = "local[2]"
+    app_name: str = "deepfm"
+    conf: dict[str, str | int | float | bool] = {}
+
+
+class Config(_Strict):
+    spark: SparkConfig = SparkConfig()
+    dataset: DatasetConfig | None = None
+    preprocess: PreprocessConfig | None = None
+    generate: GenerateConfig | None = None
+
+    def require(self, section: str) -> Any:
+        value = getattr(self, section)
+        if value is None:
+            raise ConfigError(f"missing section '{section}': add it to one of the --conf files")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> Config:
+    """Layer YAML files and `key.path=value` overrides, then validate.
+
+    Raises:
+        ConfigError: naming the key and the file (or override) that set it.
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for path in paths:
+        data = _read_yaml(Path(path))
+        _merge(merged, data, (), origin, str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw else ""
+        nested: dict[str, Any] = value
+        for part in reversed(_key_path(key)):
+            nested = {part: nested}
+        _merge(merged, nested, (), origin, f"--set {item}")
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, origin)) from err
+
+
+# Mappings whose own keys contain dots (Spark properties): `--set spark.conf.spark.x.y=1`.
+_DOTTED_KEY_MAPPINGS = (("spark", "conf"),)
+
+
+def _key_path(key: str) -> list[str]:
+    parts = key.split(".")
+    for prefix in _DOTTED_KEY_MAPPINGS:
+        if tuple(parts[: len(prefix)]) == prefix and len(parts) > len(prefix):
+            return [*prefix, ".".join(parts[len(prefix):])]
+    return parts
+
+
+def config_hash(section: BaseModel) -> str:
+    """A stable fingerprint of a config section (sorted-key JSON, sha256)."""
+    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _merge(
+    into: dict[str, Any],
+    new: dict[str, Any],
+    prefix: tuple[str, ...],
+    origin: dict[tuple[str, ...], str],
+    source: str,
+) -> None:
+    """Deep-merge mappings; lists and scalars replace. Records which source set each key."""
+    for key, value in new.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, path, origin, source)
+        else:
+            into[key] = value
+            origin[path] = source
+            for stale in [p for p in origin if p[: len(path)] == path and p != path]:
+                del origin[stale]
+        origin.setdefault(path, source)
+
+
+def _describe(err: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"] if not str(p).startswith("function-after"))
+        key = ".".join(loc) or "(top level)"
+        source = _source_of(loc, origin)
+        where = f" (set in {source})" if source else ""
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against the configuration reference in README.md"
+        lines.append(f"{key}{where}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _source_of(loc: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str | None:
+    # List indices are not tracked; walk up to the nearest key that a file set.
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origin:
+            return origin[loc[:end]]
+    sources = sorted({src for path, src in origin.items() if path[: len(loc)] == loc})
+    return ", ".join(sources) or None

@@ -1,0 +1,78 @@
+"""The feature map: the one contract between preprocessing, training and scoring.
+
+Preprocessing fits it on the training split and writes it into `manifest.json`; training builds
+the model from it; scoring re-applies exactly these transforms. Plain JSON, no pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+MISSING_ID = 0  # the field's value was absent
+OOV_ID = 1  # present, but rare in training or never seen
+FIRST_VALUE_ID = 2
+
+
+@dataclass(frozen=True)
+class FeatureField:
+    """One model input field.
+
+    `kind` is what the model sees: "categorical" (an id in [0, vocab_size)) or "dense" (a float
+    that scales the field's embedding). `source_role` and `transform` say how it was derived.
+    """
+
+    name: str
+    kind: Literal["categorical", "dense"]
+    source_role: Literal["categorical", "numeric"]
+    transform: str | None = None
+    clip: tuple[float, float] | None = None
+    # categorical
+    vocab_size: int | None = None
+    hash_buckets: int | None = None
+    min_count: int | None = None
+    top_k: int | None = None
+    # dense: statistics of the transformed training values
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    label: str
+    fields: tuple[FeatureField, ...]
+    passthrough: tuple[str, ...] = ()
+    vocab_fingerprint: str = ""
+    hash_seed: int = 0
+    missing_id: int = MISSING_ID
+    oov_id: int = OOV_ID
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def categorical(self) -> tuple[FeatureField, ...]:
+        return tuple(f for f in self.fields if f.kind == "categorical")
+
+    @property
+    def dense(self) -> tuple[FeatureField, ...]:
+        return tuple(f for f in self.fields if f.kind == "dense")
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        return {f.name: int(f.vocab_size or 0) for f in self.categorical}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fields"] = [asdict(f) for f in self.fields]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureMap:
+        fields = tuple(
+            FeatureField(**{**f, "clip": tuple(f["clip"]) if f.get("clip") else None})
+            for f in data["fields"]
+        )
+        return cls(**{**data, "fields": fields, "passthrough": tuple(data.get("passthrough", ()))})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,90 @@
+"""Fitting the feature map on training rows, and applying it to any rows (preprocess and score)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from deepfm.config import Column, DatasetConfig, PreprocessConfig
+from deepfm.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
+from pipelines import numeric, vocab
+
+
+def declared_fields(dataset: DatasetConfig, pre: PreprocessConfig) -> list[FeatureField]:
+    """Feature fields in model order, with options resolved but nothing fitted yet."""
+    return [_declared(col, pre) for col in dataset.feature_columns]
+
+
+def _declared(col: Column, pre: PreprocessConfig) -> FeatureField:
+    if col.role == "numeric":
+        transform = col.transform or pre.numeric_transform
+        col = col.model_copy(update={"transform": transform})
+    if col.is_dense_feature:
+        return FeatureField(col.name, "dense", "numeric", transform=col.transform, clip=col.clip)
+    return FeatureField(
+        col.name,
+        "categorical",
+        col.role,
+        transform=col.transform,
+        clip=col.clip,
+        hash_buckets=col.hash_buckets,
+        min_count=col.min_count or pre.vocab.min_count,
+        top_k=col.top_k or pre.vocab.top_k,
+    )
+
+
+def fit_vocabulary(train: DataFrame, fields: list[FeatureField]) -> DataFrame:
+    """The (field, token, id, count) table for the fields that are not hashed."""
+    looked_up = [f for f in fields if f.kind == "categorical" and not f.hash_buckets]
+    if not looked_up:
+        return train.sparkSession.createDataFrame([], vocab.VOCAB_SCHEMA)
+    return vocab.build_vocabulary(vocab.count_tokens(train, looked_up), looked_up)
+
+
+def fitted_fields(
+    train: DataFrame, fields: list[FeatureField], vocabulary: DataFrame
+) -> list[FeatureField]:
+    """Fill in vocabulary sizes (from the saved table) and dense statistics (from train)."""
+    sizes = {
+        row[vocab.FIELD]: row["entries"]
+        for row in vocabulary.groupBy(vocab.FIELD).agg(F.count(F.lit(1)).alias("entries")).collect()
+    }
+    stats = numeric.fit_dense_stats(train, [f for f in fields if f.kind == "dense"])
+    out = []
+    for f in fields:
+        if f.kind == "categorical":
+            entries = f.hash_buckets if f.hash_buckets else sizes.get(f.name, 0)
+            out.append(replace(f, vocab_size=FIRST_VALUE_ID + entries))
+        elif f.name in stats:
+            mean, std = stats[f.name]
+            out.append(replace(f, mean=mean, std=std))
+        else:
+            out.append(f)
+    return out
+
+
+def apply_feature_map(
+    frame: DataFrame,
+    fmap: FeatureMap,
+    vocabulary: DataFrame,
+    broadcast_max_entries: int,
+    keep: tuple[str, ...] = (),
+) -> DataFrame:
+    """Model inputs: label (float32, when present), int32 ids, float32 dense values, then `keep`.
+
+    Unseen values map to the OOV id and missing ones to the missing id, exactly as in training.
+    """
+    categorical = list(fmap.categorical)
+    encoded = vocab.encode(frame, categorical, vocabulary, fmap.hash_seed, broadcast_max_entries)
+    outputs = []
+    if fmap.label in frame.columns:
+        outputs.append(F.col(f"`{fmap.label}`").cast("float").alias(fmap.label))
+    for f in fmap.fields:
+        if f.kind == "categorical":
+            outputs.append(F.col(f"`{f.name}`"))
+        else:
+            outputs.append(numeric.dense_value(F.col(f"`{f.name}`"), f).alias(f.name))
+    outputs += [F.col(f"`{name}`") for name in keep if name in frame.columns]
+    return encoded.select(*outputs)

@@ -1,0 +1,269 @@
+"""Synthetic click logs at any scale, labelled by a hidden teacher whose click probability is known.
+
+`criteo` mode writes Criteo-shaped TSV (label, I1-I13, C1-C26) plus a 41st column `p_true`, the
+teacher's click probability, so that the best achievable AUC on any rows is known.
+`joined` mode writes impressions, click events and an item side table that must be joined back
+together to recover the label (clicks arrive late, twice, outside the window, or for no known
+impression, as in real logs).
+
+The teacher: logit = bias + per-value weights of every field's popular ("head") values
++ a smooth effect of every log-count + planted pairwise interactions between fields
+(dot products of small per-value vectors). Categorical values follow a truncated Zipf law over
+cardinalities from a few to ~10M; the long tail carries no signal, as in real logs, so a model
+can approach the teacher's AUC from enough rows. Rows are made in seeded chunks: any chunk can be
+regenerated alone, and 45M rows stream through in bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from deepfm.config import GenerateConfig
+
+log = logging.getLogger(__name__)
+
+# Cardinalities of the 26 categorical fields of the real Criteo Kaggle data.
+CRITEO_CARDINALITIES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)
+# Approximate missing rates of C1-C26 and I1-I13 in the real data.
+CAT_MISSING = (0, 0, .03, .03, 0, .12, 0, 0, 0, .03, 0, .03, 0, 0, 0, .03, 0, 0, .44, .44, .03, .76, 0, .03, .44, .44)
+INT_MISSING = (.45, 0, .21, .22, .03, .22, .04, 0, .04, .45, .04, .77, .22)
+NUM_INT, NUM_CAT = 13, 26
+HEAD = 400  # values beyond this popularity rank carry no signal
+INTERACTION_DIM = 4
+PAIRS = ((0, 1), (4, 6), (5, 13), (7, 10), (8, 16), (12, 18), (14, 22), (19, 24), (2, 9), (3, 11))
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+INT_NAMES = tuple(f"I{i}" for i in range(1, NUM_INT + 1))
+CAT_NAMES = tuple(f"C{i}" for i in range(1, NUM_CAT + 1))
+CRITEO_COLUMNS = ("label", *INT_NAMES, *CAT_NAMES, "p_true")
+ITEM_CATEGORIES, ITEM_BRANDS = 40, 600
+
+
+@dataclass
+class Teacher:
+    """The hidden model that labels every row. Built from the seed alone."""
+
+    cardinalities: np.ndarray
+    zipf_cdfs: list[np.ndarray]
+    first_order: np.ndarray  # (NUM_CAT, HEAD)
+    vectors: dict[int, np.ndarray]  # field -> (HEAD, INTERACTION_DIM)
+    int_scale: np.ndarray
+    int_center: np.ndarray
+    int_mu: np.ndarray
+    int_sigma: np.ndarray
+    item_weights: tuple[np.ndarray, np.ndarray]
+    bias: float = 0.0
+
+    @classmethod
+    def create(cls, cfg: GenerateConfig) -> Teacher:
+        rng = np.random.default_rng([cfg.seed, 0xC0FFEE])
+        cards = np.maximum(2, np.round(np.array(CRITEO_CARDINALITIES) * cfg.cardinality_scale)).astype(np.int64)
+        exponents = rng.uniform(1.05, 1.4, NUM_CAT)
+        cdfs = [_zipf_cdf(int(k), float(s)) for k, s in zip(cards, exponents, strict=True)]
+        spread = rng.uniform(0.15, 0.6, NUM_CAT)[:, None]
+        paired = sorted({f for pair in PAIRS for f in pair})
+        teacher = cls(
+            cardinalities=cards,
+            zipf_cdfs=cdfs,
+            first_order=rng.standard_normal((NUM_CAT, HEAD)) * spread,
+            vectors={f: rng.standard_normal((HEAD, INTERACTION_DIM)) * 0.55 for f in paired},
+            int_scale=rng.uniform(0.1, 0.5, NUM_INT) * rng.choice([-1, 1], NUM_INT),
+            int_center=rng.uniform(0.5, 3.0, NUM_INT),
+            int_mu=rng.uniform(0.3, 3.5, NUM_INT),
+            int_sigma=rng.uniform(0.6, 1.6, NUM_INT),
+            item_weights=(rng.standard_normal(ITEM_CATEGORIES) * 0.4, rng.standard_normal(ITEM_BRANDS) * 0.2),
+        )
+        teacher.bias = teacher._calibrate(cfg.base_ctr, np.random.default_rng([cfg.seed, 0xB1A5]))
+        return teacher
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ints (n,13) float with NaN missing, cat ranks (n,26) with -1 missing, logit (n,))."""
+        ints = np.floor(np.exp(rng.normal(self.int_mu, self.int_sigma, (n, NUM_INT)))) - 1
+        ints[:, 1] -= rng.integers(0, 3, n)  # I2 goes negative, as in the real data
+        ints[rng.random((n, NUM_INT)) < np.array(INT_MISSING)] = np.nan
+        ranks = np.empty((n, NUM_CAT), dtype=np.int64)
+        for f in range(NUM_CAT):
+            ranks[:, f] = np.searchsorted(self.zipf_cdfs[f], rng.random(n), side="right")
+        ranks[rng.random((n, NUM_CAT)) < np.array(CAT_MISSING)] = -1
+        return ints, ranks, self.logit(ints, ranks)
+
+    def logit(self, ints: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        head = (ranks >= 0) & (ranks < HEAD)
+        idx = np.where(head, ranks, 0)
+        out = np.full(len(ranks), self.bias)
+        for f in range(NUM_CAT):
+            out += np.where(head[:, f], self.first_order[f, idx[:, f]], 0.0)
+        logs = np.log1p(np.maximum(np.nan_to_num(ints, nan=0.0), 0))
+        effect = self.int_scale * np.tanh(logs - self.int_center)
+        out += np.where(np.isnan(ints), 0.0, effect).sum(1)
+        for f, g in PAIRS:
+            both = head[:, f] & head[:, g]
+            dot = (self.vectors[f][idx[:, f]] * self.vectors[g][idx[:, g]]).sum(1)
+            out += np.where(both, dot, 0.0)
+        return out
+
+    def _calibrate(self, base_ctr: float, rng: np.random.Generator) -> float:
+        """The bias at which the mean click probability equals base_ctr (bisection)."""
+        self.bias = 0.0
+        _, _, logit = self.sample(200_000, rng)
+        lo, hi = -10.0, 10.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < base_ctr else (lo, mid)
+        return (lo + hi) / 2
+
+
+def generate(cfg: GenerateConfig) -> dict[str, object]:
+    """Write the synthetic data set under cfg.output, atomically. Returns a summary."""
+    start = time.perf_counter()
+    teacher = Teacher.create(cfg)
+    chunks = -(-cfg.rows // cfg.rows_per_file)
+    dest = Path(cfg.output)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    clicks = 0
+    try:
+        for chunk in range(chunks):
+            n = min(cfg.rows_per_file, cfg.rows - chunk * cfg.rows_per_file)
+            rng = np.random.default_rng([cfg.seed, chunk])
+            ints, ranks, logit = teacher.sample(n, rng)
+            if cfg.mode == "joined":
+                logit, items = _with_items(teacher, logit, rng)
+            p_true = _sigmoid(logit)
+            label = (rng.random(n) < p_true).astype(np.int8)
+            clicks += int(label.sum())
+            name = f"part-{chunk:05d}.tsv" + (".gz" if cfg.gzip else "")
+            if cfg.mode == "criteo":
+                _write_tsv(_criteo_table(label, ints, ranks, teacher, p_true), tmp / name)
+            else:
+                _write_joined_chunk(tmp, name, chunk, n, label, ints, ranks, teacher, items, p_true, rng, cfg)
+            log.info("generated %d / %d rows (%.0f rows/s)", chunk * cfg.rows_per_file + n, cfg.rows,
+                     (chunk * cfg.rows_per_file + n) / (time.perf_counter() - start))
+        if cfg.mode == "joined":
+            _write_tsv(_items_table(teacher), tmp / "items" / "items.tsv")
+        _replace_dir(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"output": str(dest), "rows": cfg.rows, "files": chunks, "label_rate": clicks / cfg.rows,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+# ----------------------------------------------------------------------------------------- columns
+def _criteo_table(label, ints, ranks, teacher: Teacher, p_true) -> pa.Table:
+    columns = {"label": pa.array(label)}
+    columns.update(_int_columns(ints))
+    columns.update(_cat_columns(ranks, range(NUM_CAT)))
+    columns["p_true"] = pa.array(p_true.astype(np.float32))
+    return pa.table(columns)
+
+
+def _int_columns(ints: np.ndarray) -> dict[str, pa.Array]:
+    return {
+        name: pa.array(np.nan_to_num(ints[:, i]).astype(np.int64), mask=np.isnan(ints[:, i]))
+        for i, name in enumerate(INT_NAMES)
+    }
+
+
+def _cat_columns(ranks: np.ndarray, fields) -> dict[str, pa.Array]:
+    return {CAT_NAMES[f]: _hex_tokens(ranks[:, f], salt=f) for f in fields}
+
+
+def _hex_tokens(ranks: np.ndarray, salt: int) -> pa.Array:
+    """8-hex-digit tokens, a bijection of (field, rank) like Criteo's hashed values."""
+    mixed = (ranks.astype(np.uint64) + np.uint64(1)) * np.uint64(2654435761)
+    codes = (mixed ^ np.uint64((salt + 1) * 0x9E3779B1)) & np.uint64(0xFFFFFFFF)
+    shifts = np.arange(28, -1, -4, dtype=np.uint64)
+    digits = _HEX[((codes[:, None] >> shifts) & np.uint64(0xF)).astype(np.intp)]
+    binary = pa.array(np.ascontiguousarray(digits).view("S8").ravel(), type=pa.binary(8), mask=ranks < 0)
+    return binary.cast(pa.string())
+
+
+# ------------------------------------------------------------------------------------- joined mode
+def _with_items(teacher: Teacher, logit: np.ndarray, rng: np.random.Generator):
+    items = np.searchsorted(_zipf_cdf(20_000, 1.1), rng.random(len(logit)), side="right")
+    category, brand = _item_attributes(items)
+    return logit + teacher.item_weights[0][category] + teacher.item_weights[1][brand], items
+
+
+def _item_attributes(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (items * 7919) % ITEM_CATEGORIES, (items * 104729 + 17) % ITEM_BRANDS
+
+
+def _items_table(teacher: Teacher) -> pa.Table:
+    items = np.arange(20_000)
+    category, brand = _item_attributes(items)
+    price = np.round(np.exp(2 + (items % 97) / 30), 2)
+    return pa.table({"item_id": items, "item_category": category, "item_brand": brand, "item_price": price})
+
+
+def _write_joined_chunk(tmp, name, chunk, n, label, ints, ranks, teacher, items, p_true, rng, cfg):
+    day = 86_400
+    start = 1_767_225_600 + chunk * day  # 2026-01-01, one day per chunk
+    ts = np.sort(start + rng.integers(0, day, n))
+    imp_id = chunk * cfg.rows_per_file + np.arange(n)
+    table = pa.table({
+        "impression_id": imp_id,
+        "ts": pa.array(ts.astype("datetime64[s]")),
+        "item_id": items,
+        **_int_columns(ints[:, :6]),
+        **_cat_columns(ranks, range(10)),
+        "p_true": pa.array(p_true.astype(np.float32)),
+    })
+    _write_tsv(table, tmp / "impressions" / name, header=True)
+    _write_tsv(_clicks_table(imp_id, ts, label, rng, cfg.rows), tmp / "clicks" / name, header=True)
+
+
+def _clicks_table(imp_id, ts, label, rng, total_rows) -> pa.Table:
+    """Clicks on clicked impressions (some twice), late clicks that must not count, and orphans."""
+    clicked = np.flatnonzero(label == 1)
+    lag = np.minimum(rng.exponential(300, len(clicked)).astype(np.int64), 3_600)
+    dup = clicked[rng.random(len(clicked)) < 0.1]
+    unclicked = np.flatnonzero(label == 0)
+    late = unclicked[rng.random(len(unclicked)) < 0.02]
+    orphans = rng.integers(total_rows, 2 * total_rows, max(1, len(clicked) // 50))
+    ids = np.concatenate([imp_id[clicked], imp_id[dup], imp_id[late], orphans])
+    times = np.concatenate([
+        ts[clicked] + lag, ts[dup] + 5, ts[late] + rng.integers(3_601, 86_400, len(late)),
+        np.full(len(orphans), ts[0]),
+    ])
+    order = rng.permutation(len(ids))
+    return pa.table({"impression_id": ids[order], "click_ts": pa.array(times[order].astype("datetime64[s]"))})
+
+
+# -------------------------------------------------------------------------------------------- files
+def _write_tsv(table: pa.Table, path: Path, header: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = pacsv.WriteOptions(include_header=header, delimiter="\t", quoting_style="none")
+    with pa.output_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as out:
+        pacsv.write_csv(table, out, options)
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _zipf_cdf(cardinality: int, exponent: float) -> np.ndarray:
+    weights = np.arange(1, cardinality + 1, dtype=np.float64) ** -exponent
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

@@ -1,0 +1,349 @@
+"""The preprocess job: raw click logs in, training-ready Parquet shards out.
+
+extract  parse every input table; quarantine malformed rows with a reason
+transform join clicks and side tables, split, fit vocabularies and numeric statistics on train
+load     write train/valid/test shards, vocabularies, rejects and manifest.json, atomically
+
+Output layout (committed by rename, `_SUCCESS` last):
+    manifest.json  vocab/vocabulary.parquet  vocab_summary.json  rejects/  train/  valid/  test/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deepfm import __version__
+from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
+from deepfm.feature_map import FeatureMap
+from pipelines import features, read
+from pipelines.join import join_side_table, label_from_clicks
+from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
+from pipelines.storage import Storage
+from pipelines.vocab import FIELD, ID
+from pipelines.vocab import fingerprint as vocab_fingerprint
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+_STATUS = "_status"
+
+
+class RejectRateError(RuntimeError):
+    """Too much of an input was malformed to trust the rest."""
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    output: str
+    manifest: dict[str, Any]
+    skipped: bool
+
+
+def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> PreprocessResult:
+    """Run the whole job. Reruns on unchanged input and config return early unless `force`."""
+    dataset: DatasetConfig = cfg.require("dataset")
+    pre: PreprocessConfig = cfg.require("preprocess")
+    storage = Storage(spark)
+    output = storage.qualify(pre.output)
+    tables = _tables(dataset)
+    inputs = {name: _describe_input(storage, spec) for name, spec in tables.items()}
+    fingerprint_of_config = config_hash(cfg.model_copy(update={"spark": None, "generate": None}))
+
+    previous = _committed_manifest(storage, output)
+    if not force and previous and _same_run(previous, inputs, fingerprint_of_config):
+        log.info("%s is up to date with its input and config; nothing to do (--force rebuilds)", output)
+        return PreprocessResult(output, previous, skipped=True)
+
+    with storage.atomic_output(output) as tmp:
+        staging = f"{tmp}/_staging"
+        with _step("parse inputs and quarantine malformed rows"):
+            rows = {name: _stage_parsed(spark, spec, name, f"{staging}/{name}") for name, spec in tables.items()}
+            _write_rejects(spark, staging, list(tables), f"{tmp}/rejects", rows)
+            for name, counts in rows.items():
+                _check_reject_rate(spark, name, counts, f"{staging}/{name}", pre.max_reject_rate)
+        with _step("join and split"):
+            joined_path = f"{staging}/joined"
+            _join_and_split(spark, dataset, staging).write.partitionBy(SPLIT).parquet(joined_path)
+            joined = spark.read.parquet(joined_path)
+            split_rows = _split_counts(joined, dataset.label_name)
+        with _step("fit vocabularies and numeric statistics on train"):
+            fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
+        with _step("write shards"):
+            keep = _kept_columns(dataset)
+            _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp, storage)
+        accepted = rows["input"]["accepted"]
+        if accepted != sum(s["rows"] for s in split_rows.values()):
+            raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
+        manifest = _manifest(dataset, pre, fmap, inputs, fingerprint_of_config, rows, split_rows, keep)
+        storage.write_text(f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True))
+        storage.delete(staging)
+    log.info(
+        "preprocess done: %d rows in, %d accepted, %d rejected; %s",
+        rows["input"]["input"], accepted, rows["input"]["rejected"],
+        ", ".join(f"{s} {v['rows']}" for s, v in split_rows.items()),
+    )
+    return PreprocessResult(output, manifest, skipped=False)
+
+
+def read_manifest(storage: Storage, output: str) -> dict[str, Any]:
+    return json.loads(storage.read_text(f"{output.rstrip('/')}/{MANIFEST}"))
+
+
+# ------------------------------------------------------------------------------------------ extract
+def _tables(dataset: DatasetConfig) -> dict[str, TableSpec]:
+    tables = {"input": dataset.input}
+    if dataset.clicks is not None:
+        tables["clicks"] = dataset.clicks.table
+    for side in dataset.side_tables:
+        tables[f"side_{side.name}"] = side.table
+    return tables
+
+
+def _describe_input(storage: Storage, spec: TableSpec) -> dict[str, Any]:
+    files = storage.list_files(spec.path)
+    return {
+        "path": spec.path,
+        "files": len(files),
+        "bytes": sum(f.size for f in files),
+        "fingerprint": storage.fingerprint(spec.path),
+    }
+
+
+def _stage_parsed(spark: SparkSession, spec: TableSpec, name: str, path: str) -> dict[str, int]:
+    """Parse once into typed Parquet split by status, so later steps never re-parse text."""
+    parsed = read.read_table(spark, spec, name)
+    status = F.when(F.col(read.REASON).isNull(), "ok").otherwise("rejected")
+    parsed.withColumn(_STATUS, status).write.partitionBy(_STATUS).parquet(path)
+    staged = spark.read.parquet(path)
+    by_status = {r[_STATUS]: r["n"] for r in staged.groupBy(_STATUS).agg(F.count(F.lit(1)).alias("n")).collect()}
+    counts = {"accepted": by_status.get("ok", 0), "rejected": by_status.get("rejected", 0)}
+    counts["input"] = counts["accepted"] + counts["rejected"]
+    return counts
+
+
+def _staged(spark: SparkSession, staging: str, name: str, status: str) -> DataFrame:
+    frame = spark.read.parquet(f"{staging}/{name}").where(F.col(_STATUS) == status)
+    return frame.drop(_STATUS)
+
+
+def _write_rejects(
+    spark: SparkSession, staging: str, names: list[str], path: str, rows: dict[str, dict[str, Any]]
+) -> None:
+    frames = [
+        _staged(spark, staging, name, "rejected").select(
+            F.lit(name).alias("table"),
+            F.col(read.REASON).alias("reason"),
+            F.col(read.RAW).alias("raw"),
+            F.col(read.SOURCE).alias("source"),
+        )
+        for name in names
+    ]
+    rejects = frames[0]
+    for frame in frames[1:]:
+        rejects = rejects.unionByName(frame)
+    total = sum(r["rejected"] for r in rows.values())
+    rejects.coalesce(max(1, total // 1_000_000)).write.parquet(path)
+    summary = (
+        spark.read.parquet(path)
+        .groupBy("table", F.split("reason", ": '").getItem(0).alias("kind"))
+        .count()
+        .collect()
+    )
+    for name in names:
+        rows[name]["rejected_by_reason"] = dict(
+            sorted(((r["kind"], r["count"]) for r in summary if r["table"] == name), key=lambda kv: -kv[1])
+        )
+
+
+def _check_reject_rate(
+    spark: SparkSession, name: str, counts: dict[str, Any], staged: str, limit: float
+) -> None:
+    rate = counts["rejected"] / counts["input"] if counts["input"] else 0.0
+    counts["reject_rate"] = rate
+    if rate <= limit:
+        if counts["rejected"]:
+            log.warning("%s: %d of %d rows rejected (%.3f%%)", name, counts["rejected"], counts["input"], 100 * rate)
+        return
+    examples = _staged(spark, staged.rsplit("/", 1)[0], name, "rejected").select(read.REASON, read.RAW).limit(5)
+    lines = "\n".join(f"  {r[read.REASON]}: {r[read.RAW]!r:.200}" for r in examples.collect())
+    raise RejectRateError(
+        f"{name}: {counts['rejected']} of {counts['input']} rows rejected ({100 * rate:.2f}%), above "
+        f"preprocess.max_reject_rate={limit:g}. Reasons: {counts['rejected_by_reason']}. Examples:\n{lines}\n"
+        "Fix the input or the column config, or raise preprocess.max_reject_rate."
+    )
+
+
+# ---------------------------------------------------------------------------------------- transform
+def _join_and_split(spark: SparkSession, dataset: DatasetConfig, staging: str) -> DataFrame:
+    frame = _staged(spark, staging, "input", "ok")
+    if dataset.clicks is not None:
+        frame = label_from_clicks(frame, _staged(spark, staging, "clicks", "ok"), dataset.clicks)
+    for side in dataset.side_tables:
+        columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
+        side_frame = _staged(spark, staging, f"side_{side.name}", "ok").select(*columns)
+        frame = join_side_table(frame, side_frame, side)
+    key_columns = [c.name for c in dataset.input.resolved_columns]
+    return assign_split(frame, dataset.split, key_columns)
+
+
+def _split_counts(joined: DataFrame, label: str) -> dict[str, dict[str, Any]]:
+    stats = {
+        r[SPLIT]: (r["rows"], r["rate"])
+        for r in joined.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("rows"), F.avg(label).alias("rate")).collect()
+    }
+    return {s: {"rows": stats.get(s, (0, None))[0], "label_rate": stats.get(s, (0, None))[1]} for s in SPLITS}
+
+
+def _fit(
+    spark: SparkSession,
+    train: DataFrame,
+    dataset: DatasetConfig,
+    pre: PreprocessConfig,
+    tmp: str,
+    storage: Storage,
+) -> tuple[FeatureMap, DataFrame]:
+    declared = features.declared_fields(dataset, pre)
+    vocab_dir = f"{tmp}/vocab"
+    _write_single_parquet(storage, features.fit_vocabulary(train, declared).orderBy(FIELD, ID),
+                          vocab_dir, "vocabulary.parquet")
+    vocabulary = spark.read.parquet(vocab_dir)
+    fitted = features.fitted_fields(train, declared, vocabulary)
+    fmap = FeatureMap(
+        label=dataset.label_name,
+        fields=tuple(fitted),
+        passthrough=tuple(_kept_columns(dataset)),
+        vocab_fingerprint=vocab_fingerprint(vocabulary, fitted),
+        hash_seed=pre.vocab.hash_seed,
+    )
+    summary = {
+        f.name: {"size": f.vocab_size, "hashed": bool(f.hash_buckets), "min_count": f.min_count, "top_k": f.top_k}
+        for f in fmap.categorical
+    }
+    storage.write_text(f"{tmp}/vocab_summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    return fmap, vocabulary
+
+
+def _write_single_parquet(storage: Storage, frame: DataFrame, directory: str, name: str) -> None:
+    """One Parquet file with a stable name, so reruns can be compared byte for byte."""
+    scratch = f"{directory}/_writing"
+    frame.coalesce(1).write.parquet(scratch)
+    part = next(f.path for f in storage.list_files(scratch) if f.path.endswith(".parquet"))
+    storage.rename(part, f"{directory}/{name}")
+    storage.delete(scratch)
+
+
+# --------------------------------------------------------------------------------------------- load
+def _kept_columns(dataset: DatasetConfig) -> list[str]:
+    return [c.name for c in dataset.all_columns if c.role in ("id", "passthrough")]
+
+
+def _write_shards(
+    joined: DataFrame,
+    fmap: FeatureMap,
+    vocabulary: DataFrame,
+    pre: PreprocessConfig,
+    keep: list[str],
+    split_rows: dict[str, dict[str, Any]],
+    tmp: str,
+    storage: Storage,
+) -> None:
+    """All splits in one pass, each ordered by the row hash (a fixed pseudo-random order).
+
+    Range partitioning on (split, row hash) gives each split about rows / rows_per_file files,
+    and the same rows in the same order on every rerun.
+    """
+    model_inputs = features.apply_feature_map(
+        joined, fmap, vocabulary, pre.vocab.broadcast_max_entries, keep=(*keep, ROW_HASH, SPLIT)
+    )
+    files = sum(max(1, math.ceil(v["rows"] / pre.shards.rows_per_file)) for v in split_rows.values())
+    # Dictionary encoding off: ids are already dense codes, and plain int32/float32 pages make
+    # the row-group size predictable (4 bytes a value) and the fastest to decode.
+    bytes_per_row = 4 * (len(fmap.fields) + 1) + 16 * len(keep)
+    written = f"{tmp}/_shards"
+    (
+        model_inputs.repartitionByRange(files, SPLIT, ROW_HASH)
+        .sortWithinPartitions(SPLIT, ROW_HASH)
+        .drop(ROW_HASH)
+        .write.partitionBy(SPLIT)
+        .option("parquet.block.size", pre.shards.rows_per_row_group * bytes_per_row)
+        .option("parquet.enable.dictionary", "false")
+        .option("compression", pre.shards.compression)
+        .parquet(written)
+    )
+    for split in SPLITS:
+        if storage.exists(f"{written}/{SPLIT}={split}"):
+            storage.rename(f"{written}/{SPLIT}={split}", f"{tmp}/{split}")
+        else:  # an empty split still gets a readable, schema-only dataset
+            model_inputs.drop(ROW_HASH, SPLIT).limit(0).write.parquet(f"{tmp}/{split}")
+    storage.delete(written)
+
+
+def _manifest(
+    dataset: DatasetConfig,
+    pre: PreprocessConfig,
+    fmap: FeatureMap,
+    inputs: dict[str, Any],
+    fingerprint_of_config: str,
+    rows: dict[str, dict[str, Any]],
+    split_rows: dict[str, dict[str, Any]],
+    keep: list[str],
+) -> dict[str, Any]:
+    main = rows["input"]
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "dataset": dataset.name,
+        "code_version": __version__,
+        "config_hash": fingerprint_of_config,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "inputs": inputs,
+        "label": fmap.label,
+        "field_order": [f.name for f in fmap.fields],
+        "vocab_sizes": fmap.vocab_sizes,
+        "vocab": {"path": "vocab/vocabulary.parquet", "fingerprint": fmap.vocab_fingerprint},
+        "feature_map": fmap.to_dict(),
+        "kept_columns": keep,
+        "rows": {
+            "input": main["input"],
+            "accepted": main["accepted"],
+            "rejected": main["rejected"],
+            "rejected_by_reason": main["rejected_by_reason"],
+            "tables": rows,
+            "splits": split_rows,
+        },
+        "splits": {s: s for s in SPLITS},
+        "shards": pre.shards.model_dump(),
+    }
+
+
+def _committed_manifest(storage: Storage, output: str) -> dict[str, Any] | None:
+    if not storage.is_committed(output) or not storage.exists(f"{output}/{MANIFEST}"):
+        return None
+    return read_manifest(storage, output)
+
+
+def _same_run(previous: dict[str, Any], inputs: dict[str, Any], fingerprint_of_config: str) -> bool:
+    return (
+        previous.get("config_hash") == fingerprint_of_config
+        and previous.get("code_version") == __version__
+        and {k: v["fingerprint"] for k, v in previous.get("inputs", {}).items()}
+        == {k: v["fingerprint"] for k, v in inputs.items()}
+    )
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s: done in %.1fs", what, time.perf_counter() - start)

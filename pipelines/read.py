@@ -1,0 +1,168 @@
+"""Reading raw tables into typed columns, with every malformed row kept and explained.
+
+`read_table` never drops a row: it returns each configured column parsed to its type plus three
+bookkeeping columns. `_reason` is null for a good row and says what is wrong otherwise; `_raw`
+holds the original line (or the row as JSON for Parquet input) for rejected rows; `_source` names
+the file the row came from.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyspark.sql import Column as SparkColumn
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deepfm.config import Column, TableSpec
+
+REASON, RAW, SOURCE = "_reason", "_raw", "_source"
+BOOKKEEPING = (REASON, RAW, SOURCE)
+
+_INT_PATTERN = r"^[+-]?[0-9]{1,18}$"
+# Spark decodes text input as UTF-8 and turns undecodable bytes into U+FFFD.
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+class InputError(ValueError):
+    """The input itself is unusable (missing, empty, wrong header): nothing to quarantine."""
+
+
+def read_table(spark: SparkSession, spec: TableSpec, table: str = "input") -> DataFrame:
+    """Parse a table described by config.
+
+    Args:
+        table: a name used in error messages ("input", "clicks", a side table's name).
+
+    Raises:
+        InputError: the path has no files, or a header lacks a configured column.
+    """
+    _check_input_exists(spark, spec.path, table)
+    if spec.format == "parquet":
+        tokens, lines = _parquet_tokens(spark, spec, table)
+        structural = F.lit(None).cast("string")
+    else:
+        tokens, lines, structural = _text_tokens(spark, spec, table)
+    columns = spec.resolved_columns
+    reason = F.coalesce(structural, *[_field_problem(col, tokens[col.name]) for col in columns])
+    typed = [_parse(col, tokens[col.name]).alias(col.name) for col in columns]
+    return lines.select(
+        *typed,
+        reason.alias(REASON),
+        F.when(reason.isNotNull(), F.col(RAW)).alias(RAW),
+        F.col(SOURCE),
+    )
+
+
+def accepted(parsed: DataFrame) -> DataFrame:
+    return parsed.where(F.col(REASON).isNull()).drop(*BOOKKEEPING)
+
+
+def rejected(parsed: DataFrame) -> DataFrame:
+    return parsed.where(F.col(REASON).isNotNull()).select(REASON, RAW, SOURCE)
+
+
+def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:
+    from pipelines.storage import Storage
+
+    files = Storage(spark).list_files(path)
+    if not files:
+        raise InputError(f"{table}: no input files at {path} (check the path in the config)")
+    if all(f.size == 0 for f in files):
+        raise InputError(f"{table}: every input file at {path} is empty")
+
+
+def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
+    lines = spark.read.text(spec.path).select(
+        F.col("value").alias(RAW), F.input_file_name().alias(SOURCE)
+    )
+    delimiter = spec.field_delimiter
+    if spec.header:
+        header_line = lines.where(F.length(RAW) > 0).first()
+        if header_line is None:
+            raise InputError(f"{table}: {spec.path} has no header line")
+        header = header_line[RAW].split(delimiter)
+        # Every file repeats the header; it is structure, not data.
+        lines = lines.where(F.col(RAW) != header_line[RAW])
+    else:
+        header = [c.name for c in spec.resolved_columns]
+    positions = _column_positions(spec, header, table)
+    parts = F.split(F.col(RAW), re.escape(delimiter), -1)
+    tokens = {name: F.nullif(parts[i], F.lit("")) for name, i in positions.items()}
+    expected = len(header)
+    structural = (
+        F.when(F.col(RAW) == "", F.lit("empty line"))
+        .when(F.col(RAW).contains(_REPLACEMENT_CHAR), F.lit("invalid UTF-8"))
+        .when(
+            F.size(parts) != expected,
+            F.format_string(f"expected {expected} fields, found %d", F.size(parts)),
+        )
+    )
+    return tokens, lines, structural
+
+
+def _column_positions(spec: TableSpec, header: list[str], table: str) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(header)}
+    missing = [c.name for c in spec.resolved_columns if c.name not in index]
+    if missing:
+        raise InputError(
+            f"{table}: columns {missing} are configured but not in the header of {spec.path} "
+            f"(header has {header[:12]}{'...' if len(header) > 12 else ''})"
+        )
+    return {c.name: index[c.name] for c in spec.resolved_columns}
+
+
+def _parquet_tokens(spark: SparkSession, spec: TableSpec, table: str):
+    frame = spark.read.parquet(spec.path)
+    missing = [c.name for c in spec.resolved_columns if c.name not in frame.columns]
+    if missing:
+        raise InputError(f"{table}: columns {missing} are not in the Parquet schema of {spec.path}")
+    lines = frame.select(
+        *[F.col(f"`{c}`") for c in frame.columns],
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in frame.columns])).alias(RAW),
+        F.input_file_name().alias(SOURCE),
+    )
+    # Values go through the same string validation as text, so one set of rules covers both.
+    tokens = {
+        c.name: F.nullif(F.col(f"`{c.name}`").cast("string"), F.lit("")) for c in spec.resolved_columns
+    }
+    return tokens, lines, None
+
+
+def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:
+    """A reason string when the token does not parse as the column's type, else null."""
+    kind = col.parse_type
+    quoted = F.concat(F.lit("'"), F.substring(token, 1, 40), F.lit("'"))
+    if col.role == "label":
+        return F.when(token.isNull(), F.lit(f"{col.name}: missing label")).when(
+            ~token.isin("0", "1"), F.concat(F.lit(f"{col.name}: label must be 0 or 1, got "), quoted)
+        )
+    if kind == "int":
+        bad = token.isNotNull() & ~token.rlike(_INT_PATTERN)
+        return F.when(bad, F.concat(F.lit(f"{col.name}: not an integer: "), quoted))
+    if kind == "float":
+        value = token.cast("double")
+        bad = token.isNotNull() & (value.isNull() | F.isnan(value) | (F.abs(value) == float("inf")))
+        return F.when(bad, F.concat(F.lit(f"{col.name}: not a finite number: "), quoted))
+    if kind == "timestamp":
+        return F.when(token.isNull(), F.lit(f"{col.name}: missing timestamp")).when(
+            _parse_timestamp(col, token).isNull(),
+            F.concat(F.lit(f"{col.name}: unparseable timestamp: "), quoted),
+        )
+    return F.lit(None).cast("string")
+
+
+def _parse(col: Column, token: SparkColumn) -> SparkColumn:
+    kind = col.parse_type
+    if kind == "int":
+        return token.cast("long")
+    if kind == "float":
+        return token.cast("double")
+    if kind == "timestamp":
+        return _parse_timestamp(col, token)
+    return token
+
+
+def _parse_timestamp(col: Column, token: SparkColumn) -> SparkColumn:
+    return F.to_timestamp(token, col.format) if col.format else token.cast("timestamp")
+

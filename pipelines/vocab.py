@@ -1,0 +1,115 @@
+"""Per-field vocabularies, built on the training split only.
+
+Ids: 0 = missing, 1 = out-of-vocabulary, then 2, 3, ... by count descending and value ascending,
+so that a rerun on the same data assigns identical ids. A field may instead be hashed into N
+buckets (ids 2 .. N+1), which needs no table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pyspark.sql import Column as SparkColumn
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from deepfm.feature_map import FIRST_VALUE_ID, MISSING_ID, OOV_ID, FeatureField
+from pipelines.numeric import clipped, log_bucket
+
+FIELD, TOKEN, ID, COUNT = "field", "token", "id", "count"
+VOCAB_SCHEMA = f"{FIELD} string, {TOKEN} string, {ID} int, {COUNT} long"
+
+
+def token(frame_column: SparkColumn, f: FeatureField) -> SparkColumn:
+    """The string a categorical field is looked up by; null when the value is missing."""
+    if f.source_role == "numeric":
+        return log_bucket(clipped(frame_column, f.clip)).cast("string")
+    return frame_column.cast("string")
+
+
+def count_tokens(train: DataFrame, fields: list[FeatureField]) -> DataFrame:
+    """(field, token, count) over the training rows, all fields in one pass."""
+    pairs = F.array(
+        *[F.struct(F.lit(f.name).alias(FIELD), token(F.col(f"`{f.name}`"), f).alias(TOKEN)) for f in fields]
+    )
+    return (
+        train.select(F.explode(pairs).alias("p"))
+        .select("p.*")
+        .where(F.col(TOKEN).isNotNull())
+        .groupBy(FIELD, TOKEN)
+        .agg(F.count(F.lit(1)).alias(COUNT))
+    )
+
+
+def build_vocabulary(counts: DataFrame, fields: list[FeatureField]) -> DataFrame:
+    """Keep tokens seen at least min_count times (and within top_k), and number them."""
+    spark = counts.sparkSession
+    thresholds = spark.createDataFrame(
+        [(f.name, f.min_count or 1, f.top_k) for f in fields],
+        f"{FIELD} string, _min long, _top long",
+    )
+    rank = F.row_number().over(Window.partitionBy(FIELD).orderBy(F.desc(COUNT), F.asc(TOKEN)))
+    return (
+        counts.join(F.broadcast(thresholds), FIELD)
+        .where(F.col(COUNT) >= F.col("_min"))
+        .withColumn("_rank", rank)
+        .where(F.col("_top").isNull() | (F.col("_rank") <= F.col("_top")))
+        .select(FIELD, TOKEN, (F.col("_rank") + FIRST_VALUE_ID - 1).cast("int").alias(ID), COUNT)
+    )
+
+
+def hashed_id(tok: SparkColumn, buckets: int, seed: int) -> SparkColumn:
+    return F.pmod(F.xxhash64(F.lit(seed), tok), F.lit(buckets)) + FIRST_VALUE_ID
+
+
+def encode(
+    frame: DataFrame,
+    fields: list[FeatureField],
+    vocabulary: DataFrame,
+    hash_seed: int,
+    broadcast_max_entries: int,
+) -> DataFrame:
+    """Replace each categorical field by its int32 id (0 missing, 1 OOV).
+
+    Fields with small vocabularies all join against ONE broadcast of the (field, token) table:
+    Spark reuses that broadcast for every field, so the job ships the vocabulary once instead of
+    once per field. Fields above `broadcast_max_entries` fall back to a shuffle join.
+    """
+    small = {f.name for f in fields if (f.vocab_size or 0) - FIRST_VALUE_ID <= broadcast_max_entries}
+    shared = F.broadcast(vocabulary.where(F.col(FIELD).isin(sorted(small))).select(FIELD, TOKEN, ID))
+    for f in fields:
+        column = f"`{f.name}`"
+        tok = token(F.col(column), f)
+        if f.hash_buckets:
+            ids = F.when(tok.isNull(), MISSING_ID).otherwise(hashed_id(tok, f.hash_buckets, hash_seed))
+            frame = frame.withColumn(f.name, ids.cast("int"))
+            continue
+        lookup = shared if f.name in small else vocabulary.where(F.col(FIELD) == f.name)
+        lookup = lookup.select(F.col(FIELD).alias("_vf"), F.col(TOKEN).alias("_vt"), F.col(ID).alias("_vid"))
+        frame = (
+            frame.withColumn("_tok", tok)
+            .join(lookup, (F.col("_vf") == F.lit(f.name)) & (F.col("_vt") == F.col("_tok")), "left")
+            .withColumn(
+                f.name,
+                F.when(F.col("_tok").isNull(), MISSING_ID).otherwise(F.coalesce("_vid", F.lit(OOV_ID))).cast("int"),
+            )
+            .drop("_tok", "_vf", "_vt", "_vid")
+        )
+    return frame
+
+
+def fingerprint(vocabulary: DataFrame, fields: list[FeatureField]) -> str:
+    """A content hash of the vocabulary (order-independent), plus each field's size and hashing."""
+    per_field = {
+        row[FIELD]: [row["n"], row["h1"], row["h2"]]
+        for row in vocabulary.groupBy(FIELD)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.pmod(F.xxhash64(FIELD, TOKEN, ID), F.lit(1_000_000_007))).alias("h1"),
+            F.sum(F.pmod(F.hash(FIELD, TOKEN, ID).cast("long"), F.lit(998_244_353))).alias("h2"),
+        )
+        .collect()
+    }
+    layout = {f.name: [f.vocab_size, f.hash_buckets, per_field.get(f.name)] for f in fields}
+    return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
