@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,9 +67,21 @@ class ColumnSpec(_Strict):
         return self
 
     def expand(self) -> list[Column]:
-        names = [self.name] if self.name is not None else list(self.names or [])
+        names = [self.name] if self.name is not None else [n for p in self.names or [] for n in _expand_range(p)]
         fields = self.model_dump(exclude={"name", "names"})
         return [Column(name=n, **fields) for n in names]
+
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def _expand_range(pattern: str) -> list[str]:
+    """`C{1..26}` stands for C1, C2, ..., C26 (one range per name)."""
+    match = _RANGE.search(pattern)
+    if match is None:
+        return [pattern]
+    lo, hi = int(match.group(1)), int(match.group(2))
+    return [pattern[: match.start()] + str(i) + pattern[match.end():] for i in range(lo, hi + 1)]
 
 
 class Column(_Strict):
@@ -158,7 +171,7 @@ class SideTable(_Strict):
 
     name: str
     table: TableSpec
-    on: str
+    key: str  # the join column, in both tables ('on' would be a YAML boolean)
     # 'auto' leaves the choice to spark.sql.autoBroadcastJoinThreshold.
     broadcast: Literal["auto", "always", "never"] = "auto"
 
@@ -210,10 +223,10 @@ class DatasetConfig(_Strict):
                 if key not in click_cols:
                     raise ValueError(f"clicks.table has no column '{key}'")
         for side in self.side_tables:
-            if side.on not in {c.name for c in side.table.resolved_columns}:
-                raise ValueError(f"side table '{side.name}' has no column '{side.on}'")
-            if side.on not in {c.name for c in self.input.resolved_columns}:
-                raise ValueError(f"side table '{side.name}': input has no join column '{side.on}'")
+            if side.key not in {c.name for c in side.table.resolved_columns}:
+                raise ValueError(f"side table '{side.name}' has no column '{side.key}'")
+            if side.key not in {c.name for c in self.input.resolved_columns}:
+                raise ValueError(f"side table '{side.name}': input has no join column '{side.key}'")
         for key in self.split.key or []:
             if key not in available:
                 raise ValueError(f"split.key names unknown column '{key}'")
@@ -228,7 +241,7 @@ class DatasetConfig(_Strict):
         """Columns of the joined table: input, then each side table's (minus its join key)."""
         cols = list(self.input.resolved_columns)
         for side in self.side_tables:
-            cols += [c for c in side.table.resolved_columns if c.name != side.on]
+            cols += [c for c in side.table.resolved_columns if c.name != side.key]
         return cols
 
     @property

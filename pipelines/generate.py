@@ -153,7 +153,7 @@ def generate(cfg: GenerateConfig) -> dict[str, object]:
             log.info("generated %d / %d rows (%.0f rows/s)", chunk * cfg.rows_per_file + n, cfg.rows,
                      (chunk * cfg.rows_per_file + n) / (time.perf_counter() - start))
         if cfg.mode == "joined":
-            _write_tsv(_items_table(teacher), tmp / "items" / "items.tsv")
+            _write_tsv(_items_table(teacher), tmp / "items" / "items.tsv", header=True)
         _replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -170,10 +170,10 @@ def _criteo_table(label, ints, ranks, teacher: Teacher, p_true) -> pa.Table:
     return pa.table(columns)
 
 
-def _int_columns(ints: np.ndarray) -> dict[str, pa.Array]:
+def _int_columns(ints: np.ndarray, count: int = NUM_INT) -> dict[str, pa.Array]:
     return {
         name: pa.array(np.nan_to_num(ints[:, i]).astype(np.int64), mask=np.isnan(ints[:, i]))
-        for i, name in enumerate(INT_NAMES)
+        for i, name in enumerate(INT_NAMES[:count])
     }
 
 
@@ -218,7 +218,7 @@ def _write_joined_chunk(tmp, name, chunk, n, label, ints, ranks, teacher, items,
         "impression_id": imp_id,
         "ts": pa.array(ts.astype("datetime64[s]")),
         "item_id": items,
-        **_int_columns(ints[:, :6]),
+        **_int_columns(ints, 6),
         **_cat_columns(ranks, range(10)),
         "p_true": pa.array(p_true.astype(np.float32)),
     })
@@ -246,8 +246,10 @@ def _clicks_table(imp_id, ts, label, rng, total_rows) -> pa.Table:
 # -------------------------------------------------------------------------------------------- files
 def _write_tsv(table: pa.Table, path: Path, header: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = pacsv.WriteOptions(include_header=header, delimiter="\t", quoting_style="none")
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     with pa.output_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as out:
+        if header:  # Arrow always quotes header names; logs carry them bare
+            out.write(("\t".join(table.column_names) + "\n").encode())
         pacsv.write_csv(table, out, options)
 
 

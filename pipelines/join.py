@@ -42,16 +42,16 @@ def join_side_table(frame: DataFrame, side: DataFrame, cfg: SideTable) -> DataFr
     Raises:
         JoinError: the side table repeats a key, which would silently duplicate impressions.
     """
-    dupes = side.groupBy(cfg.on).count().where(F.col("count") > 1)
+    dupes = side.groupBy(cfg.key).count().where(F.col("count") > 1)
     example = dupes.limit(3).collect()
     if example:
-        keys = [row[cfg.on] for row in example]
+        keys = [row[cfg.key] for row in example]
         raise JoinError(
-            f"side table '{cfg.name}' ({cfg.table.path}) has repeated values of '{cfg.on}', "
+            f"side table '{cfg.name}' ({cfg.table.path}) has repeated values of '{cfg.key}', "
             f"e.g. {keys}; a join would duplicate rows. Deduplicate it first."
         )
     if cfg.broadcast == "always":
         side = F.broadcast(side)
     elif cfg.broadcast == "never":
         side = side.hint("merge")
-    return frame.join(side, cfg.on, "left")
+    return frame.join(side, cfg.key, "left")

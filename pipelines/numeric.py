@@ -24,7 +24,8 @@ MISSING_DENSE_VALUE = 0.0
 def clipped(value: SparkColumn, clip: tuple[float, float] | None) -> SparkColumn:
     if clip is None:
         return value
-    return F.least(F.greatest(value, F.lit(clip[0])), F.lit(clip[1]))
+    # greatest/least skip nulls, which would turn a missing value into a bound
+    return F.when(value.isNotNull(), F.least(F.greatest(value, F.lit(clip[0])), F.lit(clip[1])))
 
 
 def log_bucket(value: SparkColumn) -> SparkColumn:

@@ -81,7 +81,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
             fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
         with _step("write shards"):
             keep = _kept_columns(dataset)
-            _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp, storage)
+            _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp)
         accepted = rows["input"]["accepted"]
         if accepted != sum(s["rows"] for s in split_rows.values()):
             raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
@@ -256,37 +256,33 @@ def _write_shards(
     keep: list[str],
     split_rows: dict[str, dict[str, Any]],
     tmp: str,
-    storage: Storage,
 ) -> None:
-    """All splits in one pass, each ordered by the row hash (a fixed pseudo-random order).
+    """Encode every split in one pass, then lay each split out as ceil(rows / rows_per_file) files.
 
-    Range partitioning on (split, row hash) gives each split about rows / rows_per_file files,
-    and the same rows in the same order on every rerun.
+    Rows are hash-partitioned and sorted by the row hash: a fixed pseudo-random order (no time or
+    file order leaks into training batches), identical on every rerun.
     """
-    model_inputs = features.apply_feature_map(
+    encoded_path = f"{tmp}/_staging/encoded"
+    features.apply_feature_map(
         joined, fmap, vocabulary, pre.vocab.broadcast_max_entries, keep=(*keep, ROW_HASH, SPLIT)
-    )
-    files = sum(max(1, math.ceil(v["rows"] / pre.shards.rows_per_file)) for v in split_rows.values())
+    ).write.partitionBy(SPLIT).parquet(encoded_path)
+    encoded = joined.sparkSession.read.parquet(encoded_path)
     # Dictionary encoding off: ids are already dense codes, and plain int32/float32 pages make
     # the row-group size predictable (4 bytes a value) and the fastest to decode.
     bytes_per_row = 4 * (len(fmap.fields) + 1) + 16 * len(keep)
-    written = f"{tmp}/_shards"
-    (
-        model_inputs.repartitionByRange(files, SPLIT, ROW_HASH)
-        .sortWithinPartitions(SPLIT, ROW_HASH)
-        .drop(ROW_HASH)
-        .write.partitionBy(SPLIT)
-        .option("parquet.block.size", pre.shards.rows_per_row_group * bytes_per_row)
-        .option("parquet.enable.dictionary", "false")
-        .option("compression", pre.shards.compression)
-        .parquet(written)
-    )
     for split in SPLITS:
-        if storage.exists(f"{written}/{SPLIT}={split}"):
-            storage.rename(f"{written}/{SPLIT}={split}", f"{tmp}/{split}")
-        else:  # an empty split still gets a readable, schema-only dataset
-            model_inputs.drop(ROW_HASH, SPLIT).limit(0).write.parquet(f"{tmp}/{split}")
-    storage.delete(written)
+        files = max(1, math.ceil(split_rows[split]["rows"] / pre.shards.rows_per_file))
+        (
+            encoded.where(F.col(SPLIT) == split)
+            .drop(SPLIT)
+            .repartition(files, ROW_HASH)
+            .sortWithinPartitions(ROW_HASH)
+            .drop(ROW_HASH)
+            .write.option("parquet.block.size", pre.shards.rows_per_row_group * bytes_per_row)
+            .option("parquet.enable.dictionary", "false")
+            .option("compression", pre.shards.compression)
+            .parquet(f"{tmp}/{split}")
+        )
 
 
 def _manifest(

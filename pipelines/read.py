@@ -20,8 +20,6 @@ REASON, RAW, SOURCE = "_reason", "_raw", "_source"
 BOOKKEEPING = (REASON, RAW, SOURCE)
 
 _INT_PATTERN = r"^[+-]?[0-9]{1,18}$"
-# Spark decodes text input as UTF-8 and turns undecodable bytes into U+FFFD.
-_REPLACEMENT_CHAR = "\ufffd"
 
 
 class InputError(ValueError):
@@ -40,11 +38,12 @@ def read_table(spark: SparkSession, spec: TableSpec, table: str = "input") -> Da
     _check_input_exists(spark, spec.path, table)
     if spec.format == "parquet":
         tokens, lines = _parquet_tokens(spark, spec, table)
-        structural = F.lit(None).cast("string")
+        structural = None
     else:
         tokens, lines, structural = _text_tokens(spark, spec, table)
     columns = spec.resolved_columns
-    reason = F.coalesce(structural, *[_field_problem(col, tokens[col.name]) for col in columns])
+    problems = [_field_problem(col, tokens[col.name]) for col in columns]
+    reason = F.coalesce(*([structural] if structural is not None else []), *problems)
     typed = [_parse(col, tokens[col.name]).alias(col.name) for col in columns]
     return lines.select(
         *typed,
@@ -73,8 +72,13 @@ def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:
 
 
 def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
+    # The text source keeps a line's bytes as they are; Java's decoder replaces invalid UTF-8
+    # with U+FFFD, so a line that changes when decoded again was not valid UTF-8. The decoded
+    # form is what gets stored, so that rejects stay readable by any Parquet reader.
     lines = spark.read.text(spec.path).select(
-        F.col("value").alias(RAW), F.input_file_name().alias(SOURCE)
+        F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW),
+        (F.decode(F.col("value").cast("binary"), "UTF-8") != F.col("value")).alias("_bad_utf8"),
+        F.input_file_name().alias(SOURCE),
     )
     delimiter = spec.field_delimiter
     if spec.header:
@@ -92,7 +96,7 @@ def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
     expected = len(header)
     structural = (
         F.when(F.col(RAW) == "", F.lit("empty line"))
-        .when(F.col(RAW).contains(_REPLACEMENT_CHAR), F.lit("invalid UTF-8"))
+        .when(F.col("_bad_utf8"), F.lit("invalid UTF-8"))
         .when(
             F.size(parts) != expected,
             F.format_string(f"expected {expected} fields, found %d", F.size(parts)),
@@ -126,7 +130,7 @@ def _parquet_tokens(spark: SparkSession, spec: TableSpec, table: str):
     tokens = {
         c.name: F.nullif(F.col(f"`{c.name}`").cast("string"), F.lit("")) for c in spec.resolved_columns
     }
-    return tokens, lines, None
+    return tokens, lines
 
 
 def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:

@@ -1,0 +1,62 @@
+"""Shared fixtures: one real local SparkSession for the whole run, and the embedded data."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deepfm.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
+CRITEO_SAMPLE = SHARED_DATA / "criteo" / "criteo_kaggle_head10k.tsv"
+OBD_DIR = SHARED_DATA / "obd" / "random"
+
+CRITEO_COLUMNS = [
+    {"name": "label", "role": "label"},
+    {"names": ["I{1..13}"], "role": "numeric", "dtype": "int", "transform": "log_bucketize"},
+    {"names": ["C{1..26}"], "role": "categorical"},
+]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("deepfm-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "4")
+        .config("spark.sql.legacy.timeParserPolicy", "CORRECTED")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.maxConcurrentOutputFileWriters", "4")
+        .config("spark.driver.memory", "3g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def make_config(dataset: dict[str, Any], output: str, **preprocess: Any) -> Config:
+    """A validated Config from plain dicts (what YAML would hold)."""
+    pre = {"output": output, "vocab": {"min_count": 1}, **preprocess}
+    return Config.model_validate({"dataset": copy.deepcopy(dataset), "preprocess": pre})
+
+
+def criteo_dataset(path: str | Path = CRITEO_SAMPLE, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "criteo",
+        "input": {"path": str(path), "format": "tsv", "columns": CRITEO_COLUMNS},
+        "split": {"method": "random", "seed": 2017, "train": 0.8, "valid": 0.1, "test": 0.1},
+        **overrides,
+    }

@@ -1,0 +1,125 @@
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from deepfm.config import Config
+from deepfm.feature_map import FeatureMap
+from pipelines import features, numeric, vocab
+
+ROWS = [
+    # label, colour, size, clicks (count), price
+    (1, "red", "s", 0, 10.0),
+    (0, "red", "m", 1, 20.0),
+    (0, "red", "m", 2, 30.0),
+    (1, "blue", "l", 3, None),
+    (0, "blue", "s", 100, 40.0),
+    (0, "green", None, None, 50.0),
+    (1, "amber", "s", -5, 60.0),
+]
+SCHEMA = "label int, colour string, size string, clicks long, price double"
+
+
+def _config(**vocab_overrides):
+    return Config.model_validate({
+        "dataset": {
+            "name": "toy",
+            "input": {"path": "unused", "columns": [
+                {"name": "label", "role": "label"},
+                {"name": "colour", "role": "categorical", **vocab_overrides},
+                {"name": "size", "role": "categorical", "hash_buckets": 5},
+                {"name": "clicks", "role": "numeric", "dtype": "int", "transform": "log_bucketize"},
+                {"name": "price", "role": "numeric", "transform": "log1p_standardize", "clip": [0, 45]},
+            ]},
+        },
+        "preprocess": {"output": "unused", "vocab": {"min_count": 1}},
+    })
+
+
+def _fit(spark, cfg):
+    train = spark.createDataFrame(ROWS, SCHEMA)
+    declared = features.declared_fields(cfg.dataset, cfg.preprocess)
+    vocabulary = features.fit_vocabulary(train, declared).cache()
+    fields = features.fitted_fields(train, declared, vocabulary)
+    fmap = FeatureMap(label="label", fields=tuple(fields), hash_seed=0)
+    return fmap, vocabulary
+
+
+def test_ids_follow_count_then_value_with_reserved_missing_and_oov(spark):
+    fmap, vocabulary = _fit(spark, _config())
+    colour = {r["token"]: r["id"] for r in vocabulary.where("field = 'colour'").collect()}
+    # red x3, blue x2, then amber and green once each (ties broken by value); 0/1 reserved
+    assert colour == {"red": 2, "blue": 3, "amber": 4, "green": 5}
+    assert fmap.vocab_sizes["colour"] == 6
+    scored = spark.createDataFrame([(0, "blue", "s", 1, 1.0), (0, "purple", None, None, None),
+                                    (0, None, "m", 3, 1.0)], SCHEMA)
+    out = features.apply_feature_map(scored, fmap, vocabulary, broadcast_max_entries=10).collect()
+    assert [r["colour"] for r in out] == [3, 1, 0]  # seen, unseen -> OOV, missing
+
+
+def test_min_count_and_top_k(spark):
+    fmap, vocabulary = _fit(spark, _config(min_count=2))
+    assert {r["token"] for r in vocabulary.where("field = 'colour'").collect()} == {"red", "blue"}
+    fmap, vocabulary = _fit(spark, _config(top_k=1))
+    assert {r["token"] for r in vocabulary.where("field = 'colour'").collect()} == {"red"}
+    assert fmap.vocab_sizes["colour"] == 3
+
+
+def test_shuffle_join_path_gives_the_same_ids(spark):
+    fmap, vocabulary = _fit(spark, _config())
+    frame = spark.createDataFrame(ROWS, SCHEMA)
+    broadcast = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max_entries=10**6)
+    shuffled = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max_entries=0)
+    assert sorted(broadcast.collect()) == sorted(shuffled.collect())
+
+
+def test_hashed_field(spark):
+    fmap, _ = _fit(spark, _config())
+    size = next(f for f in fmap.fields if f.name == "size")
+    assert size.vocab_size == 2 + 5
+    frame = spark.createDataFrame(ROWS, SCHEMA)
+    ids = [r["size"] for r in features.apply_feature_map(frame, fmap, _fit(spark, _config())[1], 10).collect()]
+    assert ids[5] == 0  # missing
+    assert all(2 <= i < 7 for i in ids[:5])
+    assert ids[1] == ids[2]  # the same value always hashes to the same bucket
+
+
+def test_log_bucketize_values(spark):
+    values = [-5, 0, 1, 2, 3, 10, 100, 1000]
+    frame = spark.createDataFrame([(v,) for v in values], "v long")
+    got = [r[0] for r in frame.select(numeric.log_bucket(F.col("v"))).collect()]
+    expected = [v if v <= 2 else math.floor(math.log(v) ** 2) for v in values]
+    assert got == expected == [-5, 0, 1, 2, 1, 5, 21, 47]
+    fmap, vocabulary = _fit(spark, _config())
+    clicks = {r["token"] for r in vocabulary.where("field = 'clicks'").collect()}
+    assert clicks == {"0", "1", "2", "21", "-5"}  # 3 -> 1 shares a bucket with 1; 100 -> 21
+
+
+def test_log1p_standardize_uses_train_statistics_and_clip(spark):
+    fmap, vocabulary = _fit(spark, _config())
+    price = next(f for f in fmap.fields if f.name == "price")
+    clipped = [min(max(p, 0), 45) for p in (10.0, 20.0, 30.0, 40.0, 50.0, 60.0)]
+    logs = [math.log1p(p) for p in clipped]
+    mean = sum(logs) / len(logs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in logs) / len(logs))
+    assert price.mean == pytest.approx(mean) and price.std == pytest.approx(std)
+    frame = spark.createDataFrame(ROWS, SCHEMA)
+    out = [r["price"] for r in features.apply_feature_map(frame, fmap, vocabulary, 10).collect()]
+    assert out[0] == pytest.approx((math.log1p(10) - mean) / std, rel=1e-5)
+    assert out[3] == 0.0  # missing -> the training mean
+    assert out[6] == pytest.approx((math.log1p(45) - mean) / std, rel=1e-5)  # 60 clipped to 45
+
+
+def test_output_types(spark):
+    fmap, vocabulary = _fit(spark, _config())
+    frame = spark.createDataFrame(ROWS, SCHEMA)
+    types = dict(features.apply_feature_map(frame, fmap, vocabulary, 10).dtypes)
+    assert types == {"label": "float", "colour": "int", "size": "int", "clicks": "int", "price": "float"}
+
+
+def test_vocabulary_fingerprint_changes_with_content(spark):
+    fmap, vocabulary = _fit(spark, _config())
+    same = vocab.fingerprint(vocabulary, list(fmap.fields))
+    assert same == vocab.fingerprint(vocabulary, list(fmap.fields))
+    changed = vocabulary.withColumn("id", F.when(F.col("token") == "red", 9).otherwise(F.col("id")))
+    assert vocab.fingerprint(changed, list(fmap.fields)) != same

@@ -1,0 +1,109 @@
+from pathlib import Path
+
+import pytest
+
+from deepfm.config import ConfigError, config_hash, load_config
+from tests.conftest import REPO_ROOT
+
+CONF = REPO_ROOT / "conf"
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load_and_layer():
+    cfg = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml", CONF / "env/local.yaml"])
+    columns = cfg.dataset.input.resolved_columns
+    assert [c.name for c in columns][:3] == ["label", "I1", "I2"]
+    assert len(columns) == 40 and columns[-1].name == "C26"
+    # criteo.yaml overrides base.yaml's min_count; base.yaml's other vocab keys survive the merge
+    assert cfg.preprocess.vocab.min_count == 2
+    assert cfg.preprocess.vocab.broadcast_max_entries == 2_000_000
+    assert cfg.spark.master == "local[*]"
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == 8
+
+
+@pytest.mark.parametrize("name", ["obd.yaml", "synthetic.yaml", "synthetic_joined.yaml"])
+def test_every_dataset_config_validates(name):
+    cfg = load_config([CONF / "base.yaml", CONF / "datasets" / name])
+    assert cfg.dataset.feature_columns
+
+
+def test_set_overrides_after_files_and_keeps_dotted_spark_keys():
+    cfg = load_config(
+        [CONF / "base.yaml", CONF / "datasets/criteo.yaml"],
+        ["preprocess.vocab.min_count=7", "spark.conf.spark.sql.shuffle.partitions=3", "dataset.split.seed=1"],
+    )
+    assert cfg.preprocess.vocab.min_count == 7
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == 3
+    assert cfg.dataset.split.seed == 1
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = _write(tmp_path, "bad.yaml", "preprocess:\n  output: x\n  vocab:\n    min_cout: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([CONF / "base.yaml", bad])
+    assert "preprocess.vocab.min_cout" in str(err.value)
+    assert str(bad) in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    bad = _write(tmp_path, "bad.yaml", "preprocess:\n  output: x\n  max_reject_rate: lots\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([bad])
+    assert "preprocess.max_reject_rate" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_missing_required_value(tmp_path):
+    bad = _write(tmp_path, "bad.yaml", "dataset:\n  name: x\n  input:\n    columns: []\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([bad])
+    assert "dataset.input.path" in str(err.value) and "Field required" in str(err.value)
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ConfigError, match="train \\+ valid \\+ test must be 1"):
+        load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"], ["dataset.split.train=0.5"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config([tmp_path / "nope.yaml"])
+    broken = _write(tmp_path, "broken.yaml", "a: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([broken])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config([CONF / "base.yaml"], ["preprocess.output"])
+
+
+def test_label_and_roles_are_checked(tmp_path):
+    bad = _write(
+        tmp_path,
+        "bad.yaml",
+        "dataset:\n  name: x\n  input:\n    path: p\n    columns:\n      - {name: a, role: categorical}\n",
+    )
+    with pytest.raises(ConfigError, match="exactly one column with role 'label'"):
+        load_config([bad])
+
+
+def test_name_ranges_expand():
+    cfg = load_config([CONF / "base.yaml", CONF / "datasets/obd.yaml"])
+    names = [c.name for c in cfg.dataset.all_columns]
+    assert "user-item_affinity_0" in names and "user-item_affinity_79" in names
+    assert "user-item_affinity_80" not in names
+    # the side table's join key is not repeated among the joined columns
+    assert names.count("item_id") == 1 and "item_feature_3" in names
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"])
+    b = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"])
+    c = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"], ["dataset.split.seed=3"])
+    assert config_hash(a.dataset) == config_hash(b.dataset) != config_hash(c.dataset)
