@@ -71,7 +71,9 @@ class Teacher:
     def create(cls, cfg: GenerateConfig) -> Teacher:
         rng = np.random.default_rng([cfg.seed, 0xC0FFEE])
         cards = np.maximum(2, np.round(np.array(CRITEO_CARDINALITIES) * cfg.cardinality_scale)).astype(np.int64)
-        exponents = rng.uniform(1.05, 1.4, NUM_CAT)
+        # Big fields have long flat tails, small ones a few dominant values (as in the real data).
+        exponents = np.clip(1.05 + 0.2 * np.maximum(0, 6 - np.log10(cards)), 1.05, 1.9)
+        exponents += rng.uniform(-0.03, 0.03, NUM_CAT)
         cdfs = [_zipf_cdf(int(k), float(s)) for k, s in zip(cards, exponents, strict=True)]
         spread = rng.uniform(0.15, 0.6, NUM_CAT)[:, None]
         paired = sorted({f for pair in PAIRS for f in pair})

@@ -1,0 +1,87 @@
+import gzip
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from deepfm.config import GenerateConfig
+from pipelines.generate import CRITEO_COLUMNS, generate
+
+
+def _read(path):
+    options = pacsv.ReadOptions(column_names=list(CRITEO_COLUMNS))
+    parse = pacsv.ParseOptions(delimiter="\t")
+    convert = pacsv.ConvertOptions(column_types={f"C{i}": "string" for i in range(1, 27)},
+                                   strings_can_be_null=True)
+    return pacsv.read_csv(path, read_options=options, parse_options=parse, convert_options=convert)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "raw"
+    summary = generate(GenerateConfig(output=str(out), rows=60_000, rows_per_file=25_000, seed=5))
+    return out, summary
+
+
+def test_shape_and_files(synthetic):
+    out, summary = synthetic
+    files = sorted(out.glob("part-*.tsv"))
+    assert [f.name for f in files] == ["part-00000.tsv", "part-00001.tsv", "part-00002.tsv"]
+    assert summary["rows"] == 60_000
+    lines = files[0].read_text().splitlines()
+    assert len(lines) == 25_000 and all(len(line.split("\t")) == 41 for line in lines[:100])
+
+
+def test_labels_follow_the_teacher(synthetic):
+    out, summary = synthetic
+    table = _read(out / "part-00000.tsv")
+    label = table.column("label").to_numpy()
+    p_true = table.column("p_true").to_numpy()
+    assert 0.20 <= label.mean() <= 0.25  # base CTR about 22%
+    assert abs(p_true.mean() - label.mean()) < 0.01
+    auc = roc_auc_score(label, p_true)
+    assert 0.72 < auc < 0.92, auc  # informative, but not trivially separable
+
+
+def test_realistic_skew_and_missing_values(synthetic):
+    out, _ = synthetic
+    table = _read(out / "part-00000.tsv")
+    c3 = table.column("C3").drop_null().to_pylist()  # ~10M cardinality, Zipf
+    values, counts = np.unique(c3, return_counts=True)
+    assert counts.max() > 100 * np.median(counts)  # a heavy head
+    assert len(values) > 3_000  # and a long tail
+    c9 = set(table.column("C9").drop_null().to_pylist())  # cardinality 3
+    assert len(c9) == 3
+    assert all(len(v) == 8 and int(v, 16) >= 0 for v in values[:50])  # 8 hex digits, like Criteo
+    assert 0.35 < table.column("C19").null_count / table.num_rows < 0.55
+    assert table.column("I2").to_numpy(zero_copy_only=False).min() < 0  # I2 has negatives
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, synthetic):
+    out, _ = synthetic
+    again = tmp_path / "again"
+    generate(GenerateConfig(output=str(again), rows=60_000, rows_per_file=25_000, seed=5))
+    assert (again / "part-00001.tsv").read_bytes() == (out / "part-00001.tsv").read_bytes()
+    other = tmp_path / "other"
+    generate(GenerateConfig(output=str(other), rows=1_000, rows_per_file=25_000, seed=6))
+    assert (other / "part-00000.tsv").read_bytes()[:5000] != (out / "part-00000.tsv").read_bytes()[:5000]
+
+
+def test_gzip_and_atomic_replace(tmp_path):
+    out = tmp_path / "raw"
+    generate(GenerateConfig(output=str(out), rows=2_000, gzip=True))
+    with gzip.open(out / "part-00000.tsv.gz", "rt") as f:
+        assert sum(1 for _ in f) == 2_000
+    generate(GenerateConfig(output=str(out), rows=500))  # a rerun replaces the whole directory
+    assert [p.name for p in out.iterdir()] == ["part-00000.tsv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no temporary leftovers
+
+
+def test_joined_mode_writes_three_tables(tmp_path):
+    out = tmp_path / "raw"
+    generate(GenerateConfig(output=str(out), rows=5_000, mode="joined"))
+    assert sorted(p.name for p in out.iterdir()) == ["clicks", "impressions", "items"]
+    header = (out / "impressions" / "part-00000.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["impression_id", "ts", "item_id"] and header[-1] == "p_true"
+    assert (out / "clicks" / "part-00000.tsv").read_text().startswith("impression_id\tclick_ts\n")
