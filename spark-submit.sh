@@ -17,5 +17,6 @@ export SPARK_HOME PYSPARK_PYTHON=${PYSPARK_PYTHON:-$PY} PYSPARK_DRIVER_PYTHON=${
 exec "$SPARK_HOME/bin/spark-submit" \
   --master "${SPARK_MASTER:-local[*]}" \
   --driver-memory "${SPARK_DRIVER_MEMORY:-4g}" \
+  --driver-java-options "${SPARK_DRIVER_JAVA_OPTIONS:--XX:-DontCompileHugeMethods}" \
   ${SPARK_SUBMIT_ARGS:-} \
   "$ROOT/jobs/cli.py" "$@"

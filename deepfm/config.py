@@ -208,7 +208,6 @@ class DatasetConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
-        available = {c.name for c in self.all_columns}
         labels = [c.name for c in self.input.resolved_columns if c.role == "label"]
         if self.clicks is None and len(labels) != 1:
             raise ValueError(f"input needs exactly one column with role 'label', found {labels}")
@@ -227,11 +226,13 @@ class DatasetConfig(_Strict):
                 raise ValueError(f"side table '{side.name}' has no column '{side.key}'")
             if side.key not in {c.name for c in self.input.resolved_columns}:
                 raise ValueError(f"side table '{side.name}': input has no join column '{side.key}'")
+        # The split is assigned while parsing the input, before any join.
+        input_columns = {c.name for c in self.input.resolved_columns}
         for key in self.split.key or []:
-            if key not in available:
-                raise ValueError(f"split.key names unknown column '{key}'")
-        if self.split.time_column and self.split.time_column not in available:
-            raise ValueError(f"split.time_column names unknown column '{self.split.time_column}'")
+            if key not in input_columns:
+                raise ValueError(f"split.key names '{key}', which is not an input column")
+        if self.split.time_column and self.split.time_column not in input_columns:
+            raise ValueError(f"split.time_column '{self.split.time_column}' is not an input column")
         if not self.feature_columns:
             raise ValueError("no feature columns: give some columns role categorical or numeric")
         return self

@@ -68,14 +68,15 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
     with storage.atomic_output(output) as tmp:
         staging = f"{tmp}/_staging"
         with _step("parse inputs and quarantine malformed rows"):
-            rows = {name: _stage_parsed(spark, spec, name, f"{staging}/{name}") for name, spec in tables.items()}
+            rows = {
+                name: _stage_parsed(spark, spec, name, f"{staging}/{name}", dataset if name == "input" else None)
+                for name, spec in tables.items()
+            }
             _write_rejects(spark, staging, list(tables), f"{tmp}/rejects", rows)
             for name, counts in rows.items():
                 _check_reject_rate(spark, name, counts, f"{staging}/{name}", pre.max_reject_rate)
-        with _step("join and split"):
-            joined_path = f"{staging}/joined"
-            _join_and_split(spark, dataset, staging).write.partitionBy(SPLIT).parquet(joined_path)
-            joined = spark.read.parquet(joined_path)
+        with _step("join clicks and side tables" if len(tables) > 1 else "count splits"):
+            joined = _joined(spark, dataset, staging)
             split_rows = _split_counts(joined, dataset.label_name)
         with _step("fit vocabularies and numeric statistics on train"):
             fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
@@ -120,11 +121,19 @@ def _describe_input(storage: Storage, spec: TableSpec) -> dict[str, Any]:
     }
 
 
-def _stage_parsed(spark: SparkSession, spec: TableSpec, name: str, path: str) -> dict[str, int]:
-    """Parse once into typed Parquet split by status, so later steps never re-parse text."""
+def _stage_parsed(
+    spark: SparkSession, spec: TableSpec, name: str, path: str, dataset: DatasetConfig | None
+) -> dict[str, int]:
+    """Parse once into typed Parquet with a status column, so later steps never re-parse text.
+
+    The main input also gets its split here: the split depends on input columns only, so a
+    data set without joins needs no second pass before fitting.
+    """
     parsed = read.read_table(spark, spec, name)
+    if dataset is not None:
+        parsed = assign_split(parsed, dataset.split, [c.name for c in spec.resolved_columns])
     status = F.when(F.col(read.REASON).isNull(), "ok").otherwise("rejected")
-    parsed.withColumn(_STATUS, status).write.partitionBy(_STATUS).parquet(path)
+    parsed.withColumn(_STATUS, status).write.parquet(path)
     staged = spark.read.parquet(path)
     by_status = {r[_STATUS]: r["n"] for r in staged.groupBy(_STATUS).agg(F.count(F.lit(1)).alias("n")).collect()}
     counts = {"accepted": by_status.get("ok", 0), "rejected": by_status.get("rejected", 0)}
@@ -134,7 +143,7 @@ def _stage_parsed(spark: SparkSession, spec: TableSpec, name: str, path: str) ->
 
 def _staged(spark: SparkSession, staging: str, name: str, status: str) -> DataFrame:
     frame = spark.read.parquet(f"{staging}/{name}").where(F.col(_STATUS) == status)
-    return frame.drop(_STATUS)
+    return frame.drop(_STATUS, *(read.BOOKKEEPING if status == "ok" else ()))
 
 
 def _write_rejects(
@@ -185,16 +194,19 @@ def _check_reject_rate(
 
 
 # ---------------------------------------------------------------------------------------- transform
-def _join_and_split(spark: SparkSession, dataset: DatasetConfig, staging: str) -> DataFrame:
+def _joined(spark: SparkSession, dataset: DatasetConfig, staging: str) -> DataFrame:
+    """Accepted input rows with labels from clicks and side-table columns, staged once if joined."""
     frame = _staged(spark, staging, "input", "ok")
+    if dataset.clicks is None and not dataset.side_tables:
+        return frame
     if dataset.clicks is not None:
         frame = label_from_clicks(frame, _staged(spark, staging, "clicks", "ok"), dataset.clicks)
     for side in dataset.side_tables:
         columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
         side_frame = _staged(spark, staging, f"side_{side.name}", "ok").select(*columns)
         frame = join_side_table(frame, side_frame, side)
-    key_columns = [c.name for c in dataset.input.resolved_columns]
-    return assign_split(frame, dataset.split, key_columns)
+    frame.write.parquet(f"{staging}/joined")
+    return spark.read.parquet(f"{staging}/joined")
 
 
 def _split_counts(joined: DataFrame, label: str) -> dict[str, dict[str, Any]]:

@@ -75,11 +75,10 @@ def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
     # The text source keeps a line's bytes as they are; Java's decoder replaces invalid UTF-8
     # with U+FFFD, so a line that changes when decoded again was not valid UTF-8. The decoded
     # form is what gets stored, so that rejects stay readable by any Parquet reader.
-    lines = spark.read.text(spec.path).select(
-        F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW),
-        (F.decode(F.col("value").cast("binary"), "UTF-8") != F.col("value")).alias("_bad_utf8"),
-        F.input_file_name().alias(SOURCE),
+    text = spark.read.text(spec.path).select(
+        F.col("value"), F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW)
     )
+    lines = text.select(RAW, (F.col(RAW) != F.col("value")).alias("_bad_utf8"), F.input_file_name().alias(SOURCE))
     delimiter = spec.field_delimiter
     if spec.header:
         header_line = lines.where(F.length(RAW) > 0).first()
@@ -91,7 +90,10 @@ def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
     else:
         header = [c.name for c in spec.resolved_columns]
     positions = _column_positions(spec, header, table)
-    parts = F.split(F.col(RAW), re.escape(delimiter), -1)
+    # Split once into a column of its own: referenced by every field, it must not be re-split
+    # per reference (Spark keeps the projection apart because `_parts` is used many times).
+    lines = lines.withColumn("_parts", F.split(F.col(RAW), re.escape(delimiter), -1))
+    parts = F.col("_parts")
     tokens = {name: F.nullif(parts[i], F.lit("")) for name, i in positions.items()}
     expected = len(header)
     structural = (

@@ -40,6 +40,7 @@ def spark():
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.maxConcurrentOutputFileWriters", "4")
         .config("spark.driver.memory", "3g")
+        .config("spark.driver.extraJavaOptions", "-XX:-DontCompileHugeMethods")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
