@@ -298,6 +298,54 @@ class GenerateConfig(_Strict):
     gzip: bool = False
 
 
+class ModelConfig(_Strict):
+    embedding_dim: Annotated[int, Field(ge=1)] = 16
+    hidden: list[Annotated[int, Field(ge=1)]] = [400, 400, 400]
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    batch_norm: bool = False
+    use_fm: bool = True
+    use_deep: bool = True
+    # Sparse embedding gradients (SparseAdam on the tables): an update touches only the rows in
+    # the batch instead of every row of a million-row table.
+    sparse_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not (self.use_fm or self.use_deep):
+            raise ValueError("at least one of use_fm and use_deep must be true")
+        return self
+
+
+class TrainConfig(_Strict):
+    data: str  # a preprocess output directory (manifest.json, train/, valid/, test/)
+    output: str  # the model directory
+    model: ModelConfig = ModelConfig()
+    reader: Literal["native", "petastorm", "memory"] = "native"
+    backend: Literal["none", "horovod", "torch"] = "none"
+    launcher: Literal["local", "spark"] = "local"
+    workers: Annotated[int, Field(ge=1)] = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 4096  # per worker
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.0
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5  # on a validation-AUC plateau
+    lr_patience: Annotated[int, Field(ge=0)] = 0
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 2
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0: at epoch ends only
+    shuffle_buffer_rows: Annotated[int, Field(ge=0)] = 262_144
+    eval_batch_size: Annotated[int, Field(ge=1)] = 65_536
+    seed: int = 42
+    threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads per worker; 0 = cores / workers
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.workers > 1 and self.backend == "none":
+            raise ValueError("workers > 1 needs backend 'horovod' or 'torch'")
+        return self
+
+
 class SparkConfig(_Strict):
     master: str = "local[2]"
     app_name: str = "deepfm"
@@ -309,6 +357,7 @@ class Config(_Strict):
     dataset: DatasetConfig | None = None
     preprocess: PreprocessConfig | None = None
     generate: GenerateConfig | None = None
+    train: TrainConfig | None = None
 
     def require(self, section: str) -> Any:
         value = getattr(self, section)

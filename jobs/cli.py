@@ -21,6 +21,8 @@ STAGES = {
                  _conf("base.yaml", "datasets/synthetic.yaml", "env/local.yaml")),
     "preprocess": ("jobs.preprocess", "raw click logs -> vocabularies, Parquet shards, manifest",
                    _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "train": ("jobs.train", "train DeepFM on the shards (1..N workers, Horovod or torch.distributed)",
+              _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
 }
 
 EPILOG = """\

@@ -1,0 +1,89 @@
+"""Launching the training function on N workers: local processes, or Spark tasks.
+
+local + torch    N processes by torch.multiprocessing, rendezvous on a free loopback port
+local + horovod  horovod.run (gloo), as horovodrun would
+spark + torch    pyspark.ml.torch.distributor.TorchDistributor(local_mode=False)
+spark + horovod  horovod.spark.run
+The function shipped to workers takes plain values only (a config dict), never a SparkSession.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from deepfm.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train with cfg.workers workers on cfg.backend, placed by cfg.launcher; rank 0's result."""
+    cfg = cfg.model_copy(update={"data": str(Path(cfg.data).resolve()), "output": str(Path(cfg.output).resolve())})
+    plain = cfg.model_dump(mode="json")
+    if cfg.backend == "none":
+        return worker(plain, resume)
+    if cfg.launcher == "spark":
+        return _on_spark(cfg, plain, resume)
+    if cfg.backend == "horovod":
+        import horovod
+
+        results = horovod.run(worker, args=(plain, resume), np=cfg.workers, use_gloo=True,
+                              hosts=f"localhost:{cfg.workers}")
+        return results[0]
+    return _spawn_torch(cfg, plain, resume)
+
+
+def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """Runs in every worker process: build the backend, train, shut down."""
+    from deepfm.distributed import make_backend
+    from deepfm.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    cfg = TrainConfig.model_validate(plain)
+    backend = make_backend(cfg.backend, cfg.device)
+    try:
+        return train(cfg, backend, resume=resume)
+    finally:
+        backend.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank: int, world: int, port: int, plain: dict[str, Any], resume: bool) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    worker(plain, resume)
+
+
+def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_spawned, args=(cfg.workers, _free_port(), plain, resume), nprocs=cfg.workers, join=True)
+    return json.loads((Path(cfg.output) / "metrics.json").read_text())
+
+
+def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
+    from pyspark.sql import SparkSession
+
+    if SparkSession.getActiveSession() is None:
+        raise RuntimeError("train.launcher=spark needs a SparkSession (run through `deepfm-pipeline train`)")
+    if cfg.backend == "horovod":
+        import horovod.spark
+
+        return horovod.spark.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True,
+                                 verbose=1)[0]
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(num_processes=cfg.workers, local_mode=False, use_gpu=cfg.device == "cuda")
+    return distributor.run(worker, plain, resume)

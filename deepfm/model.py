@@ -1,0 +1,173 @@
+"""DeepFM (Guo et al., IJCAI 2017): a factorization machine and a deep network over SHARED embeddings.
+
+    logit = y_FM + y_DNN,          p = sigmoid(logit)
+    y_FM  = b + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j
+    y_DNN = MLP(concat(e_1, ..., e_F))
+
+Each field f contributes one embedding e_f = v_f x_f: for a categorical field the row of its id
+(x = 1), for a dense field the field's single vector scaled by its value (the paper's treatment of
+continuous fields). The pairwise term uses the identity
+    sum_{i<j} <e_i, e_j> = 1/2 * sum_d [ (sum_i e_id)^2 - sum_i e_id^2 ],
+which costs O(F D) instead of O(F^2 D).
+
+Shapes: B = batch, Fc = categorical fields, Fd = dense fields, F = Fc + Fd, D = embedding dim.
+`forward` returns logits; the loss (BCE on logits) lives with the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+@dataclass(frozen=True)
+class DeepFMConfig:
+    vocab_sizes: tuple[int, ...]  # one per categorical field, in feature-map order
+    num_dense: int = 0
+    embedding_dim: int = 16
+    hidden: tuple[int, ...] = (400, 400, 400)
+    activation: str = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+    use_fm: bool = True  # False: DNN only (ablation)
+    use_deep: bool = True  # False: FM only (ablation)
+    sparse_embeddings: bool = False  # sparse gradients: only the rows in the batch are touched
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (self.use_fm or self.use_deep):
+            raise ValueError("model: at least one of use_fm and use_deep must be true")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not self.vocab_sizes and not self.num_dense:
+            raise ValueError("model: no input fields")
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.vocab_sizes) + self.num_dense
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DeepFMConfig:
+        return cls(**{**data, "vocab_sizes": tuple(data["vocab_sizes"]), "hidden": tuple(data["hidden"])})
+
+
+class FieldEmbeddings(nn.Module):
+    """The shared embeddings: e [B, F, D] and first-order weights w [B, F] for every field.
+
+    All categorical fields live in one table (each field at its own offset), so a batch is one
+    lookup rather than one per field.
+    """
+
+    def __init__(self, cfg: DeepFMConfig) -> None:
+        super().__init__()
+        total = sum(cfg.vocab_sizes)
+        offsets = torch.tensor([0, *cfg.vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
+        # Every parameter must take part in each forward pass (DDP requires it), so a model
+        # without dense fields has no dense parameters at all, and vice versa.
+        self.vectors = nn.Embedding(total, cfg.embedding_dim, sparse=cfg.sparse_embeddings) if total else None
+        self.weights = nn.Embedding(total, 1, sparse=cfg.sparse_embeddings) if total else None
+        self.dense_vectors = nn.Parameter(torch.empty(cfg.num_dense, cfg.embedding_dim)) if cfg.num_dense else None
+        self.dense_weights = nn.Parameter(torch.zeros(cfg.num_dense)) if cfg.num_dense else None
+        # Small initial embeddings keep the FM's pairwise sum near zero at the start.
+        if total:
+            nn.init.normal_(self.vectors.weight, std=0.01)
+            nn.init.zeros_(self.weights.weight)
+        if cfg.num_dense:
+            nn.init.normal_(self.dense_vectors, std=0.01)
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, Fc] (int), dense [B, Fd] (float) -> (e [B, F, D], w [B, F])."""
+        parts_e, parts_w = [], []
+        if self.vectors is not None:
+            rows = ids.long() + self.offsets
+            parts_e.append(self.vectors(rows))
+            parts_w.append(self.weights(rows).squeeze(-1))
+        if self.dense_vectors is not None:
+            parts_e.append(self.dense_vectors * dense.unsqueeze(-1))
+            parts_w.append(self.dense_weights * dense)
+        return torch.cat(parts_e, 1), torch.cat(parts_w, 1)
+
+
+class FactorizationMachine(nn.Module):
+    """y_FM = b + sum_f w_f + 1/2 sum_d [(sum_f e_fd)^2 - sum_f e_fd^2]  ->  [B]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, e: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        square_of_sum = e.sum(1).pow(2)  # [B, D]
+        sum_of_squares = e.pow(2).sum(1)  # [B, D]
+        pairwise = 0.5 * (square_of_sum - sum_of_squares).sum(1)  # [B]
+        return self.bias + w.sum(1) + pairwise
+
+
+class DeepNetwork(nn.Module):
+    """y_DNN = MLP(e.flatten()) -> [B]."""
+
+    def __init__(self, cfg: DeepFMConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = cfg.num_fields * cfg.embedding_dim
+        for size in cfg.hidden:
+            layers.append(nn.Linear(width, size))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(ACTIVATIONS[cfg.activation]())
+            if cfg.dropout:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.mlp(e.flatten(1)).squeeze(-1)
+
+
+class DeepFM(nn.Module):
+    def __init__(self, cfg: DeepFMConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = FieldEmbeddings(cfg)
+        self.fm = FactorizationMachine() if cfg.use_fm else None
+        self.deep = DeepNetwork(cfg) if cfg.use_deep else None
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """ids [B, Fc], dense [B, Fd] -> logits [B]."""
+        e, w = self.embeddings(ids, dense)
+        logit = torch.zeros(e.shape[0], device=e.device, dtype=e.dtype)
+        if self.fm is not None:
+            logit = logit + self.fm(e, w)
+        if self.deep is not None:
+            logit = logit + self.deep(e)
+        return logit
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The tables that receive sparse gradients when sparse_embeddings is on."""
+        if self.embeddings.vectors is None:
+            return []
+        return [self.embeddings.vectors.weight, self.embeddings.weights.weight]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def train_flops_per_sample(self) -> int:
+        """Floating-point operations to train on one sample: forward + backward (~2x forward)."""
+        return 3 * self.forward_flops_per_sample()
+
+    def forward_flops_per_sample(self) -> int:
+        """Multiply-adds x 2 of one forward pass of the MLP and FM (lookups are memory, not math)."""
+        cfg = self.config
+        widths = [cfg.num_fields * cfg.embedding_dim, *cfg.hidden, 1] if cfg.use_deep else []
+        mlp = sum(2 * a * b for a, b in zip(widths, widths[1:], strict=False))
+        fm = 4 * cfg.num_fields * cfg.embedding_dim if cfg.use_fm else 0
+        return mlp + fm

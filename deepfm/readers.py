@@ -1,0 +1,331 @@
+"""Streaming the preprocess job's Parquet shards into PyTorch, one rank's share at a time.
+
+Three readers with one interface (iterate `Batch`es, `len()` = steps per epoch, `set_epoch`):
+- `NativeReader`: pyarrow row groups -> numpy -> torch, a background thread prefetching.
+- `PetastormReader`: Petastorm's `make_batch_reader` + `BatchedDataLoader`.
+- `InMemoryReader`: the rank's rows held as tensors (small data, and the benchmarks' ceiling).
+
+Equal steps on every rank (collectives must never wait on a rank that ran out of data):
+- Native and in-memory, training: each epoch the row groups are shuffled with the epoch's seed
+  (the same permutation on every rank), laid end to end, and cut into `world` equal runs of
+  floor(total / world) rows. The remainder, fewer than `world` rows, is skipped that epoch; a
+  different remainder each epoch, since the permutation changes. Every rank then runs
+  ceil(rows / batch_size) steps, the last batch equally short everywhere.
+- Petastorm shards whole row groups (row group i goes to rank i % world). Every rank runs
+  min over ranks of (its rows // batch_size) full batches; the rows beyond are skipped.
+- Evaluation (`shuffle=False, drop_remainder=False`): every row exactly once; ranks may differ
+  by one row, which is harmless because evaluation gathers predictions and runs no collective
+  per step.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from deepfm.feature_map import FeatureMap
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [B, Fc] int32
+    dense: torch.Tensor  # [B, Fd] float32
+    label: torch.Tensor  # [B] float32
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.ids.to(device, non_blocking=True), self.dense.to(device, non_blocking=True),
+                     self.label.to(device, non_blocking=True))
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    path: str
+    index: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Slice:
+    group: RowGroup
+    start: int
+    stop: int
+
+
+def row_groups(split_dir: str | Path) -> list[RowGroup]:
+    files = sorted(Path(split_dir).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no Parquet shards in {split_dir}: run `deepfm-pipeline preprocess` first")
+    groups = []
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        groups += [RowGroup(str(path), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return groups
+
+
+def rank_slices(groups: list[RowGroup], rank: int, world: int, order: np.ndarray, drop_remainder: bool) -> list[Slice]:
+    """The row-group pieces that make up this rank's contiguous run of the ordered rows."""
+    total = sum(g.rows for g in groups)
+    if drop_remainder:
+        per_rank = total // world
+        begin, end = rank * per_rank, (rank + 1) * per_rank
+    else:
+        begin, end = rank * total // world, (rank + 1) * total // world
+    slices, offset = [], 0
+    for i in order:
+        group = groups[i]
+        lo, hi = max(begin, offset), min(end, offset + group.rows)
+        if lo < hi:
+            slices.append(Slice(group, lo - offset, hi - offset))
+        offset += group.rows
+        if offset >= end:
+            break
+    return slices
+
+
+class _Columns:
+    """Turns Arrow tables of shard rows into the three model tensors, column-wise."""
+
+    def __init__(self, fmap: FeatureMap) -> None:
+        self.categorical = [f.name for f in fmap.categorical]
+        self.dense = [f.name for f in fmap.dense]
+        self.label = fmap.label
+        self.names = [self.label, *self.categorical, *self.dense]
+
+    def arrays(self, table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = table.num_rows
+        ids = np.empty((n, len(self.categorical)), dtype=np.int32)
+        for j, name in enumerate(self.categorical):
+            ids[:, j] = table.column(name).to_numpy()
+        dense = np.empty((n, len(self.dense)), dtype=np.float32)
+        for j, name in enumerate(self.dense):
+            dense[:, j] = table.column(name).to_numpy()
+        label = table.column(self.label).to_numpy().astype(np.float32, copy=False)
+        return ids, dense, label
+
+
+class NativeReader:
+    """pyarrow reader: row groups assigned to ranks, per-epoch seeded shuffle, prefetch thread."""
+
+    def __init__(
+        self,
+        split_dir: str | Path,
+        fmap: FeatureMap,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        shuffle_buffer_rows: int = 262_144,
+        prefetch: int = 4,
+    ) -> None:
+        self.groups = row_groups(split_dir)
+        self.columns = _Columns(fmap)
+        self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
+        self.shuffle, self.drop_remainder = shuffle, drop_remainder
+        self.shuffle_buffer_rows, self.prefetch = shuffle_buffer_rows, prefetch
+        self.epoch = 0
+        self.total_rows = sum(g.rows for g in self.groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def rows(self) -> int:
+        """Rows this rank yields per epoch."""
+        return sum(s.stop - s.start for s in self._slices())
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows / self.batch_size)
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.groups))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.groups))
+
+    def _slices(self) -> list[Slice]:
+        return rank_slices(self.groups, self.rank, self.world, self._order(), self.drop_remainder)
+
+    def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Row-group slices as numpy arrays, read by a background thread."""
+        slices = self._slices()
+        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            files: dict[str, pq.ParquetFile] = {}
+            try:
+                for piece in slices:
+                    if stop.is_set():
+                        return
+                    path = piece.group.path
+                    if path not in files:
+                        files[path] = pq.ParquetFile(path)
+                    table = files[path].read_row_group(piece.group.index, columns=self.columns.names)
+                    out.put(self.columns.arrays(table.slice(piece.start, piece.stop - piece.start)))
+                out.put(None)
+            except BaseException as err:  # surfaced in the consuming thread
+                out.put(err)
+
+        thread = threading.Thread(target=produce, daemon=True, name="shard-prefetch")
+        thread.start()
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    thread.join(0.05)
+
+    def __iter__(self) -> Iterator[Batch]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
+        return _batches(self._chunks(), self.batch_size, self.shuffle_buffer_rows if self.shuffle else 0, rng)
+
+
+def _batches(chunks, batch_size: int, buffer_rows: int, rng: np.random.Generator) -> Iterator[Batch]:
+    """Regroup chunks into batches, shuffling within a buffer of ~buffer_rows rows."""
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk[2])
+        if held >= max(buffer_rows, batch_size):
+            ids, dense, label = (np.concatenate(parts) for parts in zip(*pending, strict=True))
+            if buffer_rows:
+                perm = rng.permutation(len(label))
+                ids, dense, label = ids[perm], dense[perm], label[perm]
+            full = len(label) // batch_size * batch_size
+            yield from _split(ids[:full], dense[:full], label[:full], batch_size)
+            pending = [(ids[full:], dense[full:], label[full:])]
+            held = len(label) - full
+    if held:
+        ids, dense, label = (np.concatenate(parts) for parts in zip(*pending, strict=True))
+        if buffer_rows:
+            perm = rng.permutation(len(label))
+            ids, dense, label = ids[perm], dense[perm], label[perm]
+        yield from _split(ids, dense, label, batch_size)
+
+
+def _split(ids, dense, label, batch_size: int) -> Iterator[Batch]:
+    ids_t, dense_t, label_t = torch.from_numpy(ids), torch.from_numpy(dense), torch.from_numpy(label)
+    for start in range(0, len(label), batch_size):
+        end = start + batch_size
+        yield Batch(ids_t[start:end], dense_t[start:end], label_t[start:end])
+
+
+class InMemoryReader:
+    """The rank's rows loaded once as tensors; a fresh seeded permutation each epoch."""
+
+    def __init__(self, split_dir, fmap: FeatureMap, batch_size: int, rank: int = 0, world: int = 1,
+                 seed: int = 0, shuffle: bool = True, drop_remainder: bool = True) -> None:
+        # Load every row group in file order once; epochs then permute rows globally, so the
+        # remainder rule matches NativeReader's: floor(total / world) rows per rank.
+        native = NativeReader(split_dir, fmap, batch_size, 0, 1, seed, shuffle=False, drop_remainder=False)
+        ids, dense, label = (np.concatenate(parts) for parts in zip(*native._chunks(), strict=True))
+        self.ids, self.dense, self.label = torch.from_numpy(ids), torch.from_numpy(dense), torch.from_numpy(label)
+        self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
+        self.shuffle, self.drop_remainder = shuffle, drop_remainder
+        self.total_rows = len(label)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = self.total_rows
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        if self.drop_remainder:
+            per_rank = n // self.world
+            return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order[self.rank * n // self.world:(self.rank + 1) * n // self.world]
+
+    @property
+    def rows(self) -> int:
+        return len(self._indices())
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        index = self._indices()
+        for start in range(0, len(index), self.batch_size):
+            rows = index[start:start + self.batch_size]
+            yield Batch(self.ids[rows], self.dense[rows], self.label[rows])
+
+
+class PetastormReader:
+    """Petastorm's batch reader over the same shards, row groups sharded by rank."""
+
+    def __init__(self, split_dir, fmap: FeatureMap, batch_size: int, rank: int = 0, world: int = 1,
+                 seed: int = 0, shuffle: bool = True, shuffle_buffer_rows: int = 262_144,
+                 workers: int = 2) -> None:
+        self.url = Path(split_dir).resolve().as_uri()
+        self.groups = row_groups(split_dir)
+        self.columns = _Columns(fmap)
+        self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
+        self.shuffle, self.shuffle_buffer_rows, self.workers = shuffle, shuffle_buffer_rows, workers
+        self.epoch = 0
+        per_rank = [sum(g.rows for g in self.groups[r::world]) for r in range(world)]
+        if min(per_rank) == 0:
+            raise ValueError(
+                f"{split_dir} has {len(self.groups)} row groups, fewer than {world} workers: lower "
+                "preprocess.shards.rows_per_row_group or use the native reader"
+            )
+        self.steps = min(per_rank) // batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        import warnings
+
+        from petastorm import make_batch_reader
+        from petastorm.pytorch import BatchedDataLoader
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pyarrow deprecations inside Petastorm
+            reader = make_batch_reader(
+                self.url, schema_fields=self.columns.names, num_epochs=1, seed=self.seed + self.epoch,
+                shuffle_row_groups=self.shuffle, cur_shard=self.rank, shard_count=self.world,
+                shard_seed=None, workers_count=self.workers, reader_pool_type="thread",
+            )
+            loader = BatchedDataLoader(reader, batch_size=self.batch_size,
+                                       shuffling_queue_capacity=self.shuffle_buffer_rows if self.shuffle else 0)
+            try:
+                for step, columns in enumerate(loader):
+                    if step >= self.steps:
+                        break
+                    ids = torch.stack([columns[n] for n in self.columns.categorical], 1).int() \
+                        if self.columns.categorical else torch.empty(len(columns[self.columns.label]), 0)
+                    dense = torch.stack([columns[n] for n in self.columns.dense], 1).float() \
+                        if self.columns.dense else torch.empty(len(columns[self.columns.label]), 0)
+                    yield Batch(ids, dense, columns[self.columns.label].float())
+            finally:
+                reader.stop()
+                reader.join()
+
+
+READERS = {"native": NativeReader, "petastorm": PetastormReader, "memory": InMemoryReader}

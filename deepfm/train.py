@@ -1,0 +1,296 @@
+"""The training loop: one function that every backend and launcher runs on every worker.
+
+Per epoch: train on this rank's share of the shards, evaluate exactly on the whole validation
+split (predictions gathered from all ranks), decay the learning rate on a plateau, stop early
+when validation AUC stops improving. Rank 0 alone logs progress and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from deepfm import checkpoint as ckpt
+from deepfm.config import TrainConfig
+from deepfm.distributed import Backend
+from deepfm.feature_map import FeatureMap
+from deepfm.metrics import binary_metrics
+from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.readers import READERS
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # the epoch in progress (or next to start)
+    step_in_epoch: int = 0  # batches of `epoch` already trained
+    global_step: int = 0
+    best_auc: float = -1.0
+    epochs_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_feature_map(data_dir: str | Path) -> tuple[FeatureMap, dict[str, Any]]:
+    path = Path(data_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train.data must be a preprocess output directory")
+    manifest = json.loads(path.read_text())
+    return FeatureMap.from_dict(manifest["feature_map"]), manifest
+
+
+def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConfig:
+    m = cfg.model
+    return DeepFMConfig(
+        vocab_sizes=tuple(int(f.vocab_size) for f in fmap.categorical),
+        num_dense=len(fmap.dense),
+        embedding_dim=m.embedding_dim,
+        hidden=tuple(m.hidden),
+        activation=m.activation,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+        use_fm=m.use_fm,
+        use_deep=m.use_deep,
+        sparse_embeddings=sparse,
+    )
+
+
+def make_optimizers(model: DeepFM, lr: float) -> list[torch.optim.Optimizer]:
+    """Sparse tables get SparseAdam (lazy: only the rows in the batch move); the rest Adam."""
+    if model.config.sparse_embeddings and model.embedding_parameters():
+        return [torch.optim.Adam(model.dense_parameters(), lr=lr),
+                torch.optim.SparseAdam(model.embedding_parameters(), lr=lr)]
+    return [torch.optim.Adam(model.parameters(), lr=lr)]
+
+
+def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate on test with the best weights, and (rank 0) write the model directory."""
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world))
+    torch.set_num_threads(threads)
+    fmap, manifest = load_feature_map(cfg.data)
+    # NCCL has no sparse allreduce: on GPUs under DDP the tables use dense gradients.
+    sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
+    torch.manual_seed(cfg.seed)
+    model = DeepFM(model_config(fmap, cfg, sparse))
+    raw_model = model
+    model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr))
+    schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
+                                                             patience=cfg.lr_patience) for o in optimizers]
+    out = Path(cfg.output)
+    state = TrainState()
+    if resume and (out / ckpt.CHECKPOINT).exists():
+        state = _restore(out / ckpt.CHECKPOINT, raw_model, optimizers, schedulers, backend)
+    elif backend.rank == 0:
+        _fresh_output(out)
+    backend.barrier()
+
+    reader = READERS[cfg.reader](Path(cfg.data) / "train", fmap, cfg.batch_size, rank=backend.rank,
+                                 world=backend.world, seed=cfg.seed, shuffle=True,
+                                 **({"shuffle_buffer_rows": cfg.shuffle_buffer_rows} if cfg.reader != "memory" else {}))
+    while state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience:
+        reader.set_epoch(state.epoch)
+        train_loss, seconds, samples = _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader,
+                                                     backend, state)
+        valid = evaluate(raw_model, Path(cfg.data) / "valid", fmap, cfg.eval_batch_size, backend)
+        for scheduler in schedulers:
+            scheduler.step(valid["auc"])
+        improved = valid["auc"] > state.best_auc
+        state.best_auc = max(state.best_auc, valid["auc"])
+        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+        state.history.append({"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss,
+                              "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
+                              "samples_per_s": samples / seconds if seconds else 0.0,
+                              "lr": optimizers[0].param_groups[0]["lr"]})
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        if backend.rank == 0:
+            log.info("epoch %d: train loss %.4f, valid AUC %.4f logloss %.4f, %.0f samples/s%s",
+                     state.epoch, train_loss, valid["auc"], valid["logloss"], samples / max(seconds, 1e-9),
+                     " (best)" if improved else "")
+            if improved:
+                ckpt.save_torch(raw_model.state_dict(), out / ckpt.WEIGHTS)
+            _save_checkpoint(out, raw_model, optimizers, schedulers, state)
+        backend.barrier()
+
+    raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
+    test = evaluate(raw_model, Path(cfg.data) / "test", fmap, cfg.eval_batch_size, backend)
+    result = {"valid_auc_best": state.best_auc, "test": test, "epochs": state.epoch,
+              "steps": state.global_step, "history": state.history, "workers": backend.world}
+    if backend.rank == 0:
+        _write_model_dir(out, raw_model, fmap, manifest, cfg, result)
+        log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
+    return result
+
+
+def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend, state) -> tuple[float, float, int]:
+    model.train()
+    progress = _progress(len(reader), state.epoch, backend.rank == 0)
+    loss_sum, rows, start = 0.0, 0, time.perf_counter()
+    for step, batch in enumerate(reader):
+        if step < state.step_in_epoch:  # resuming mid-epoch: the order is the same, skip what was done
+            continue
+        batch = batch.to(backend.device)
+        logits = model(batch.ids, batch.dense)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+        if cfg.embedding_l2:
+            loss = loss + cfg.embedding_l2 * _embedding_l2(raw_model, batch)
+        for opt in optimizers:
+            opt.zero_grad()  # Horovod's wrapper takes no arguments; torch defaults to set_to_none
+        loss.backward()
+        # Every rank learns of a non-finite loss at the same step, so all stop together.
+        totals = backend.allreduce_sum(torch.stack([loss.detach() * len(batch),
+                                                    torch.tensor(float(len(batch)), device=loss.device)]))
+        if not torch.isfinite(totals[0]):
+            saved = Path(cfg.output) / ckpt.CHECKPOINT
+            kept = f"The last good checkpoint is {saved}." if saved.exists() else "No checkpoint was written yet."
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {state.epoch} step {step}; training stopped before the update. "
+                f"{kept} Lower train.lr, or check the input for NaN or infinite values."
+            )
+        for opt in optimizers:
+            opt.step()
+        loss_sum += float(totals[0])
+        rows += int(totals[1])
+        state.step_in_epoch = step + 1
+        state.global_step += 1
+        progress.update(float(totals[0] / totals[1]), int(totals[1]))
+        if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0 and backend.rank == 0:
+            _save_checkpoint(Path(cfg.output), raw_model, optimizers, schedulers, state)
+    progress.close()
+    return loss_sum / max(rows, 1), time.perf_counter() - start, rows
+
+
+def _embedding_l2(model: DeepFM, batch) -> torch.Tensor:
+    """L2 on the embedding rows this batch used (a full-table penalty would touch every row)."""
+    e, _ = model.embeddings(batch.ids, batch.dense)
+    return e.pow(2).sum() / len(batch)
+
+
+@torch.no_grad()
+def predict(model: DeepFM, reader) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    device = next(model.parameters()).device
+    labels, probs = [], []
+    for batch in reader:
+        batch = batch.to(device)
+        probs.append(torch.sigmoid(model(batch.ids, batch.dense)).cpu())
+        labels.append(batch.label.cpu())
+    if not labels:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy()
+
+
+def evaluate(model: DeepFM, split_dir: Path, fmap: FeatureMap, batch_size: int, backend: Backend) -> dict:
+    """Exact metrics over every row of the split: each rank predicts its share, all gather."""
+    reader = READERS["native"](split_dir, fmap, batch_size, rank=backend.rank, world=backend.world,
+                               shuffle=False, drop_remainder=False)
+    labels, probs = predict(model, reader)
+    labels = backend.allgather(torch.from_numpy(labels)).numpy()
+    probs = backend.allgather(torch.from_numpy(probs)).numpy()
+    return binary_metrics(labels, probs)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _fresh_output(out: Path) -> None:
+    for name in (ckpt.CHECKPOINT, ckpt.WEIGHTS, ckpt.METRICS):
+        (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _save_checkpoint(out: Path, model, optimizers, schedulers, state: TrainState) -> None:
+    ckpt.save_torch({
+        "model": model.state_dict(),
+        "optimizers": [o.state_dict() for o in optimizers],
+        "schedulers": [s.state_dict() for s in schedulers],
+        "state": json.dumps(state.__dict__),
+        "torch_rng": torch.get_rng_state(),
+    }, out / ckpt.CHECKPOINT)
+
+
+def _restore(path: Path, model, optimizers, schedulers, backend) -> TrainState:
+    saved = ckpt.load_torch(path, backend.device)
+    model.load_state_dict(saved["model"])
+    for opt, st in zip(optimizers, saved["optimizers"], strict=True):
+        opt.load_state_dict(st)
+    for sch, st in zip(schedulers, saved["schedulers"], strict=True):
+        sch.load_state_dict(st)
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    state = TrainState(**json.loads(saved["state"]))
+    if backend.rank == 0:
+        log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
+    return state
+
+
+def _write_model_dir(out: Path, model: DeepFM, fmap: FeatureMap, manifest: dict, cfg: TrainConfig,
+                     result: dict) -> None:
+    ckpt.save_json({
+        "model": model.config.to_dict(),
+        "feature_map": fmap.to_dict(),
+        "vocab_fingerprint": manifest["vocab"]["fingerprint"],
+        "data": str(Path(cfg.data).resolve()),
+        "train": cfg.model_dump(mode="json"),
+    }, out / ckpt.MODEL_CONFIG)
+    ckpt.save_json(result, out / ckpt.METRICS)
+    _plot_curves(result["history"], out / "training_curves.png")
+    vocab = Path(cfg.data) / "vocab" / "vocabulary.parquet"
+    if vocab.exists():  # the scorer needs the exact vocabulary the model was trained with
+        (out / "vocab").mkdir(exist_ok=True)
+        shutil.copyfile(vocab, out / "vocab" / "vocabulary.parquet")
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [h["step"] for h in history]
+    left.plot(steps, [h["train_loss"] for h in history], marker="o", label="train loss")
+    left.plot(steps, [h["valid_logloss"] for h in history], marker="o", label="valid logloss")
+    left.set_xlabel("step")
+    left.legend()
+    right.plot(steps, [h["valid_auc"] for h in history], marker="o", color="C2")
+    right.set_xlabel("step")
+    right.set_ylabel("validation AUC")
+    fig.tight_layout()
+    ckpt.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+class _progress:
+    """A tqdm bar with loss and samples/s on rank 0; nothing elsewhere."""
+
+    def __init__(self, total: int, epoch: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}", unit="step", leave=False,
+                            mininterval=2.0, disable=None)
+        self.start, self.samples = time.perf_counter(), 0
+
+    def update(self, loss: float, samples: int) -> None:
+        self.samples += samples
+        if self.bar is not None and math.isfinite(loss):
+            rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

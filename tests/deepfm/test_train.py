@@ -1,0 +1,139 @@
+"""Real training runs on the Criteo sample: one process, 2 DDP and 2 Horovod processes, Spark."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from deepfm.checkpoint import load_torch
+from deepfm.config import TrainConfig
+from deepfm.launch import run_training
+from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.train import NonFiniteLossError
+from pipelines.preprocess import run_preprocess
+from tests.conftest import REPO_ROOT, criteo_dataset, make_config
+
+SMALL_MODEL = {"embedding_dim": 8, "hidden": [64, 32]}
+
+
+@pytest.fixture(scope="module")
+def criteo_shards(spark, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "criteo"
+    run_preprocess(spark, make_config(criteo_dataset(), str(out), vocab={"min_count": 2},
+                                      shards={"rows_per_row_group": 1000}))
+    return out
+
+
+def _cfg(data, output, **kw):
+    return TrainConfig.model_validate({"data": str(data), "output": str(output), "epochs": 2,
+                                       "batch_size": 256, "model": SMALL_MODEL, "threads": 1, **kw})
+
+
+def test_single_process_training_writes_a_complete_model_dir(criteo_shards, tmp_path):
+    result = run_training(_cfg(criteo_shards, tmp_path / "model"))
+    out = tmp_path / "model"
+    assert {"model.pt", "model.json", "metrics.json", "training_curves.png", "checkpoint.pt"} <= {
+        p.name for p in out.iterdir()}
+    assert 0.62 < result["test"]["auc"] < 0.85  # the 10k sample is small; ~0.70 is typical
+    assert result["test"]["rows"] == json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"][
+        "test"]["rows"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["vocab_fingerprint"] == json.loads((criteo_shards / "manifest.json").read_text())["vocab"][
+        "fingerprint"]
+    model = DeepFM(DeepFMConfig.from_dict(meta["model"]))
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+
+
+def test_early_stopping(criteo_shards, tmp_path):
+    result = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=30, lr=0.01, early_stopping_patience=0))
+    aucs = [h["valid_auc"] for h in result["history"]]
+    assert result["epochs"] < 30  # stopped early
+    assert aucs[-1] <= max(aucs[:-1])  # ...because the last epoch did not improve
+    assert result["valid_auc_best"] == max(aucs)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards, tmp_path):
+    data = tmp_path / "data"
+    for sub in ("valid", "test", "vocab"):
+        (data / sub).mkdir(parents=True)
+        for f in (criteo_shards / sub).iterdir():
+            (data / sub / f.name).write_bytes(f.read_bytes())
+    (data / "manifest.json").write_text((criteo_shards / "manifest.json").read_text())
+    (data / "train").mkdir()
+    files = sorted((criteo_shards / "train").glob("*.parquet"))
+    table = pq.read_table(files[0])
+    for _i, f in enumerate(files[1:]):
+        (data / "train" / f.name).write_bytes(f.read_bytes())
+    labels = table.column("label").to_numpy().copy()
+    labels[len(labels) // 2] = np.nan  # one bad row, somewhere in the middle of an epoch
+    poisoned = table.set_column(0, "label", pa.array(labels))
+    pq.write_table(poisoned, data / "train" / files[0].name, row_group_size=table.num_rows)
+    cfg = _cfg(data, tmp_path / "m", checkpoint_every_steps=1, shuffle_buffer_rows=0, batch_size=64)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        run_training(cfg)
+    saved = load_torch(tmp_path / "m" / "checkpoint.pt")
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+    assert json.loads(saved["state"])["global_step"] > 0
+
+
+def _kill_when_checkpointed(cmd, checkpoint: Path) -> dict:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(load_torch(checkpoint)["state"])
+
+
+def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
+    common = ["--set", f"train.data={criteo_shards}", "--set", "train.epochs=2", "--set", "train.batch_size=32",
+              "--set", "train.threads=1", "--set", "train.model.embedding_dim=8",
+              "--set", "train.model.hidden=[64, 32]", "--set", "train.checkpoint_every_steps=40"]
+    cli = [sys.executable, "-m", "jobs.cli", "train", *common]
+    full = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'full'}"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+    state = _kill_when_checkpointed([*cli, "--set", f"train.output={tmp_path / 'cut'}"], tmp_path / "cut" /
+                                    "checkpoint.pt")
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # killed in the middle of the first epoch
+    resumed = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'cut'}", "--resume"], cwd=REPO_ROOT,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    auc_full = json.loads(full.stdout.strip().splitlines()[-1])["test"]["auc"]
+    auc_resumed = json.loads(resumed.stdout.strip().splitlines()[-1])["test"]["auc"]
+    assert abs(auc_full - auc_resumed) < 0.001
+
+
+@pytest.mark.parametrize("backend", ["torch", "horovod"])
+def test_two_process_training(criteo_shards, tmp_path, backend):
+    result = run_training(_cfg(criteo_shards, tmp_path / backend, backend=backend, workers=2))
+    assert result["workers"] == 2
+    assert 0.62 < result["test"]["auc"] < 0.85
+    assert json.loads((tmp_path / backend / "metrics.json").read_text())["workers"] == 2
+
+
+def test_training_launched_through_spark(spark, criteo_shards, tmp_path):
+    result = run_training(_cfg(criteo_shards, tmp_path / "spark", backend="torch", workers=2, launcher="spark",
+                               epochs=1))
+    assert result["workers"] == 2 and 0.6 < result["test"]["auc"] < 0.85
+
+
+@pytest.mark.slow
+def test_horovod_training_launched_through_spark(spark, criteo_shards, tmp_path):
+    result = run_training(_cfg(criteo_shards, tmp_path / "hvd-spark", backend="horovod", workers=2,
+                               launcher="spark", epochs=1))
+    assert result["workers"] == 2 and 0.6 < result["test"]["auc"] < 0.85
