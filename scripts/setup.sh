@@ -37,7 +37,7 @@ install_stack() {
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
   "${pip[@]}" install -q --upgrade pip 'setuptools>=77' wheel
   log "installing the pinned stack and the project (editable)"
-  "${pip[@]}" install -q -c "$ROOT/constraints.txt" -e "$ROOT[dev]"
+  "${pip[@]}" install -q -c "$ROOT/constraints.txt" -e "$ROOT[dev,bench]"
 }
 
 cuda_present() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
