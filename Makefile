@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow lint bench-preprocess clean
+.PHONY: setup run test test-slow lint bench-preprocess bench-train bench-quality clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,12 @@ lint: setup
 
 bench-preprocess: setup
 	$(PY) bench/bench_preprocess.py
+
+bench-train: setup
+	$(PY) bench/bench_train.py
+
+bench-quality: setup
+	$(PY) bench/compare_criteo.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -172,7 +172,9 @@ class NativeReader:
                     path = piece.group.path
                     if path not in files:
                         files[path] = pq.ParquetFile(path)
-                    table = files[path].read_row_group(piece.group.index, columns=self.columns.names)
+                    # One thread: torch's OpenMP threads already occupy the cores while we prefetch.
+                    table = files[path].read_row_group(piece.group.index, columns=self.columns.names,
+                                                       use_threads=False)
                     out.put(self.columns.arrays(table.slice(piece.start, piece.stop - piece.start)))
                 out.put(None)
             except BaseException as err:  # surfaced in the consuming thread

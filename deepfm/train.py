@@ -143,17 +143,7 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
     for step, batch in enumerate(reader):
         if step < state.step_in_epoch:  # resuming mid-epoch: the order is the same, skip what was done
             continue
-        batch = batch.to(backend.device)
-        logits = model(batch.ids, batch.dense)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-        if cfg.embedding_l2:
-            loss = loss + cfg.embedding_l2 * _embedding_l2(raw_model, batch)
-        for opt in optimizers:
-            opt.zero_grad()  # Horovod's wrapper takes no arguments; torch defaults to set_to_none
-        loss.backward()
-        # Every rank learns of a non-finite loss at the same step, so all stop together.
-        totals = backend.allreduce_sum(torch.stack([loss.detach() * len(batch),
-                                                    torch.tensor(float(len(batch)), device=loss.device)]))
+        totals = train_step(cfg, model, raw_model, optimizers, batch, backend)
         if not torch.isfinite(totals[0]):
             saved = Path(cfg.output) / ckpt.CHECKPOINT
             kept = f"The last good checkpoint is {saved}." if saved.exists() else "No checkpoint was written yet."
@@ -172,6 +162,24 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
             _save_checkpoint(Path(cfg.output), raw_model, optimizers, schedulers, state)
     progress.close()
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
+
+
+def train_step(cfg: TrainConfig, model, raw_model: DeepFM, optimizers, batch, backend: Backend) -> torch.Tensor:
+    """Forward and backward of one batch (gradients averaged across ranks by the backend).
+
+    Returns [loss x rows, rows] summed over all ranks, so that every rank learns of a
+    non-finite loss at the same step and all stop together, before any optimizer step.
+    """
+    batch = batch.to(backend.device)
+    logits = model(batch.ids, batch.dense)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+    if cfg.embedding_l2:
+        loss = loss + cfg.embedding_l2 * _embedding_l2(raw_model, batch)
+    for opt in optimizers:
+        opt.zero_grad()  # Horovod's wrapper takes no arguments; torch defaults to set_to_none
+    loss.backward()
+    rows = torch.tensor(float(len(batch)), device=loss.device)
+    return backend.allreduce_sum(torch.stack([loss.detach() * len(batch), rows]))
 
 
 def _embedding_l2(model: DeepFM, batch) -> torch.Tensor:

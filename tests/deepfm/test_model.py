@@ -37,7 +37,7 @@ def test_fm_equals_brute_force_over_all_field_pairs():
     model = _model(use_deep=False)
     ids, dense = _inputs()
     offsets = [0, *itertools.accumulate(VOCABS)][:-1]
-    vectors, weights = model.embeddings.vectors.weight, model.embeddings.weights.weight
+    vectors, weights = model.embeddings.table.weight[:, :-1], model.embeddings.table.weight[:, -1:]
     expected = []
     for b in range(B):
         e = [vectors[offsets[f] + ids[b, f]] for f in range(len(VOCABS))]
@@ -60,7 +60,7 @@ def test_both_parts_send_gradients_to_the_same_shared_embeddings():
     model = _model()
     ids, dense = _inputs()
     e, w = model.embeddings(ids, dense)
-    table = model.embeddings.vectors.weight
+    table = model.embeddings.table.weight
     grad_fm = torch.autograd.grad(model.fm(e, w).sum(), table, retain_graph=True)[0]
     grad_deep = torch.autograd.grad(model.deep(e).sum(), table)[0]
     used = (ids.long() + model.embeddings.offsets).unique()
@@ -103,3 +103,13 @@ def test_flops_match_the_issue_figure():
 def test_config_round_trip():
     cfg = DeepFMConfig(vocab_sizes=VOCABS, num_dense=FD, hidden=(3, 2))
     assert DeepFMConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unique_lookup_path_matches_plain_lookup():
+    model = _model(sparse_embeddings=True)
+    ids, dense = _inputs()
+    ids[1] = ids[0]  # repeated rows exercise the de-duplication
+    model.train()
+    trained = model(ids, dense)
+    model.eval()
+    assert torch.allclose(trained, model(ids, dense), atol=1e-6)
