@@ -104,7 +104,7 @@ def run_case(data: Path, steps: int, reader: str, backend: str = "none", workers
         else:
             import horovod
 
-            horovod.run(measure, args=(plain, steps, out.name), np=workers, use_gloo=True,
+            horovod.run(measure, args=(plain, steps, out.name), num_proc=workers, use_gloo=True,
                         hosts=f"localhost:{workers}")
         result = json.loads(Path(out.name).read_text())
     return {"reader": reader, "backend": backend, "workers": workers, "sparse_gradients": sparse,

@@ -31,7 +31,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if cfg.backend == "horovod":
         import horovod
 
-        results = horovod.run(worker, args=(plain, resume), np=cfg.workers, use_gloo=True,
+        results = horovod.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True,
                               hosts=f"localhost:{cfg.workers}")
         return results[0]
     return _spawn_torch(cfg, plain, resume)

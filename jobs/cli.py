@@ -76,6 +76,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"deepfm-pipeline {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        _stop_spark()
+
+
+def _stop_spark() -> None:
+    """Stop the session a stage started: under spark-submit a live SparkContext (after
+    TorchDistributor, say) keeps the launcher's JVM running after the job is done."""
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
 
 
 if __name__ == "__main__":  # spark-submit runs this file directly
