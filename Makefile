@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-## The main job on the embedded Criteo sample (../shared/data).
+## The main job on the embedded Criteo sample (../shared/data): preprocess, then train.
 run: setup
 	$(VENV)/bin/deepfm-pipeline preprocess
+	$(VENV)/bin/deepfm-pipeline train
 
 ## The default test suite (what CI runs).
 test: setup

@@ -58,7 +58,8 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
     output = storage.qualify(pre.output)
     tables = _tables(dataset)
     inputs = {name: _describe_input(storage, spec) for name, spec in tables.items()}
-    fingerprint_of_config = config_hash(cfg.model_copy(update={"spark": None, "generate": None}))
+    # Only what shapes the output: Spark tuning and the other stages' sections do not.
+    fingerprint_of_config = config_hash(cfg.model_copy(update={"spark": None, "generate": None, "train": None}))
 
     previous = _committed_manifest(storage, output)
     if not force and previous and _same_run(previous, inputs, fingerprint_of_config):
