@@ -208,20 +208,22 @@ def _batches(chunks, batch_size: int, buffer_rows: int, rng: np.random.Generator
         pending.append(chunk)
         held += len(chunk[2])
         if held >= max(buffer_rows, batch_size):
-            ids, dense, label = (np.concatenate(parts) for parts in zip(*pending, strict=True))
-            if buffer_rows:
-                perm = rng.permutation(len(label))
-                ids, dense, label = ids[perm], dense[perm], label[perm]
+            ids, dense, label = _merged(pending, rng if buffer_rows else None)
             full = len(label) // batch_size * batch_size
             yield from _split(ids[:full], dense[:full], label[:full], batch_size)
             pending = [(ids[full:], dense[full:], label[full:])]
             held = len(label) - full
     if held:
-        ids, dense, label = (np.concatenate(parts) for parts in zip(*pending, strict=True))
-        if buffer_rows:
-            perm = rng.permutation(len(label))
-            ids, dense, label = ids[perm], dense[perm], label[perm]
-        yield from _split(ids, dense, label, batch_size)
+        yield from _split(*_merged(pending, rng if buffer_rows else None), batch_size)
+
+
+def _merged(pending, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate buffered chunks, in a random order of rows when given a generator."""
+    ids, dense, label = (np.concatenate(parts) for parts in zip(*pending, strict=True))
+    if rng is None:
+        return ids, dense, label
+    perm = rng.permutation(len(label))
+    return ids[perm], dense[perm], label[perm]
 
 
 def _split(ids, dense, label, batch_size: int) -> Iterator[Batch]:
