@@ -81,8 +81,9 @@ def measure(plain: dict, steps: int, result_path: str) -> None:
 
 
 def _spawned(rank: int, world: int, port: int, plain: dict, steps: int, path: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    from deepfm.launch import set_local_rendezvous
+
+    set_local_rendezvous(rank, world, port)
     measure(plain, steps, path)
 
 
@@ -98,9 +99,9 @@ def run_case(data: Path, steps: int, reader: str, backend: str = "none", workers
         elif backend == "torch":
             import torch.multiprocessing as mp
 
-            from deepfm.launch import _free_port
+            from deepfm.launch import free_port
 
-            mp.spawn(_spawned, args=(workers, _free_port(), plain, steps, out.name), nprocs=workers)
+            mp.spawn(_spawned, args=(workers, free_port(), plain, steps, out.name), nprocs=workers)
         else:
             import horovod
 

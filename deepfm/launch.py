@@ -52,15 +52,20 @@ def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
         backend.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _spawned(rank: int, world: int, port: int, plain: dict[str, Any], resume: bool) -> None:
+def set_local_rendezvous(rank: int, world: int, port: int) -> None:
+    """The env:// variables torch.distributed reads, for a worker spawned on this machine."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+
+
+def _spawned(rank: int, world: int, port: int, plain: dict[str, Any], resume: bool) -> None:
+    set_local_rendezvous(rank, world, port)
     worker(plain, resume)
 
 
@@ -69,7 +74,7 @@ def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[
 
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawned, args=(cfg.workers, _free_port(), plain, resume), nprocs=cfg.workers, join=True)
+    mp.spawn(_spawned, args=(cfg.workers, free_port(), plain, resume), nprocs=cfg.workers, join=True)
     return json.loads((Path(cfg.output) / "metrics.json").read_text())
 
 

@@ -75,7 +75,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
             }
             _write_rejects(spark, staging, list(tables), f"{tmp}/rejects", rows)
             for name, counts in rows.items():
-                _check_reject_rate(spark, name, counts, f"{staging}/{name}", pre.max_reject_rate)
+                _check_reject_rate(spark, name, counts, staging, pre.max_reject_rate)
         with _step("join clicks and side tables" if len(tables) > 1 else "count splits"):
             joined = _joined(spark, dataset, staging)
             split_rows = _split_counts(joined, dataset.label_name)
@@ -177,7 +177,7 @@ def _write_rejects(
 
 
 def _check_reject_rate(
-    spark: SparkSession, name: str, counts: dict[str, Any], staged: str, limit: float
+    spark: SparkSession, name: str, counts: dict[str, Any], staging: str, limit: float
 ) -> None:
     rate = counts["rejected"] / counts["input"] if counts["input"] else 0.0
     counts["reject_rate"] = rate
@@ -185,7 +185,7 @@ def _check_reject_rate(
         if counts["rejected"]:
             log.warning("%s: %d of %d rows rejected (%.3f%%)", name, counts["rejected"], counts["input"], 100 * rate)
         return
-    examples = _staged(spark, staged.rsplit("/", 1)[0], name, "rejected").select(read.REASON, read.RAW).limit(5)
+    examples = _staged(spark, staging, name, "rejected").select(read.REASON, read.RAW).limit(5)
     lines = "\n".join(f"  {r[read.REASON]}: {r[read.RAW]!r:.200}" for r in examples.collect())
     raise RejectRateError(
         f"{name}: {counts['rejected']} of {counts['input']} rows rejected ({100 * rate:.2f}%), above "

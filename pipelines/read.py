@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm.config import Column, TableSpec
+from pipelines.storage import Storage
 
 REASON, RAW, SOURCE = "_reason", "_raw", "_source"
 BOOKKEEPING = (REASON, RAW, SOURCE)
@@ -62,8 +63,6 @@ def rejected(parsed: DataFrame) -> DataFrame:
 
 
 def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:
-    from pipelines.storage import Storage
-
     files = Storage(spark).list_files(path)
     if not files:
         raise InputError(f"{table}: no input files at {path} (check the path in the config)")
