@@ -10,6 +10,7 @@ Rank and world size are read once, at construction.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Protocol
 
@@ -142,6 +143,9 @@ class TorchBackend:
 
     def close(self) -> None:
         if self.dist.is_initialized():
+            # DDP's reducer holds the group: free it first, so it is not destroyed at interpreter
+            # exit after the group it talks through is gone.
+            gc.collect()
             self.dist.destroy_process_group()
 
 
