@@ -346,6 +346,51 @@ class TrainConfig(_Strict):
         return self
 
 
+class ScoreConfig(_Strict):
+    """Batch scoring: new logs in, probabilities out, with exactly the training transforms."""
+
+    model: str  # a model directory written by the train stage
+    output: str  # predictions land in output/run_date=YYYY-MM-DD/
+    # What to score (at most one; default: the data set's input table):
+    input_path: str | None = None  # raw logs laid out like the data set's input, at another path
+    input: TableSpec | None = None  # raw logs with their own layout (say, without the label column)
+    preprocessed: str | None = None  # already-encoded Parquet, such as a preprocess split directory
+    # Columns copied to the output; default: the data set's id and passthrough columns and the label.
+    keep: list[str] | None = None
+    batch_rows: Annotated[int, Field(ge=1)] = 16_384  # rows per Arrow batch handed to the model
+    threads: Annotated[int, Field(ge=1)] = 1  # torch threads per Python worker (Spark runs one per core)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreConfig:
+        given = [k for k in ("input_path", "input", "preprocessed") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of input_path, input and preprocessed, got {given}")
+        return self
+
+
+class EvaluateConfig(_Strict):
+    """The evaluation report: from predictions with labels, or from a model and a labelled split."""
+
+    output: str  # the report directory
+    predictions: str | None = None  # Parquet with `probability` and the label (a score output)
+    model: str | None = None  # a model directory: its training curves go into the report
+    data: str | None = None  # a labelled preprocessed split, scored with `model` when no predictions
+    label: str | None = None  # default: the model's label column, else "label"
+    slice: str | None = None  # a column to break the metrics down by
+    max_slices: Annotated[int, Field(ge=1)] = 20  # the most frequent values; the rest become "(other)"
+    calibration_bins: Annotated[int, Field(ge=2)] = 10
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if (self.predictions is None) == (self.data is None):
+            raise ValueError("give either predictions, or data (with model)")
+        if self.data is not None and self.model is None:
+            raise ValueError("data needs model: the split is scored with it")
+        return self
+
+
 class SparkConfig(_Strict):
     master: str = "local[2]"
     app_name: str = "deepfm"
@@ -358,6 +403,8 @@ class Config(_Strict):
     preprocess: PreprocessConfig | None = None
     generate: GenerateConfig | None = None
     train: TrainConfig | None = None
+    score: ScoreConfig | None = None
+    evaluate: EvaluateConfig | None = None
 
     def require(self, section: str) -> Any:
         value = getattr(self, section)

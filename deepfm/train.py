@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from deepfm.distributed import Backend
 from deepfm.feature_map import FeatureMap
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.model_dir import CURVES, write_model_dir
 from deepfm.readers import READERS
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,9 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     result = {"valid_auc_best": state.best_auc, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world}
     if backend.rank == 0:
-        _write_model_dir(out, raw_model, fmap, manifest, cfg, result)
+        write_model_dir(out, raw_model, fmap, manifest["vocab"]["fingerprint"], Path(cfg.data),
+                        cfg.model_dump(mode="json"), result)
+        _plot_curves(result["history"], out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
     return result
 
@@ -241,23 +243,6 @@ def _restore(path: Path, model, optimizers, schedulers, backend) -> TrainState:
     if backend.rank == 0:
         log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     return state
-
-
-def _write_model_dir(out: Path, model: DeepFM, fmap: FeatureMap, manifest: dict, cfg: TrainConfig,
-                     result: dict) -> None:
-    ckpt.save_json({
-        "model": model.config.to_dict(),
-        "feature_map": fmap.to_dict(),
-        "vocab_fingerprint": manifest["vocab"]["fingerprint"],
-        "data": str(Path(cfg.data).resolve()),
-        "train": cfg.model_dump(mode="json"),
-    }, out / ckpt.MODEL_CONFIG)
-    ckpt.save_json(result, out / ckpt.METRICS)
-    _plot_curves(result["history"], out / "training_curves.png")
-    vocab = Path(cfg.data) / "vocab" / "vocabulary.parquet"
-    if vocab.exists():  # the scorer needs the exact vocabulary the model was trained with
-        (out / "vocab").mkdir(exist_ok=True)
-        shutil.copyfile(vocab, out / "vocab" / "vocabulary.parquet")
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:

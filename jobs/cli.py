@@ -23,6 +23,8 @@ STAGES = {
                    _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "train": ("jobs.train", "train DeepFM on the shards (1..N workers, Horovod or torch.distributed)",
               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "score": ("jobs.score", "score click logs with a trained model into Parquet partitioned by run date",
+              _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
 }
 
 EPILOG = """\

@@ -86,5 +86,5 @@ def apply_feature_map(
             outputs.append(F.col(f"`{f.name}`"))
         else:
             outputs.append(numeric.dense_value(F.col(f"`{f.name}`"), f).alias(f.name))
-    outputs += [F.col(f"`{name}`") for name in keep if name in frame.columns]
+    outputs += [F.col(f"`{name}`") for name in keep if name in frame.columns and name != fmap.label]
     return encoded.select(*outputs)

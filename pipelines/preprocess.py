@@ -14,8 +14,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +23,10 @@ from pyspark.sql import functions as F
 from deepfm import __version__
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
 from deepfm.feature_map import FeatureMap
-from pipelines import features, read
+from pipelines import features, quarantine, read
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
+from pipelines.steps import step
 from pipelines.storage import Storage
 from pipelines.vocab import FIELD, ID
 from pipelines.vocab import fingerprint as vocab_fingerprint
@@ -36,13 +35,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-_STATUS = "_status"
-
-
-class RejectRateError(RuntimeError):
-    """Too much of an input was malformed to trust the rest."""
-
-
 @dataclass(frozen=True)
 class PreprocessResult:
     output: str
@@ -59,7 +51,9 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
     tables = _tables(dataset)
     inputs = {name: _describe_input(storage, spec) for name, spec in tables.items()}
     # Only what shapes the output: Spark tuning and the other stages' sections do not.
-    fingerprint_of_config = config_hash(cfg.model_copy(update={"spark": None, "generate": None, "train": None}))
+    fingerprint_of_config = config_hash(
+        cfg.model_copy(update={"spark": None, "generate": None, "train": None, "score": None, "evaluate": None})
+    )
 
     previous = _committed_manifest(storage, output)
     if not force and previous and _same_run(previous, inputs, fingerprint_of_config):
@@ -68,20 +62,21 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
 
     with storage.atomic_output(output) as tmp:
         staging = f"{tmp}/_staging"
-        with _step("parse inputs and quarantine malformed rows"):
+        with step("parse inputs and quarantine malformed rows"):
             rows = {
                 name: _stage_parsed(spark, spec, name, f"{staging}/{name}", dataset if name == "input" else None)
                 for name, spec in tables.items()
             }
-            _write_rejects(spark, staging, list(tables), f"{tmp}/rejects", rows)
+            quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, f"{tmp}/rejects", rows)
             for name, counts in rows.items():
-                _check_reject_rate(spark, name, counts, staging, pre.max_reject_rate)
-        with _step("join clicks and side tables" if len(tables) > 1 else "count splits"):
+                quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", pre.max_reject_rate,
+                                             "preprocess.max_reject_rate")
+        with step("join clicks and side tables" if len(tables) > 1 else "count splits"):
             joined = _joined(spark, dataset, staging)
             split_rows = _split_counts(joined, dataset.label_name)
-        with _step("fit vocabularies and numeric statistics on train"):
+        with step("fit vocabularies and numeric statistics on train"):
             fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
-        with _step("write shards"):
+        with step("write shards"):
             keep = _kept_columns(dataset)
             _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp)
         accepted = rows["input"]["accepted"]
@@ -125,73 +120,16 @@ def _describe_input(storage: Storage, spec: TableSpec) -> dict[str, Any]:
 def _stage_parsed(
     spark: SparkSession, spec: TableSpec, name: str, path: str, dataset: DatasetConfig | None
 ) -> dict[str, int]:
-    """Parse once into typed Parquet with a status column, so later steps never re-parse text.
-
-    The main input also gets its split here: the split depends on input columns only, so a
-    data set without joins needs no second pass before fitting.
-    """
+    """Parse once into typed Parquet. The main input also gets its split here: the split depends
+    on input columns only, so a data set without joins needs no second pass before fitting."""
     parsed = read.read_table(spark, spec, name)
     if dataset is not None:
         parsed = assign_split(parsed, dataset.split, [c.name for c in spec.resolved_columns])
-    status = F.when(F.col(read.REASON).isNull(), "ok").otherwise("rejected")
-    parsed.withColumn(_STATUS, status).write.parquet(path)
-    staged = spark.read.parquet(path)
-    by_status = {r[_STATUS]: r["n"] for r in staged.groupBy(_STATUS).agg(F.count(F.lit(1)).alias("n")).collect()}
-    counts = {"accepted": by_status.get("ok", 0), "rejected": by_status.get("rejected", 0)}
-    counts["input"] = counts["accepted"] + counts["rejected"]
-    return counts
+    return quarantine.stage(parsed, path)
 
 
 def _staged(spark: SparkSession, staging: str, name: str, status: str) -> DataFrame:
-    frame = spark.read.parquet(f"{staging}/{name}").where(F.col(_STATUS) == status)
-    return frame.drop(_STATUS, *(read.BOOKKEEPING if status == "ok" else ()))
-
-
-def _write_rejects(
-    spark: SparkSession, staging: str, names: list[str], path: str, rows: dict[str, dict[str, Any]]
-) -> None:
-    frames = [
-        _staged(spark, staging, name, "rejected").select(
-            F.lit(name).alias("table"),
-            F.col(read.REASON).alias("reason"),
-            F.col(read.RAW).alias("raw"),
-            F.col(read.SOURCE).alias("source"),
-        )
-        for name in names
-    ]
-    rejects = frames[0]
-    for frame in frames[1:]:
-        rejects = rejects.unionByName(frame)
-    total = sum(r["rejected"] for r in rows.values())
-    rejects.coalesce(max(1, total // 1_000_000)).write.parquet(path)
-    summary = (
-        spark.read.parquet(path)
-        .groupBy("table", F.split("reason", ": '").getItem(0).alias("kind"))
-        .count()
-        .collect()
-    )
-    for name in names:
-        rows[name]["rejected_by_reason"] = dict(
-            sorted(((r["kind"], r["count"]) for r in summary if r["table"] == name), key=lambda kv: -kv[1])
-        )
-
-
-def _check_reject_rate(
-    spark: SparkSession, name: str, counts: dict[str, Any], staging: str, limit: float
-) -> None:
-    rate = counts["rejected"] / counts["input"] if counts["input"] else 0.0
-    counts["reject_rate"] = rate
-    if rate <= limit:
-        if counts["rejected"]:
-            log.warning("%s: %d of %d rows rejected (%.3f%%)", name, counts["rejected"], counts["input"], 100 * rate)
-        return
-    examples = _staged(spark, staging, name, "rejected").select(read.REASON, read.RAW).limit(5)
-    lines = "\n".join(f"  {r[read.REASON]}: {r[read.RAW]!r:.200}" for r in examples.collect())
-    raise RejectRateError(
-        f"{name}: {counts['rejected']} of {counts['input']} rows rejected ({100 * rate:.2f}%), above "
-        f"preprocess.max_reject_rate={limit:g}. Reasons: {counts['rejected_by_reason']}. Examples:\n{lines}\n"
-        "Fix the input or the column config, or raise preprocess.max_reject_rate."
-    )
+    return quarantine.staged(spark, f"{staging}/{name}", status)
 
 
 # ---------------------------------------------------------------------------------------- transform
@@ -348,11 +286,3 @@ def _same_run(previous: dict[str, Any], inputs: dict[str, Any], fingerprint_of_c
         and {k: v["fingerprint"] for k, v in previous.get("inputs", {}).items()}
         == {k: v["fingerprint"] for k, v in inputs.items()}
     )
-
-
-@contextmanager
-def _step(what: str) -> Iterator[None]:
-    log.info("%s ...", what)
-    start = time.perf_counter()
-    yield
-    log.info("%s: done in %.1fs", what, time.perf_counter() - start)

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 
 from deepfm.config import SparkConfig
 
@@ -43,6 +44,9 @@ def get_spark(cfg: SparkConfig):
     from pyspark.sql import SparkSession
 
     launched = SparkConf()  # holds spark.* properties that spark-submit passed to the JVM
+    if not launched.contains("spark.pyspark.python"):
+        # Python workers (mapInArrow scoring, TorchDistributor) need this environment's packages.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.app_name)
     if not launched.contains("spark.master"):
         builder = builder.master(cfg.master)

@@ -10,7 +10,8 @@ import pytest
 
 from deepfm.config import GenerateConfig
 from pipelines.generate import generate
-from pipelines.preprocess import RejectRateError, run_preprocess
+from pipelines.preprocess import run_preprocess
+from pipelines.quarantine import RejectRateError
 from tests.conftest import CRITEO_SAMPLE, OBD_DIR, REPO_ROOT, criteo_dataset, make_config
 
 SPLITS = ("train", "valid", "test")

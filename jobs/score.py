@@ -1,0 +1,25 @@
+"""Entry point of the score stage: batch scoring of click logs with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+
+from deepfm.config import Config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-date", default=dt.date.today().isoformat(), metavar="YYYY-MM-DD",
+                        help="the output partition (run_date=...); a rerun replaces it (default: today)")
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines.score import run_score
+    from pipelines.spark import get_spark
+
+    cfg.require("score")
+    result = run_score(get_spark(cfg.spark), cfg, args.run_date)
+    print(json.dumps({"output": result.partition, "rows": result.rows, "rejected": result.rejected,
+                      "model_version": result.model_version, "seconds": round(result.seconds, 1)}))
+    return 0

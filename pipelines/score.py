@@ -1,0 +1,198 @@
+"""The score job: new click logs in, click probabilities out, with exactly the training transforms.
+
+read       raw logs (the data set's layout, or one of their own) or already-encoded Parquet;
+           malformed rows are quarantined with a reason and counted, as in preprocess
+transform  the model directory's feature map and vocabulary, never refitted: unseen values map to
+           OOV, missing ones to the missing id, numeric fields use the training statistics; all in
+           Spark SQL (one broadcast join of the vocabulary), no per-row Python
+predict    mapInArrow: each Python worker builds the model once, from a broadcast of its weights,
+           and scores Arrow batches of score.batch_rows rows
+write      output/run_date=D/ (Parquet, _rejects/, _SUCCESS), swapped in by rename: a rerun for the
+           same date replaces the whole partition, and a failed run leaves the old one untouched
+
+Output columns: score.keep, `probability` (float), `model_version`, `scored_at`; `run_date` comes
+from the directory name when the output is read as a table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig
+from deepfm.inference import PROBABILITY, ArrowScorer
+from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
+from pipelines import features, quarantine, read
+from pipelines.join import join_side_table
+from pipelines.steps import step
+from pipelines.storage import Storage
+from pipelines.vocab import fingerprint as vocab_fingerprint
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION, SCORED_AT, RUN_DATE = "model_version", "scored_at", "run_date"
+REJECTS = "_rejects"
+_ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    partition: str
+    rows: int
+    rejected: int
+    model_version: str
+    seconds: float
+
+
+def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
+    """Score the configured input into score.output/run_date=<run_date>/, atomically."""
+    score: ScoreConfig = cfg.require("score")
+    _check_run_date(run_date)
+    start = time.perf_counter()
+    storage = Storage(spark)
+    model = open_model_dir(score.model)
+    partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
+    scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    with storage.atomic_output(partition) as tmp:
+        with step("check the model's vocabulary"):
+            vocabulary = checked_vocabulary(spark, model)
+        with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
+            inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
+        with step(f"score with model {model.version}"):
+            predictions = predict(inputs, model, keep, score)
+            (predictions.withColumn(MODEL_VERSION, F.lit(model.version))
+             .withColumn(SCORED_AT, F.lit(scored_at).cast("timestamp"))
+             .write.mode("append").parquet(tmp))
+        storage.delete(f"{tmp}/_staging")
+        rows = spark.read.parquet(quarantine.parquet_files(tmp)).count()
+        if rows != counts["accepted"]:
+            raise AssertionError(f"row conservation broken: {counts['accepted']} accepted rows, {rows} scored")
+    seconds = time.perf_counter() - start
+    log.info("scored %d rows (%d rejected) in %.1fs, %.0f rows/s, into %s", rows, counts["rejected"], seconds,
+             rows / max(seconds, 1e-9), partition)
+    return ScoreResult(partition, rows, counts["rejected"], model.version, seconds)
+
+
+def checked_vocabulary(spark: SparkSession, model: ModelDir) -> DataFrame:
+    """The model's vocabulary table, after checking it is the one the model was trained with."""
+    if not model.vocabulary.is_file():
+        raise ModelDirError(f"{model.vocabulary} is missing: the model cannot be applied without its vocabulary")
+    vocabulary = spark.read.parquet(model.vocabulary.resolve().as_uri())
+    found = vocab_fingerprint(vocabulary, list(model.feature_map.fields))
+    if found != model.vocab_fingerprint:
+        raise ModelDirError(
+            f"{model.vocabulary} does not match the model: its fingerprint is {found[:12]}, the model was "
+            f"trained with {model.vocab_fingerprint[:12]} ({model.path / 'model.json'}). Copy the vocabulary "
+            "from the preprocess output the model was trained on, or retrain."
+        )
+    return vocabulary
+
+
+def predict(inputs: DataFrame, model: ModelDir, keep: list[str], score: ScoreConfig) -> DataFrame:
+    """`keep` columns plus `probability`, computed in the executors by mapInArrow."""
+    spark = inputs.sparkSession
+    weights = spark.sparkContext.broadcast(model.weights.read_bytes())
+    fmap = model.feature_map
+    scorer = ArrowScorer(
+        version=model.version,
+        model_config=model.config.to_dict(),
+        categorical=tuple(f.name for f in fmap.categorical),
+        dense=tuple(f.name for f in fmap.dense),
+        keep=tuple(keep),
+        weights=lambda: weights.value,
+        threads=score.threads,
+        device=score.device,
+    )
+    schema = T.StructType([inputs.schema[name] for name in keep] + [T.StructField(PROBABILITY, T.FloatType())])
+    # mapInArrow hands the function batches of this many rows; the setting is read when the job runs.
+    spark.conf.set(_ARROW_BATCH, str(score.batch_rows))
+    return inputs.mapInArrow(scorer, schema)
+
+
+def encoded_split(spark: SparkSession, path: str, model: ModelDir, keep: list[str]) -> DataFrame:
+    """Already-encoded rows (a preprocess split), checked against the model's feature map."""
+    frame = spark.read.parquet(path)
+    _require_columns(frame.columns, [f.name for f in model.feature_map.fields], path, "the model's inputs")
+    _require_columns(frame.columns, keep, path, "score.keep")
+    manifest = _manifest_near(Storage(spark), path)
+    if manifest is not None and manifest["vocab"]["fingerprint"] != model.vocab_fingerprint:
+        raise ModelDirError(
+            f"{path} was encoded with another vocabulary (fingerprint {manifest['vocab']['fingerprint'][:12]}) "
+            f"than model {model.path} ({model.vocab_fingerprint[:12]}): its ids mean different values. "
+            "Score the raw logs instead, or the split of the preprocess run the model was trained on."
+        )
+    return frame.select(*[f.name for f in model.feature_map.fields], *keep)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: DataFrame, staging: str,
+                  rejects: str) -> tuple[DataFrame, list[str], dict[str, Any]]:
+    score: ScoreConfig = cfg.score
+    fmap = model.feature_map
+    if score.preprocessed is not None:
+        columns = spark.read.parquet(score.preprocessed).columns
+        keep = score.keep if score.keep is not None else _default_keep(columns, list(fmap.passthrough), fmap.label)
+        frame = encoded_split(spark, score.preprocessed, model, keep)
+        return frame, keep, {"accepted": frame.count(), "rejected": 0}
+
+    dataset = cfg.require("dataset")
+    spec = score.input or dataset.input
+    if score.input_path is not None:
+        spec = spec.model_copy(update={"path": score.input_path})
+    tables: dict[str, TableSpec] = {"input": spec, **{f"side_{s.name}": s.table for s in dataset.side_tables}}
+    provided = {c.name for c in spec.resolved_columns}
+    provided |= {c.name for s in dataset.side_tables for c in s.table.resolved_columns}
+    _require_columns(sorted(provided), [f.name for f in fmap.fields], f"score input {spec.path}", "the model's inputs")
+    declared_keep = [c.name for c in dataset.all_columns if c.role in ("id", "passthrough")]
+    keep = score.keep if score.keep is not None else _default_keep(sorted(provided), declared_keep, fmap.label)
+    _require_columns(sorted(provided), keep, f"score input {spec.path}", "score.keep")
+
+    rows = {name: quarantine.stage(read.read_table(spark, table, name), f"{staging}/{name}")
+            for name, table in tables.items()}
+    quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, rejects, rows)
+    for name, counts in rows.items():
+        quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", score.max_reject_rate,
+                                     "score.max_reject_rate")
+    frame = quarantine.staged(spark, f"{staging}/input", "ok")
+    for side in dataset.side_tables:
+        side_columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
+        frame = join_side_table(frame, quarantine.staged(spark, f"{staging}/side_{side.name}", "ok")
+                                .select(*side_columns), side)
+    broadcast_max = (cfg.preprocess.vocab if cfg.preprocess else VocabConfig()).broadcast_max_entries
+    encoded = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max, keep=tuple(keep))
+    # apply_feature_map puts the label first when the input has one; keep decides what is output.
+    return encoded.select(*[f.name for f in fmap.fields], *keep), keep, rows["input"]
+
+
+def _default_keep(columns: list[str], declared: list[str], label: str) -> list[str]:
+    keep = [c for c in declared if c in columns]
+    return [*keep, label] if label in columns and label not in keep else keep
+
+
+def _require_columns(available: list[str], required: list[str], where: str, what: str) -> None:
+    missing = [c for c in required if c not in available]
+    if missing:
+        raise read.InputError(f"{where} lacks column(s) {missing} needed for {what}")
+
+
+def _manifest_near(storage: Storage, path: str) -> dict[str, Any] | None:
+    """The preprocess manifest of a split directory (one level up) or of a preprocess output."""
+    for candidate in (f"{path.rstrip('/')}/manifest.json", f"{path.rstrip('/').rsplit('/', 1)[0]}/manifest.json"):
+        if storage.exists(candidate):
+            return json.loads(storage.read_text(candidate))
+    return None
+
+
+def _check_run_date(run_date: str) -> None:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date):
+        raise ValueError(f"--run-date must be YYYY-MM-DD, got {run_date!r}")
+    dt.date.fromisoformat(run_date)
