@@ -25,6 +25,10 @@ STAGES = {
               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "score": ("jobs.score", "score click logs with a trained model into Parquet partitioned by run date",
               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "evaluate": ("jobs.evaluate", "AUC, logloss, calibration and slices of predictions, as JSON, PNGs and HTML",
+                 _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "export": ("jobs.export", "export a trained model to TorchScript (checked against the eager model)",
+               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
 }
 
 EPILOG = """\

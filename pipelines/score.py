@@ -68,7 +68,7 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
         with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
             inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
         with step(f"score with model {model.version}"):
-            predictions = predict(inputs, model, keep, score)
+            predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device)
             (predictions.withColumn(MODEL_VERSION, F.lit(model.version))
              .withColumn(SCORED_AT, F.lit(scored_at).cast("timestamp"))
              .write.mode("append").parquet(tmp))
@@ -97,7 +97,8 @@ def checked_vocabulary(spark: SparkSession, model: ModelDir) -> DataFrame:
     return vocabulary
 
 
-def predict(inputs: DataFrame, model: ModelDir, keep: list[str], score: ScoreConfig) -> DataFrame:
+def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
+            device: str = "auto") -> DataFrame:
     """`keep` columns plus `probability`, computed in the executors by mapInArrow."""
     spark = inputs.sparkSession
     weights = spark.sparkContext.broadcast(model.weights.read_bytes())
@@ -109,12 +110,12 @@ def predict(inputs: DataFrame, model: ModelDir, keep: list[str], score: ScoreCon
         dense=tuple(f.name for f in fmap.dense),
         keep=tuple(keep),
         weights=lambda: weights.value,
-        threads=score.threads,
-        device=score.device,
+        threads=threads,
+        device=device,
     )
     schema = T.StructType([inputs.schema[name] for name in keep] + [T.StructField(PROBABILITY, T.FloatType())])
     # mapInArrow hands the function batches of this many rows; the setting is read when the job runs.
-    spark.conf.set(_ARROW_BATCH, str(score.batch_rows))
+    spark.conf.set(_ARROW_BATCH, str(batch_rows))
     return inputs.mapInArrow(scorer, schema)
 
 

@@ -12,50 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from deepfm.config import Config, TrainConfig
-from deepfm.launch import run_training
+from deepfm.config import Config
 from deepfm.model_dir import ModelDirError, open_model_dir
-from pipelines.preprocess import run_preprocess
 from pipelines.read import InputError
 from pipelines.score import run_score
-from tests.conftest import CRITEO_SAMPLE, criteo_dataset
-
-COLUMNS = [
-    {"name": "row_id", "role": "id", "dtype": "int"},
-    {"name": "label", "role": "label"},
-    # Half the numeric fields as value-scaled embeddings (training statistics), half bucketized.
-    {"names": ["I{1..6}"], "role": "numeric", "dtype": "int", "transform": "log1p_standardize"},
-    {"names": ["I{7..13}"], "role": "numeric", "dtype": "int", "transform": "log_bucketize"},
-    {"names": ["C{1..26}"], "role": "categorical"},
-]
-UNSEEN_ID, MISSING_ID_ROW = 10_000_001, 10_000_002
-
-
-@pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("score")
-    logs = root / "logs"
-    logs.mkdir()
-    lines = CRITEO_SAMPLE.read_text().splitlines()
-    (logs / "part-0.tsv").write_text("".join(f"{i}\t{line}\n" for i, line in enumerate(lines)))
-    dataset = criteo_dataset(logs / "part-0.tsv")
-    dataset["input"]["columns"] = COLUMNS
-    cfg = {"dataset": dataset, "preprocess": {"output": str(root / "prep"), "vocab": {"min_count": 2},
-                                              "shards": {"rows_per_row_group": 2000}}}
-    run_preprocess(spark, Config.model_validate(cfg))
-    run_training(TrainConfig.model_validate({
-        "data": str(root / "prep"), "output": str(root / "model"), "epochs": 1, "batch_size": 256,
-        "model": {"embedding_dim": 8, "hidden": [32, 16]}, "threads": 1}))
-    # New logs: the sample, one row of never-seen values and one row of missing values.
-    new_logs = root / "new_logs"
-    new_logs.mkdir()
-    shutil.copy(logs / "part-0.tsv", new_logs / "part-0.tsv")
-    unseen = [str(UNSEEN_ID), "0", *([""] * 13), *(["zz-never-seen"] * 26)]
-    missing = [str(MISSING_ID_ROW), "1", *([""] * 39)]
-    (new_logs / "part-1.tsv").write_text("\t".join(unseen) + "\n" + "\t".join(missing) + "\n")
-    return {"root": root, "cfg": cfg, "logs": new_logs}
+from tests.pipelines.conftest import COLUMNS, MISSING_ID_ROW, UNSEEN_ID, in_process_probabilities
 
 
 def _score_cfg(trained, **score):
@@ -64,26 +26,10 @@ def _score_cfg(trained, **score):
         "input_path": str(trained["logs"]), "batch_rows": 1000, **score}})
 
 
-def _in_process(model_dir: Path, table: pa.Table) -> np.ndarray:
-    md = open_model_dir(model_dir)
-    model = md.load()
-    fmap = md.feature_map
-    ids = torch.from_numpy(np.stack([table[f.name].to_numpy() for f in fmap.categorical], axis=1))
-    dense = torch.from_numpy(np.stack([table[f.name].to_numpy() for f in fmap.dense], axis=1))
-    with torch.no_grad():
-        return torch.sigmoid(model(ids, dense)).numpy()
-
-
-@pytest.fixture(scope="module")
-def scored(spark, trained):
-    result = run_score(spark, _score_cfg(trained), "2026-11-27")
-    return result, pq.read_table(Path(result.partition.removeprefix("file:")))
-
-
 def test_scores_raw_logs_into_a_dated_partition(spark, trained, scored):
     result, table = scored
     assert result.rows == 10_002 and result.rejected == 0
-    assert table.column_names == ["row_id", "label", "probability", "model_version", "scored_at"]
+    assert table.column_names == ["row_id", "day", "label", "probability", "model_version", "scored_at"]
     assert table.schema.field("probability").type == pa.float32()
     assert set(table["model_version"].to_pylist()) == {open_model_dir(trained["root"] / "model").version}
     partition = Path(result.partition.removeprefix("file:"))
@@ -98,7 +44,7 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
     _, table = scored
     spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
     shards = pa.concat_tables(pq.read_table(trained["root"] / "prep" / split) for split in ("train", "valid", "test"))
-    expected = _in_process(trained["root"] / "model", shards)
+    expected = in_process_probabilities(trained["root"] / "model", shards)
     got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
     assert len(got) == 10_000
     assert np.abs(got - expected).max() < 1e-5
@@ -114,7 +60,7 @@ def test_unseen_values_score_as_oov_and_missing_values_as_missing(trained, score
     missing = {f.name: [0] for f in fmap.categorical}
     dense_missing = {f.name: [np.float32(0.0)] for f in fmap.dense}  # missing dense values read as 0
     for row_id, ids in ((UNSEEN_ID, unseen), (MISSING_ID_ROW, missing)):
-        expected = _in_process(md.path, pa.table({**{k: pa.array(v, pa.int32()) for k, v in ids.items()},
+        expected = in_process_probabilities(md.path, pa.table({**{k: pa.array(v, pa.int32()) for k, v in ids.items()},
                                                   **{k: pa.array(v, pa.float32()) for k, v in dense_missing.items()}}))
         assert abs(spark_scores[row_id] - expected[0]) < 1e-5
 
@@ -150,7 +96,7 @@ def test_malformed_rows_are_quarantined_in_the_partition(spark, trained, tmp_pat
     result = run_score(spark, cfg, "2026-11-27")
     assert (result.rows, result.rejected) == (10_002, 1)
     rejects = pq.read_table(Path(result.partition.removeprefix("file:")) / "_rejects")
-    assert rejects.num_rows == 1 and "expected 41 fields" in rejects["reason"][0].as_py()
+    assert rejects.num_rows == 1 and "expected 42 fields" in rejects["reason"][0].as_py()
 
 
 def test_vocabulary_that_does_not_match_the_model_fails_and_keeps_the_old_partition(spark, trained, tmp_path):
@@ -180,10 +126,10 @@ def test_missing_model_file_names_the_file(spark, trained, tmp_path):
 
 def test_input_without_a_model_column_names_the_column(spark, trained, tmp_path):
     frame = spark.read.option("sep", "\t").csv(str(trained["logs"] / "part-1.tsv")).toDF(
-        "row_id", "label", *[f"I{i}" for i in range(1, 14)], *[f"C{i}" for i in range(1, 27)]).drop("C7")
+        "row_id", "day", "label", *[f"I{i}" for i in range(1, 14)], *[f"C{i}" for i in range(1, 27)]).drop("C7")
     frame.write.parquet(str(tmp_path / "parquet_logs"))
     spec = {"path": str(tmp_path / "parquet_logs"), "format": "parquet",
-            "columns": [c for c in COLUMNS if c.get("name") != "label"][:1] + COLUMNS[2:4]
+            "columns": COLUMNS[:2] + COLUMNS[3:5]
             + [{"names": [f"C{i}" for i in range(1, 27) if i != 7], "role": "categorical"}]}
     cfg = _score_cfg(trained, input_path=None, input=spec, output=str(tmp_path / "s"))
     with pytest.raises(InputError, match=r"lacks column\(s\) \['C7'\]"):

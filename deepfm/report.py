@@ -1,0 +1,135 @@
+"""The evaluation report: metrics.json, PNG plots and one HTML page that embeds them (readable offline).
+
+    metrics.json          overall metrics, calibration bins, per-slice metrics
+    roc.png               ROC curve
+    calibration.png       observed vs predicted CTR by bin of prediction
+    training_curves.png   copied from the model directory, when there is one
+    report.html           all of the above in one self-contained file (images inlined as base64)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS, HTML = "metrics.json", "report.html"
+ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
+
+
+def write_report(out: Path, metrics: dict[str, Any], roc: tuple[np.ndarray, np.ndarray],
+                 training_curves: Path | None = None) -> Path:
+    """Write the report directory atomically (built beside `out`, then renamed over it)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared
+    try:
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        _plot_roc(*roc, metrics["overall"]["auc"], tmp / ROC)
+        _plot_calibration(metrics["calibration"], tmp / CALIBRATION)
+        images = [ROC, CALIBRATION]
+        if training_curves is not None and training_curves.is_file():
+            shutil.copyfile(training_curves, tmp / CURVES)
+            images.append(CURVES)
+        (tmp / HTML).write_text(_html(metrics, {name: tmp / name for name in images}))
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / HTML
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"model (AUC {auc:.4f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_calibration(bins: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    predicted = [b["ctr_predicted"] for b in bins]
+    observed = [b["ctr_observed"] for b in bins]
+    top = max([*predicted, *observed, 1e-3]) * 1.05
+    ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect calibration")
+    ax.plot(predicted, observed, marker="o", label="model, by bin of prediction")
+    ax.set_xlabel("mean predicted CTR")
+    ax.set_ylabel("observed CTR")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _html(metrics: dict[str, Any], images: dict[str, Path]) -> str:
+    overall = metrics["overall"]
+    figures = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, path in images.items()
+    )
+    slices = metrics.get("slices")
+    slice_table = ""
+    if slices:
+        slice_table = f"<h2>By {html.escape(slices['column'])}</h2>" + _table(
+            slices["values"], ["value", "rows", "auc", "logloss", "ctr_observed", "ctr_predicted"])
+    source = html.escape(str(metrics.get("source", "")))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>DeepFM evaluation</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ background: #f3f3f3; }}
+figure {{ display: inline-block; margin: 0 1em 1em 0; }}
+img {{ max-width: 520px; }}
+</style></head><body>
+<h1>DeepFM evaluation</h1>
+<p>Predictions: {source}<br>Model version: {html.escape(str(metrics.get("model_version") or "unknown"))}</p>
+{_table([overall], ["rows", "auc", "logloss", "ctr_observed", "ctr_predicted"])}
+<p>Rows without a label (left out): {metrics.get("rows_without_label", 0)}</p>
+{figures}
+<h2>Calibration by bin of prediction</h2>
+{_table(metrics["calibration"], ["bin", "rows", "p_min", "p_max", "ctr_predicted", "ctr_observed"])}
+{slice_table}
+</body></html>
+"""
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.5f}"
+    return html.escape(str(value))

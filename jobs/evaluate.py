@@ -1,0 +1,22 @@
+"""Entry point of the evaluate stage: metrics, plots and an HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from deepfm.config import Config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines.evaluate import run_evaluate
+    from pipelines.spark import get_spark
+
+    cfg.require("evaluate")
+    result = run_evaluate(get_spark(cfg.spark), cfg)
+    print(json.dumps({"report": str(result.report), "overall": result.metrics["overall"]}))
+    return 0

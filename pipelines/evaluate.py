@@ -1,0 +1,118 @@
+"""The evaluate job: exact metrics and a report from predictions with labels, at any scale.
+
+Spark reduces the predictions to one row per distinct (slice value, probability) with its row and
+click counts; AUC, logloss, calibration and the ROC curve are then exact on that table (sklearn
+with sample weights), never averages of per-batch or per-partition figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deepfm.config import Config, EvaluateConfig
+from deepfm.inference import PROBABILITY
+from deepfm.metrics import calibration, grouped_metrics, roc_points
+from deepfm.model_dir import CURVES, ModelDir, open_model_dir
+from deepfm.report import write_report
+from pipelines import score
+from pipelines.read import InputError
+from pipelines.steps import step
+
+log = logging.getLogger(__name__)
+
+OTHER, MISSING = "(other)", "(missing)"
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    report: Path
+    metrics: dict[str, Any]
+
+
+def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
+    ev: EvaluateConfig = cfg.require("evaluate")
+    model = open_model_dir(ev.model) if ev.model else None
+    label = ev.label or (model.feature_map.label if model else "label")
+    with step("aggregate predictions by value"):
+        frame, source = _predictions(spark, ev, model, label)
+        counts, unlabelled = aggregate(frame, label, ev.slice)
+    metrics = report_metrics(counts, ev.calibration_bins, ev.slice, ev.max_slices)
+    metrics.update({"source": source, "label": label, "rows_without_label": unlabelled,
+                    "model_version": model.version if model else _single_version(frame)})
+    overall = metrics["overall"]
+    log.info("AUC %.4f, logloss %.4f, observed CTR %.4f, predicted CTR %.4f over %d rows",
+             overall["auc"], overall["logloss"], overall["ctr_observed"], overall["ctr_predicted"], overall["rows"])
+    roc = roc_points(*(counts[c].to_numpy() for c in ("p", "rows", "clicks")))
+    report = write_report(Path(ev.output), metrics, roc, model.path / CURVES if model else None)
+    log.info("report: %s", report)
+    return EvaluateResult(report, metrics)
+
+
+def _predictions(spark: SparkSession, ev: EvaluateConfig, model: ModelDir | None, label: str
+                 ) -> tuple[DataFrame, str]:
+    if ev.predictions is not None:
+        frame = spark.read.parquet(ev.predictions)
+        missing = [c for c in (PROBABILITY, label, ev.slice) if c and c not in frame.columns]
+        if missing:
+            raise InputError(f"predictions {ev.predictions} lack column(s) {missing} (columns: {frame.columns})")
+        return frame, ev.predictions
+    assert model is not None and ev.data is not None  # EvaluateConfig guarantees both
+    keep = [label, *([ev.slice] if ev.slice and ev.slice != label else [])]
+    encoded = score.encoded_split(spark, ev.data, model, keep)
+    return score.predict(encoded, model, keep), f"{ev.data} scored with {model.path}"
+
+
+def aggregate(frame: DataFrame, label: str, slice_column: str | None) -> tuple[pd.DataFrame, int]:
+    """(slice, p, rows, clicks) per distinct prediction, and the number of rows without a label."""
+    y = F.col(f"`{label}`").cast("double")
+    bad = frame.where(y.isNotNull() & ~y.isin(0.0, 1.0)).select(f"`{label}`").limit(3).collect()
+    if bad:
+        raise InputError(f"label column '{label}' must hold 0 or 1; found {[r[0] for r in bad]}")
+    if frame.where(F.col(PROBABILITY).isNull() | F.isnan(PROBABILITY)).limit(1).count():
+        raise InputError(f"column '{PROBABILITY}' has null or NaN predictions")
+    groups = [F.coalesce(F.col(f"`{slice_column}`").cast("string"), F.lit(MISSING)).alias("slice")] \
+        if slice_column else [F.lit("").alias("slice")]
+    counts = (
+        frame.where(y.isNotNull())
+        .groupBy(*groups, F.col(PROBABILITY).cast("double").alias("p"))
+        .agg(F.count(F.lit(1)).alias("rows"), F.sum(y).alias("clicks"))
+        .toPandas()
+    )
+    unlabelled = frame.where(y.isNull()).count()
+    if unlabelled:
+        log.warning("%d rows have no label and are left out of the metrics", unlabelled)
+    if counts.empty:
+        raise InputError("no labelled predictions to evaluate")
+    return counts, unlabelled
+
+
+def report_metrics(counts: pd.DataFrame, bins: int, slice_column: str | None, max_slices: int) -> dict[str, Any]:
+    overall = counts.groupby("p", as_index=False)[["rows", "clicks"]].sum()
+    arrays = (overall["p"].to_numpy(), overall["rows"].to_numpy(), overall["clicks"].to_numpy())
+    metrics: dict[str, Any] = {"overall": grouped_metrics(*arrays), "calibration": calibration(*arrays, bins)}
+    if slice_column:
+        sizes = counts.groupby("slice")["rows"].sum().sort_values(ascending=False, kind="stable")
+        top = set(sizes.index[:max_slices])
+        named = counts.assign(slice=np.where(counts["slice"].isin(top), counts["slice"], OTHER))
+        values = []
+        for value, part in named.groupby("slice", sort=False):
+            part = part.groupby("p", as_index=False)[["rows", "clicks"]].sum()
+            values.append({"value": value, **grouped_metrics(part["p"].to_numpy(), part["rows"].to_numpy(),
+                                                             part["clicks"].to_numpy())})
+        metrics["slices"] = {"column": slice_column, "values": sorted(values, key=lambda v: -v["rows"])}
+    return metrics
+
+
+def _single_version(frame: DataFrame) -> str | None:
+    if score.MODEL_VERSION not in frame.columns:
+        return None
+    versions = [r[0] for r in frame.select(score.MODEL_VERSION).distinct().limit(2).collect()]
+    return versions[0] if len(versions) == 1 else "mixed: " + ", ".join(map(str, versions))
