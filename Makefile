@@ -3,15 +3,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow lint bench-preprocess bench-train bench-quality clean
+.PHONY: setup run test test-slow lint bench-preprocess bench-train bench-quality bench-score clean
 
 setup:
 	@bash scripts/setup.sh
 
-## The main job on the embedded Criteo sample (../shared/data): preprocess, then train.
+## The whole pipeline on the embedded Criteo sample (../shared/data):
+## preprocess, train, batch-score the logs, evaluate on the held-out test split.
 run: setup
 	$(VENV)/bin/deepfm-pipeline preprocess
 	$(VENV)/bin/deepfm-pipeline train
+	$(VENV)/bin/deepfm-pipeline score
+	$(VENV)/bin/deepfm-pipeline evaluate
+	@echo "Scores: out/criteo_scores/run_date=*/   Report: out/criteo_report/report.html"
 
 ## The default test suite (what CI runs).
 test: setup
@@ -32,6 +36,9 @@ bench-train: setup
 
 bench-quality: setup
 	$(PY) bench/compare_criteo.py
+
+bench-score: setup
+	$(PY) bench/bench_score.py
 
 clean:
 	rm -rf out .pytest_cache

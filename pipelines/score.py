@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MODEL_VERSION, SCORED_AT, RUN_DATE = "model_version", "scored_at", "run_date"
 REJECTS = "_rejects"
 _ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+_RAW_PREFIX = "_raw_value_of_"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
             inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
         with step(f"score with model {model.version}"):
             predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device)
+            for name in keep:
+                if name.startswith(_RAW_PREFIX):
+                    predictions = predictions.withColumnRenamed(name, name.removeprefix(_RAW_PREFIX))
             (predictions.withColumn(MODEL_VERSION, F.lit(model.version))
              .withColumn(SCORED_AT, F.lit(scored_at).cast("timestamp"))
              .write.mode("append").parquet(tmp))
@@ -164,14 +168,19 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary:
         quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", score.max_reject_rate,
                                      "score.max_reject_rate")
     frame = quarantine.staged(spark, f"{staging}/input", "ok")
+    # A kept feature column (a country to slice by, say) is output raw, not as its encoded id.
+    features_kept = [k for k in keep if k in {f.name for f in fmap.fields}]
+    for name in features_kept:
+        frame = frame.withColumn(_RAW_PREFIX + name, F.col(f"`{name}`"))
+    keep_in_frame = [_RAW_PREFIX + k if k in features_kept else k for k in keep]
     for side in dataset.side_tables:
         side_columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
         frame = join_side_table(frame, quarantine.staged(spark, f"{staging}/side_{side.name}", "ok")
                                 .select(*side_columns), side)
     broadcast_max = (cfg.preprocess.vocab if cfg.preprocess else VocabConfig()).broadcast_max_entries
-    encoded = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max, keep=tuple(keep))
+    encoded = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max, keep=tuple(keep_in_frame))
     # apply_feature_map puts the label first when the input has one; keep decides what is output.
-    return encoded.select(*[f.name for f in fmap.fields], *keep), keep, rows["input"]
+    return encoded.select(*[f.name for f in fmap.fields], *keep_in_frame), keep_in_frame, rows["input"]
 
 
 def _default_keep(columns: list[str], declared: list[str], label: str) -> list[str]:

@@ -5,7 +5,10 @@ runs the model directly, so the Spark job's transforms are checked against train
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from deepfm.config import Config
 from deepfm.model_dir import ModelDirError, open_model_dir
 from pipelines.read import InputError
 from pipelines.score import run_score
+from tests.conftest import REPO_ROOT
 from tests.pipelines.conftest import COLUMNS, MISSING_ID_ROW, UNSEEN_ID, in_process_probabilities
 
 
@@ -139,3 +143,52 @@ def test_input_without_a_model_column_names_the_column(spark, trained, tmp_path)
 def test_bad_run_date_is_refused(spark, trained, tmp_path):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         run_score(spark, _score_cfg(trained, output=str(tmp_path / "s")), "27/11/2026")
+
+
+def _cli(args):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=900)
+
+
+def _cli_sets(trained, out):
+    prep = trained["cfg"]
+    return ["--set", "spark.master=local[2]", "--set", "spark.conf.spark.ui.showConsoleProgress=false",
+            "--set", f"dataset.input.path={prep['dataset']['input']['path']}",
+            "--set", f"dataset.input.columns={json.dumps(COLUMNS)}",
+            "--set", f"score.model={trained['root'] / 'model'}", "--set", f"score.output={out}",
+            "--set", f"score.input_path={trained['logs']}"]
+
+
+def test_spark_submit_scores_a_run_date(trained, scored, tmp_path):
+    result = _cli([str(REPO_ROOT / "spark-submit.sh"), "score", "--run-date", "2026-11-27",
+                   *_cli_sets(trained, tmp_path / "scores")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 10_002 and summary["output"].endswith("run_date=2026-11-27")
+    by_cli = pq.read_table(tmp_path / "scores" / "run_date=2026-11-27").sort_by("row_id")
+    in_test = scored[1].sort_by("row_id")
+    assert by_cli["row_id"].equals(in_test["row_id"])
+    # Different batch boundaries change float summation order, nothing more.
+    assert np.abs(by_cli["probability"].to_numpy() - in_test["probability"].to_numpy()).max() < 1e-6
+
+
+def test_cli_errors_exit_2_with_the_reason(trained, tmp_path):
+    bad_date = _cli([sys.executable, "-m", "jobs.cli", "score", "--run-date", "yesterday",
+                     *_cli_sets(trained, tmp_path / "s")])
+    assert bad_date.returncode == 2 and "YYYY-MM-DD" in bad_date.stderr
+    no_model = _cli([sys.executable, "-m", "jobs.cli", "score", *_cli_sets(trained, tmp_path / "s"),
+                     "--set", f"score.model={tmp_path / 'nothing'}"])
+    assert no_model.returncode == 2 and "does not exist" in no_model.stderr and "Traceback" not in no_model.stderr
+
+
+def test_kept_feature_columns_are_output_raw(spark, trained, tmp_path):
+    cfg = _score_cfg(trained, keep=["row_id", "C9", "I1"], input_path=str(trained["logs"] / "part-0.tsv"),
+                     output=str(tmp_path / "s"))
+    table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
+    assert table.column_names[:3] == ["row_id", "C9", "I1"]
+    raw = {int(line.split("\t")[0]): line.split("\t") for line in
+           (trained["logs"] / "part-0.tsv").read_text().splitlines()[:50]}
+    got = {r["row_id"]: r for r in table.to_pylist() if r["row_id"] in raw}
+    for row_id, fields in raw.items():
+        assert got[row_id]["C9"] == (fields[3 + 13 + 8] or None)  # row_id, day, label, I1..I13, C1..
+        assert got[row_id]["I1"] == (int(fields[3]) if fields[3] else None)

@@ -1,0 +1,120 @@
+"""Batch-scoring throughput: the Spark score job against in-process torch inference, in one run.
+
+Same model (embedding 16, MLP 400-400-400, trained one epoch) and the same 1M synthetic rows:
+(a) in-process: the encoded rows already in memory as tensors, the model run in batches of
+    --batch-rows on every core (the ceiling: no I/O, no transforms);
+(b) the Spark job (local[2]) on the raw TSV logs: parse, quarantine, encode, score, write;
+(c) the Spark job on the same rows already encoded (preprocessed Parquet): read, score, write.
+Prints one JSON object; ratios are Spark rows/s over in-process rows/s.
+    python bench/bench_score.py [--data out/bench/train_1m] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deepfm.config import load_config  # noqa: E402
+from deepfm.model_dir import open_model_dir  # noqa: E402
+
+CONF = [str(ROOT / "conf" / n) for n in ("base.yaml", "datasets/synthetic.yaml", "env/local.yaml")]
+MODEL = ["--set", "train.model.embedding_dim=16", "--set", "train.model.hidden=[400,400,400]"]
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, check=True)
+
+
+def prepare(data: Path, model: Path, raw: Path) -> None:
+    conf = [a for c in CONF for a in ("--conf", c)]
+    if not (data / "_SUCCESS").exists():
+        _cli("generate", *conf, "--rows", "1000000", "--output", str(raw))
+        _cli("preprocess", *conf, "--set", f"dataset.input.path={raw}", "--set", f"preprocess.output={data}",
+             "--set", "preprocess.vocab.min_count=1")
+    if not (model / "model.json").exists():
+        _cli("train", *conf, *MODEL, "--set", f"train.data={data}", "--set", f"train.output={model}",
+             "--set", "train.epochs=1")
+
+
+def in_process_rate(model_dir: Path, data: Path, batch_rows: int) -> dict:
+    md = open_model_dir(model_dir)
+    model = md.load()
+    torch.set_num_threads(os.cpu_count() or 1)
+    table = pa.concat_tables(pq.read_table(data / split) for split in ("train", "valid", "test"))
+    fmap = md.feature_map
+    ids = torch.from_numpy(np.stack([table[f.name].to_numpy() for f in fmap.categorical], axis=1))
+    dense = torch.zeros(len(table), 0)
+    rows = len(table)
+    with torch.inference_mode():
+        model(ids[:batch_rows], dense[:batch_rows])  # warm-up
+        start = time.perf_counter()
+        for begin in range(0, rows, batch_rows):
+            torch.sigmoid(model(ids[begin:begin + batch_rows], dense[begin:begin + batch_rows]))
+        seconds = time.perf_counter() - start
+    return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
+
+
+def spark_rate(spark, model_dir: Path, raw: Path, data: Path, preprocessed: bool, batch_rows: int) -> dict:
+    from pipelines.score import run_score
+
+    with tempfile.TemporaryDirectory() as out:
+        score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows}
+        score |= {"preprocessed": f"{data}/{{train,valid,test}}"} if preprocessed else {"input_path": str(raw)}
+        cfg = load_config(CONF).model_copy(update={"score": None})
+        cfg = cfg.model_validate({**cfg.model_dump(), "score": score})
+        result = run_score(spark, cfg, "2026-01-01")
+    return {"rows": result.rows, "seconds": round(result.seconds, 2), "rows_per_s": round(result.rows / result.seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "out" / "bench" / "train_1m")
+    parser.add_argument("--raw", type=Path, default=ROOT / "out" / "bench" / "raw_1000000")
+    parser.add_argument("--model", type=Path, default=ROOT / "out" / "bench" / "score_model")
+    parser.add_argument("--batch-rows", type=int, default=16_384)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    prepare(args.data, args.model, args.raw)
+
+    from deepfm.config import SparkConfig
+    from pipelines.spark import get_spark
+
+    spark = get_spark(SparkConfig(master="local[2]", conf={
+        **load_config(CONF).spark.conf, "spark.driver.memory": "6g", "spark.ui.showConsoleProgress": "false"}))
+    # Rounds interleave the cases and keep each one's best: this shared machine's speed drifts.
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for name, run in (("in_process", lambda: in_process_rate(args.model, args.data, args.batch_rows)),
+                          ("spark_raw_logs", lambda: spark_rate(spark, args.model, args.raw, args.data, False,
+                                                                args.batch_rows)),
+                          ("spark_preprocessed", lambda: spark_rate(spark, args.model, args.raw, args.data, True,
+                                                                    args.batch_rows))):
+            result = run()
+            if name not in best or result["rows_per_s"] > best[name]["rows_per_s"]:
+                best[name] = result
+    base = best["in_process"]["rows_per_s"]
+    print(json.dumps({
+        "model": {"embedding_dim": 16, "hidden": [400, 400, 400], "version": open_model_dir(args.model).version},
+        "cores": os.cpu_count(), "batch_rows": args.batch_rows, "rounds": args.rounds, **best,
+        "ratio_spark_raw_logs": round(best["spark_raw_logs"]["rows_per_s"] / base, 3),
+        "ratio_spark_preprocessed": round(best["spark_preprocessed"]["rows_per_s"] / base, 3),
+        "target_ratio": 0.7,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
