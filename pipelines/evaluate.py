@@ -71,24 +71,28 @@ def _predictions(spark: SparkSession, ev: EvaluateConfig, model: ModelDir | None
 
 
 def aggregate(frame: DataFrame, label: str, slice_column: str | None) -> tuple[pd.DataFrame, int]:
-    """(slice, p, rows, clicks) per distinct prediction, and the number of rows without a label."""
+    """(slice, p, rows, clicks) per distinct prediction, and the number of rows without a label.
+
+    One pass over the predictions: the checks ride along in the same aggregation.
+    """
     y = F.col(f"`{label}`").cast("double")
-    bad = frame.where(y.isNotNull() & ~y.isin(0.0, 1.0)).select(f"`{label}`").limit(3).collect()
-    if bad:
-        raise InputError(f"label column '{label}' must hold 0 or 1; found {[r[0] for r in bad]}")
-    if frame.where(F.col(PROBABILITY).isNull() | F.isnan(PROBABILITY)).limit(1).count():
-        raise InputError(f"column '{PROBABILITY}' has null or NaN predictions")
-    groups = [F.coalesce(F.col(f"`{slice_column}`").cast("string"), F.lit(MISSING)).alias("slice")] \
-        if slice_column else [F.lit("").alias("slice")]
+    slice_value = (F.coalesce(F.col(f"`{slice_column}`").cast("string"), F.lit(MISSING)) if slice_column
+                   else F.lit(""))
     counts = (
-        frame.where(y.isNotNull())
-        .groupBy(*groups, F.col(PROBABILITY).cast("double").alias("p"))
-        .agg(F.count(F.lit(1)).alias("rows"), F.sum(y).alias("clicks"))
+        frame.groupBy(slice_value.alias("slice"), F.col(PROBABILITY).cast("double").alias("p"))
+        .agg(F.count(y).alias("rows"), F.sum(y).alias("clicks"),
+             F.sum(y.isNull().cast("long")).alias("unlabelled"),
+             F.sum((y.isNotNull() & ~y.isin(0.0, 1.0)).cast("long")).alias("not_binary"))
         .toPandas()
     )
-    unlabelled = frame.where(y.isNull()).count()
+    if counts["not_binary"].sum():
+        raise InputError(f"label column '{label}' must hold 0 or 1; {int(counts['not_binary'].sum())} rows do not")
+    if counts["p"].isna().any():
+        raise InputError(f"column '{PROBABILITY}' has null or NaN predictions")
+    unlabelled = int(counts["unlabelled"].sum())
     if unlabelled:
         log.warning("%d rows have no label and are left out of the metrics", unlabelled)
+    counts = counts[counts["rows"] > 0].drop(columns=["unlabelled", "not_binary"]).reset_index(drop=True)
     if counts.empty:
         raise InputError("no labelled predictions to evaluate")
     return counts, unlabelled
