@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--deepctr-rows", type=int, default=40 * BATCH)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--readers-only", action="store_true",
+                        help="only (a) memory, (b) native, (c) Petastorm with 1 worker: the streaming ratios")
     args = parser.parse_args()
     if not (args.data / "_SUCCESS").exists():
         raw = ROOT / "out" / "bench" / "raw_1000000"
@@ -160,7 +162,10 @@ def main() -> None:
     limit = gflops * 1e9 / flops
     plan = [("memory", "none", 1, True), ("native", "none", 1, True), ("petastorm", "none", 1, True),
             ("memory", "none", 1, False)]
-    plan += [("native", backend, 2, sparse) for backend in ("torch", "horovod") for sparse in (True, False)]
+    if args.readers_only:
+        plan = plan[:3]
+    else:
+        plan += [("native", backend, 2, sparse) for backend in ("torch", "horovod") for sparse in (True, False)]
     # Rounds interleave the cases and each keeps its best: this shared 2-core machine's speed
     # drifts by +-20% from minute to minute, which would otherwise swamp the comparisons.
     best: dict[tuple, dict] = {}
@@ -174,7 +179,7 @@ def main() -> None:
         if case[1] != "none":
             best[case]["embedding_bytes_per_step_per_worker"] = exchange_bytes(fmap, case[3])
         cases.append(best[case])
-    deepctr = deepctr_samples_per_s(args.data, args.deepctr_rows)
+    deepctr = float("nan") if args.readers_only else deepctr_samples_per_s(args.data, args.deepctr_rows)
     rate = {c["reader"]: c["samples_per_s"] for c in cases[:3]}
     fastest = max(c["samples_per_s"] for c in cases)
     print(json.dumps({
@@ -185,12 +190,12 @@ def main() -> None:
         "matmul_gflops_fp32": round(gflops, 1),
         "arithmetic_limit_samples_per_s": round(limit),
         "cases": cases,
-        "deepctr_torch_samples_per_s": round(deepctr),
+        "deepctr_torch_samples_per_s": None if args.readers_only else round(deepctr),
         "ratios": {
             "native_vs_memory": round(rate["native"] / rate["memory"], 3),
             "petastorm_vs_memory": round(rate["petastorm"] / rate["memory"], 3),
             "best_vs_arithmetic_limit": round(fastest / limit, 3),
-            "memory_1_worker_vs_deepctr": round(rate["memory"] / deepctr, 2),
+            "memory_1_worker_vs_deepctr": None if args.readers_only else round(rate["memory"] / deepctr, 2),
         },
     }, indent=2))
 
