@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -74,28 +75,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    code = 1
     try:
         cfg = load_config(args.conf or args.default_conf, args.overrides)
-        return int(__import__(args.module, fromlist=["run"]).run(cfg, args) or 0)
+        code = int(__import__(args.module, fromlist=["run"]).run(cfg, args) or 0)
     except (ConfigError, ValueError, RuntimeError, OSError) as err:
         if args.log_level == "DEBUG":
             raise
         print(f"deepfm-pipeline {args.stage}: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
-        _stop_spark()
+        _stop_spark(code)
+    return code
 
 
-def _stop_spark() -> None:
+def _stop_spark(code: int) -> None:
     """Stop the session a stage started: under spark-submit a live SparkContext (after
     TorchDistributor, say) keeps the launcher's JVM running after the job is done."""
     if "pyspark" not in sys.modules:
         return
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession()
     if session is not None:
         session.stop()
+    if os.environ.get("PYSPARK_GATEWAY_PORT") and SparkContext._jvm is not None:  # launched by spark-submit
+        _exit_jvm_held_by_barrier_timer(SparkContext._jvm, code)
+
+
+def _exit_jvm_held_by_barrier_timer(jvm, code: int) -> None:
+    """Spark 3.5's barrier tasks (TorchDistributor) leave a non-daemon timer thread in a local-mode
+    driver JVM (SPARK-49479, SPARK-51450), so spark-submit never returns after the job ends.
+    When that thread is there, end the JVM ourselves: its shutdown hooks still run."""
+    threads = jvm.java.lang.Thread.getAllStackTraces().keySet().toArray()
+    holding = [t.getName() for t in threads if not t.isDaemon() and "barrier" in t.getName().lower()]
+    if not holding:
+        return
+    logging.getLogger(__name__).info("ending the JVM held by Spark's barrier timer thread %s", holding)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        jvm.java.lang.System.exit(code)
+    finally:
+        os._exit(code)  # the JVM is gone, and with it the gateway this process talks through
 
 
 if __name__ == "__main__":  # spark-submit runs this file directly
