@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow lint bench-preprocess bench-train bench-quality bench-score clean
+.PHONY: setup run test test-slow lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,9 @@ bench-train: setup
 
 bench-quality: setup
 	$(PY) bench/compare_criteo.py
+
+bench-quality-synthetic: setup
+	$(PY) bench/quality_synthetic.py
 
 bench-score: setup
 	$(PY) bench/bench_score.py

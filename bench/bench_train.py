@@ -6,7 +6,7 @@ preprocessed with min_count 1 (about 1M embedding ids). Prints one JSON object w
 DeepFM fit on the same rows; 1 and 2 workers (DDP and Horovod, sparse and dense embedding
 gradients, with the bytes each exchanges per step); the machine's fp32 matmul rate and the
 arithmetic limit = that rate / the model's training FLOPs per sample.
-    python bench/bench_train.py [--data out/bench/train_1m] [--steps 40]
+    python bench/bench_train.py [--data out/bench/train_1m] [--steps 120] [--rounds 2] [--readers-only]
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def deepctr_samples_per_s(data: Path, rows: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "out" / "bench" / "train_1m")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--deepctr-rows", type=int, default=40 * BATCH)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--readers-only", action="store_true",
