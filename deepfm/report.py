@@ -1,4 +1,6 @@
-"""The evaluation report: metrics.json, PNG plots and one HTML page that embeds them (readable offline).
+"""Plots, and the evaluation report: metrics.json, PNGs and one HTML page that embeds them (readable offline).
+
+Training writes `training_curves.png` with `plot_training_curves`; the evaluate job writes:
 
     metrics.json          overall metrics, calibration bins, per-slice metrics
     roc.png               ROC curve
@@ -14,10 +16,13 @@ import html
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deepfm import checkpoint as ckpt
 
 METRICS, HTML = "metrics.json", "report.html"
 ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
@@ -50,42 +55,55 @@ def write_report(out: Path, metrics: dict[str, Any], roc: tuple[np.ndarray, np.n
     return out / HTML
 
 
-def _pyplot():
+@contextmanager
+def _figure(path: Path, columns: int = 1, size: tuple[float, float] = (5, 5)):
+    """Axes to draw on; on exit the figure is laid out and saved atomically as a PNG, then closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(1, columns, figsize=size)
+    try:
+        yield axes
+        fig.tight_layout()
+        ckpt.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    """Train loss and validation logloss, and validation AUC, against step (one point per epoch)."""
+    steps = [h["step"] for h in history]
+    with _figure(path, columns=2, size=(10, 4)) as (left, right):
+        left.plot(steps, [h["train_loss"] for h in history], marker="o", label="train loss")
+        left.plot(steps, [h["valid_logloss"] for h in history], marker="o", label="valid logloss")
+        left.set_xlabel("step")
+        left.legend()
+        right.plot(steps, [h["valid_auc"] for h in history], marker="o", color="C2")
+        right.set_xlabel("step")
+        right.set_ylabel("validation AUC")
 
 
 def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, label=f"model (AUC {auc:.4f})")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _figure(path) as ax:
+        ax.plot(fpr, tpr, label=f"model (AUC {auc:.4f})")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(loc="lower right")
 
 
 def _plot_calibration(bins: list[dict], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
     predicted = [b["ctr_predicted"] for b in bins]
     observed = [b["ctr_observed"] for b in bins]
     top = max([*predicted, *observed, 1e-3]) * 1.05
-    ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect calibration")
-    ax.plot(predicted, observed, marker="o", label="model, by bin of prediction")
-    ax.set_xlabel("mean predicted CTR")
-    ax.set_ylabel("observed CTR")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _figure(path) as ax:
+        ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect calibration")
+        ax.plot(predicted, observed, marker="o", label="model, by bin of prediction")
+        ax.set_xlabel("mean predicted CTR")
+        ax.set_ylabel("observed CTR")
+        ax.legend(loc="upper left")
 
 
 def _html(metrics: dict[str, Any], images: dict[str, Path]) -> str:

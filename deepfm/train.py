@@ -28,6 +28,7 @@ from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
 from deepfm.readers import READERS
+from deepfm.report import plot_training_curves
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     if backend.rank == 0:
         write_model_dir(out, raw_model, fmap, manifest["vocab"]["fingerprint"], Path(cfg.data),
                         cfg.model_dump(mode="json"), result)
-        _plot_curves(result["history"], out / CURVES)
+        plot_training_curves(result["history"], out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
     return result
 
@@ -243,26 +244,6 @@ def _restore(path: Path, model, optimizers, schedulers, backend) -> TrainState:
     if backend.rank == 0:
         log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     return state
-
-
-def _plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [h["step"] for h in history]
-    left.plot(steps, [h["train_loss"] for h in history], marker="o", label="train loss")
-    left.plot(steps, [h["valid_logloss"] for h in history], marker="o", label="valid logloss")
-    left.set_xlabel("step")
-    left.legend()
-    right.plot(steps, [h["valid_auc"] for h in history], marker="o", color="C2")
-    right.set_xlabel("step")
-    right.set_ylabel("validation AUC")
-    fig.tight_layout()
-    ckpt.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
 
 
 class _progress:
