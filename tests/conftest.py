@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,15 @@ CRITEO_COLUMNS = [
     {"names": ["I{1..13}"], "role": "numeric", "dtype": "int", "transform": "log_bucketize"},
     {"names": ["C{1..26}"], "role": "categorical"},
 ]
+
+
+CLI = [sys.executable, "-m", "jobs.cli"]
+CLI_ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}
+
+
+def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    """A command as a user runs it, from the repository root; the timeout only guards against hangs."""
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, env=CLI_ENV, timeout=900, **kw)
 
 
 @pytest.fixture(scope="session")

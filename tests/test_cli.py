@@ -1,32 +1,23 @@
 """The command line as a user runs it: real subprocesses, real Spark."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import CRITEO_SAMPLE, REPO_ROOT
+from tests.conftest import CLI, CRITEO_SAMPLE, REPO_ROOT, run_cli
 
-CLI = [sys.executable, "-m", "jobs.cli"]
-ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}
 QUIET = ["--set", "spark.conf.spark.ui.showConsoleProgress=false", "--set", "spark.master=local[2]"]
 
 
-def _run(args, **kw):
-    return subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, env=ENV, timeout=900, **kw)
-
-
 def test_help_lists_stages_and_options():
-    top = _run([*CLI, "--help"])
+    top = run_cli([*CLI, "--help"])
     assert top.returncode == 0
     assert "generate" in top.stdout and "preprocess" in top.stdout
-    sub = _run([*CLI, "preprocess", "--help"])
+    sub = run_cli([*CLI, "preprocess", "--help"])
     assert "--conf FILE" in sub.stdout and "--set KEY.PATH=VALUE" in sub.stdout and "--force" in sub.stdout
 
 
 def test_config_error_exits_2_naming_the_key():
-    result = _run([*CLI, "preprocess", "--set", "preprocess.vocab.min_cout=3"])
+    result = run_cli([*CLI, "preprocess", "--set", "preprocess.vocab.min_cout=3"])
     assert result.returncode == 2
     assert "preprocess.vocab.min_cout" in result.stderr and "unknown key" in result.stderr
     assert "Traceback" not in result.stderr
@@ -34,7 +25,7 @@ def test_config_error_exits_2_naming_the_key():
 
 def test_missing_input_exits_2_naming_the_path(tmp_path):
     missing = tmp_path / "no-such-dir"
-    result = _run([*CLI, "preprocess", *QUIET, "--set", f"dataset.input.path={missing}",
+    result = run_cli([*CLI, "preprocess", *QUIET, "--set", f"dataset.input.path={missing}",
                    "--set", f"preprocess.output={tmp_path / 'out'}"])
     assert result.returncode == 2, result.stderr
     assert str(missing) in result.stderr and "no input files" in result.stderr
@@ -42,7 +33,7 @@ def test_missing_input_exits_2_naming_the_path(tmp_path):
 
 def test_generate_cli(tmp_path):
     out = tmp_path / "raw"
-    result = _run([*CLI, "generate", "--rows", "3000", "--output", str(out)])
+    result = run_cli([*CLI, "generate", "--rows", "3000", "--output", str(out)])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 3000
     assert len((out / "part-00000.tsv").read_text().splitlines()) == 3000
@@ -50,7 +41,7 @@ def test_generate_cli(tmp_path):
 
 def test_spark_submit_runs_preprocess(tmp_path):
     out = tmp_path / "criteo"
-    result = _run([str(REPO_ROOT / "spark-submit.sh"), "preprocess", *QUIET[:2],
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", *QUIET[:2],
                    "--set", f"preprocess.output={out}", "--set", f"dataset.input.path={CRITEO_SAMPLE}"],
                   )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,7 +20,7 @@ from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.train import NonFiniteLossError
 from pipelines.preprocess import run_preprocess
-from tests.conftest import REPO_ROOT, criteo_dataset, make_config
+from tests.conftest import REPO_ROOT, criteo_dataset, make_config, run_cli
 
 SMALL_MODEL = {"embedding_dim": 8, "hidden": [64, 32]}
 
@@ -135,13 +135,11 @@ def test_spark_submit_trains_through_torch_distributor_and_returns(criteo_shards
     """The user's command: spark-submit places 2 DDP workers, trains, and then actually exits
     (Spark 3.5 barrier tasks leave a non-daemon JVM thread that would keep spark-submit waiting)."""
     out = tmp_path / "submitted"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}
-    result = subprocess.run(
+    result = run_cli(
         [str(REPO_ROOT / "spark-submit.sh"), "train", "--set", f"train.data={criteo_shards}",
          "--set", f"train.output={out}", "--set", "train.launcher=spark", "--set", "train.backend=torch",
          "--set", "train.workers=2", "--set", "train.epochs=1", "--set", "train.batch_size=256",
-         "--set", "train.model.hidden=[64,32]", "--set", "spark.conf.spark.ui.showConsoleProgress=false"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)  # a hang guard, not a speed limit
+         "--set", "train.model.hidden=[64,32]", "--set", "spark.conf.spark.ui.showConsoleProgress=false"])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = next(line for line in result.stdout.splitlines() if line.startswith('{"output"'))
     assert json.loads(summary)["workers"] == 2

@@ -5,10 +5,7 @@ runs the model directly, so the Spark job's transforms are checked against train
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from deepfm.config import Config
 from deepfm.model_dir import ModelDirError, open_model_dir
 from pipelines.read import InputError
 from pipelines.score import run_score
-from tests.conftest import REPO_ROOT
+from tests.conftest import CLI, REPO_ROOT, run_cli
 from tests.pipelines.conftest import COLUMNS, MISSING_ID_ROW, UNSEEN_ID, in_process_probabilities
 
 
@@ -145,11 +142,6 @@ def test_bad_run_date_is_refused(spark, trained, tmp_path):
         run_score(spark, _score_cfg(trained, output=str(tmp_path / "s")), "27/11/2026")
 
 
-def _cli(args):
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}
-    return subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=900)
-
-
 def _cli_sets(trained, out):
     prep = trained["cfg"]
     return ["--set", "spark.master=local[2]", "--set", "spark.conf.spark.ui.showConsoleProgress=false",
@@ -160,7 +152,7 @@ def _cli_sets(trained, out):
 
 
 def test_spark_submit_scores_a_run_date(trained, scored, tmp_path):
-    result = _cli([str(REPO_ROOT / "spark-submit.sh"), "score", "--run-date", "2026-11-27",
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "score", "--run-date", "2026-11-27",
                    *_cli_sets(trained, tmp_path / "scores")])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -173,10 +165,10 @@ def test_spark_submit_scores_a_run_date(trained, scored, tmp_path):
 
 
 def test_cli_errors_exit_2_with_the_reason(trained, tmp_path):
-    bad_date = _cli([sys.executable, "-m", "jobs.cli", "score", "--run-date", "yesterday",
+    bad_date = run_cli([*CLI, "score", "--run-date", "yesterday",
                      *_cli_sets(trained, tmp_path / "s")])
     assert bad_date.returncode == 2 and "YYYY-MM-DD" in bad_date.stderr
-    no_model = _cli([sys.executable, "-m", "jobs.cli", "score", *_cli_sets(trained, tmp_path / "s"),
+    no_model = run_cli([*CLI, "score", *_cli_sets(trained, tmp_path / "s"),
                      "--set", f"score.model={tmp_path / 'nothing'}"])
     assert no_model.returncode == 2 and "does not exist" in no_model.stderr and "Traceback" not in no_model.stderr
 
