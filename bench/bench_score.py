@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deepfm.config import load_config  # noqa: E402
+from deepfm.config import Config, load_config  # noqa: E402
 from deepfm.model_dir import open_model_dir  # noqa: E402
 
 CONF = [str(ROOT / "conf" / n) for n in ("base.yaml", "datasets/synthetic.yaml", "env/local.yaml")]
@@ -74,8 +74,7 @@ def spark_rate(spark, model_dir: Path, raw: Path, data: Path, preprocessed: bool
     with tempfile.TemporaryDirectory() as out:
         score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows}
         score |= {"preprocessed": f"{data}/{{train,valid,test}}"} if preprocessed else {"input_path": str(raw)}
-        cfg = load_config(CONF).model_copy(update={"score": None})
-        cfg = cfg.model_validate({**cfg.model_dump(), "score": score})
+        cfg = Config.model_validate({**load_config(CONF).model_dump(), "score": score})
         result = run_score(spark, cfg, "2026-01-01")
     return {"rows": result.rows, "seconds": round(result.seconds, 2), "rows_per_s": round(result.rows / result.seconds)}
 

@@ -13,6 +13,7 @@ Readers get a `ModelDir`, checked for completeness, and never unpickle anything 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,6 @@ def open_model_dir(path: str | Path) -> ModelDir:
     for name in (ckpt.MODEL_CONFIG, ckpt.WEIGHTS):
         if not (path / name).is_file():
             raise ModelDirError(f"{path / name} is missing: {path} is not a complete model directory")
-    import json
-
     try:
         meta = json.loads((path / ckpt.MODEL_CONFIG).read_text())
         config = DeepFMConfig.from_dict(meta["model"])
