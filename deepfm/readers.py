@@ -2,7 +2,7 @@
 
 Three readers with one interface (iterate `Batch`es, `len()` = steps per epoch, `set_epoch`):
 - `NativeReader`: pyarrow row groups -> numpy -> torch, a background thread prefetching.
-- `PetastormReader`: Petastorm's `make_batch_reader` + `BatchedDataLoader`.
+- `PetastormReader`: Petastorm's `make_batch_reader` + `BatchedDataLoader`, in a prefetch thread too.
 - `InMemoryReader`: the rank's rows held as tensors (small data, and the benchmarks' ceiling).
 
 Equal steps on every rank (collectives must never wait on a rank that ran out of data):
@@ -158,46 +158,60 @@ class NativeReader:
         return rank_slices(self.groups, self.rank, self.world, self._order(), self.drop_remainder)
 
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Row-group slices as numpy arrays, read by a background thread."""
-        slices = self._slices()
-        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def produce() -> None:
-            files: dict[str, pq.ParquetFile] = {}
-            try:
-                for piece in slices:
-                    if stop.is_set():
-                        return
-                    path = piece.group.path
-                    if path not in files:
-                        files[path] = pq.ParquetFile(path)
-                    # One thread: torch's OpenMP threads already occupy the cores while we prefetch.
-                    table = files[path].read_row_group(piece.group.index, columns=self.columns.names,
-                                                       use_threads=False)
-                    out.put(self.columns.arrays(table.slice(piece.start, piece.stop - piece.start)))
-                out.put(None)
-            except BaseException as err:  # surfaced in the consuming thread
-                out.put(err)
-
-        thread = threading.Thread(target=produce, daemon=True, name="shard-prefetch")
-        thread.start()
-        try:
-            while (item := out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    out.get_nowait()
-                except queue.Empty:
-                    thread.join(0.05)
+        """Row-group slices as numpy arrays."""
+        files: dict[str, pq.ParquetFile] = {}
+        for piece in self._slices():
+            path = piece.group.path
+            if path not in files:
+                files[path] = pq.ParquetFile(path)
+            # One thread: torch's OpenMP threads already occupy the cores while we prefetch.
+            table = files[path].read_row_group(piece.group.index, columns=self.columns.names, use_threads=False)
+            yield self.columns.arrays(table.slice(piece.start, piece.stop - piece.start))
 
     def __iter__(self) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
-        return _batches(self._chunks(), self.batch_size, self.shuffle_buffer_rows if self.shuffle else 0, rng)
+        return _batches(prefetched(self._chunks(), self.prefetch), self.batch_size,
+                        self.shuffle_buffer_rows if self.shuffle else 0, rng)
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """Run `items` in a background thread, `depth` ahead of the consumer.
+
+    Decoding and batching then overlap the training step (torch releases the GIL while it
+    computes). Errors surface in the consumer; abandoning the iterator stops the producer.
+    """
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                out.put(item)
+            else:
+                out.put(done)
+        except BaseException as err:  # surfaced in the consuming thread
+            out.put(err)
+        finally:
+            if hasattr(items, "close"):  # run the generator's own clean-up (Petastorm's reader.stop)
+                items.close()
+
+    thread = threading.Thread(target=produce, daemon=True, name="reader-prefetch")
+    thread.start()
+    try:
+        while (item := out.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
 
 
 def _batches(chunks, batch_size: int, buffer_rows: int, rng: np.random.Generator) -> Iterator[Batch]:
@@ -282,12 +296,13 @@ class PetastormReader:
 
     def __init__(self, split_dir, fmap: FeatureMap, batch_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, shuffle: bool = True, shuffle_buffer_rows: int = 262_144,
-                 workers: int = 2) -> None:
+                 workers: int = 2, prefetch: int = 4) -> None:
         self.url = Path(split_dir).resolve().as_uri()
         self.groups = row_groups(split_dir)
         self.columns = _Columns(fmap)
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.shuffle, self.shuffle_buffer_rows, self.workers = shuffle, shuffle_buffer_rows, workers
+        self.prefetch = prefetch
         self.epoch = 0
         per_rank = [sum(g.rows for g in self.groups[r::world]) for r in range(world)]
         if min(per_rank) == 0:
@@ -304,6 +319,9 @@ class PetastormReader:
         return self.steps
 
     def __iter__(self) -> Iterator[Batch]:
+        return prefetched(self._batches(), self.prefetch)
+
+    def _batches(self) -> Iterator[Batch]:
         import warnings
 
         from petastorm import make_batch_reader

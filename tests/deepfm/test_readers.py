@@ -1,3 +1,4 @@
+import threading
 from collections import Counter
 
 import numpy as np
@@ -103,3 +104,23 @@ def test_petastorm_equal_full_batches_on_every_rank(shards, world):
         assert all(len(b) == 40 for b in batches)
         seen += [int(v) for b in batches for v in b.ids[:, 0]]
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("make", [
+    lambda shards: NativeReader(shards, FMAP, 16, seed=1, shuffle_buffer_rows=0, prefetch=1),
+    lambda shards: PetastormReader(shards, FMAP, 16, seed=1, shuffle_buffer_rows=0, prefetch=1),
+], ids=["native", "petastorm"])
+def test_abandoned_epoch_stops_the_prefetch_thread(shards, make):
+    batches = iter(make(shards))
+    next(batches)
+    batches.close()  # what a `break` out of the training loop does
+    assert not [t for t in threading.enumerate() if t.name == "reader-prefetch"]
+
+
+def test_read_error_in_the_prefetch_thread_reaches_the_training_loop(tmp_path):
+    pq.write_table(pa.table({"label": np.zeros(40, np.float32), "row": np.arange(40, dtype=np.int32)}),
+                   tmp_path / "part-00000.parquet")  # no `c` and `x` columns
+    reader = NativeReader(tmp_path, FMAP, 16)
+    with pytest.raises(KeyError, match='"c" does not exist'):
+        list(reader)
+    assert not [t for t in threading.enumerate() if t.name == "reader-prefetch"]
