@@ -65,7 +65,7 @@ def measure(plain: dict, steps: int, result_path: str) -> None:
         if done == WARMUP:
             backend.barrier()
             start = time.perf_counter()
-        totals = train_step(cfg, model, raw, optimizers, batch, backend)
+        totals = train_step(model, raw, optimizers, batch, backend)
         for opt in optimizers:
             opt.step()
         if done >= WARMUP:

@@ -329,6 +329,11 @@ class TrainConfig(_Strict):
     epochs: Annotated[int, Field(ge=1)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 4096  # per worker
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    # The embedding tables' own learning rate (default: lr). Adam moves a parameter at most about
+    # lr per step, and a value's row steps only when the value occurs: rows need a larger one.
+    embedding_lr: Annotated[float, Field(gt=0)] | None = None
+    # A Gaussian prior on every embedding row, in units of training rows: the objective is
+    # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/regularization.py).
     embedding_l2: Annotated[float, Field(ge=0)] = 0.0
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5  # on a validation-AUC plateau
     lr_patience: Annotated[int, Field(ge=0)] = 0

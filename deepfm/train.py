@@ -28,6 +28,7 @@ from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
 from deepfm.readers import READERS
+from deepfm.regularization import EmbeddingPrior
 from deepfm.report import plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,16 @@ def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConf
     )
 
 
-def make_optimizers(model: DeepFM, lr: float) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: DeepFM, lr: float, embedding_lr: float | None = None) -> list[torch.optim.Optimizer]:
     """Sparse tables get SparseAdam (lazy: only the rows in the batch move); the rest Adam."""
+    embedding_lr = embedding_lr or lr
     if model.config.sparse_embeddings and model.embedding_parameters():
         return [torch.optim.Adam(model.dense_parameters(), lr=lr),
-                torch.optim.SparseAdam(model.embedding_parameters(), lr=lr)]
-    return [torch.optim.Adam(model.parameters(), lr=lr)]
+                torch.optim.SparseAdam(model.embedding_parameters(), lr=embedding_lr)]
+    if embedding_lr == lr or not model.embedding_parameters():
+        return [torch.optim.Adam(model.parameters(), lr=lr)]
+    return [torch.optim.Adam([{"params": model.dense_parameters()},
+                              {"params": model.embedding_parameters(), "lr": embedding_lr}], lr=lr)]
 
 
 def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str, Any]:
@@ -89,7 +94,12 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     torch.manual_seed(cfg.seed)
     model = DeepFM(model_config(fmap, cfg, sparse))
     raw_model = model
-    model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr))
+    model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr, cfg.embedding_lr))
+    prior = None
+    if cfg.embedding_l2 and raw_model.embedding_parameters():
+        prior = EmbeddingPrior.from_vocabulary(Path(cfg.data) / manifest["vocab"]["path"], fmap,
+                                               manifest["rows"]["splits"]["train"]["rows"], cfg.embedding_l2,
+                                               backend.device)
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
     out = Path(cfg.output)
@@ -106,7 +116,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     while state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience:
         reader.set_epoch(state.epoch)
         train_loss, seconds, samples = _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader,
-                                                     backend, state)
+                                                     backend, state, prior)
         valid = evaluate(raw_model, Path(cfg.data) / "valid", fmap, cfg.eval_batch_size, backend)
         for scheduler in schedulers:
             scheduler.step(valid["auc"])
@@ -139,14 +149,15 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     return result
 
 
-def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend, state) -> tuple[float, float, int]:
+def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend, state,
+                 prior: EmbeddingPrior | None = None) -> tuple[float, float, int]:
     model.train()
     progress = _progress(len(reader), state.epoch, backend.rank == 0)
     loss_sum, rows, start = 0.0, 0, time.perf_counter()
     for step, batch in enumerate(reader):
         if step < state.step_in_epoch:  # resuming mid-epoch: the order is the same, skip what was done
             continue
-        totals = train_step(cfg, model, raw_model, optimizers, batch, backend)
+        totals = train_step(model, raw_model, optimizers, batch, backend, prior)
         if not torch.isfinite(totals[0]):
             saved = Path(cfg.output) / ckpt.CHECKPOINT
             kept = f"The last good checkpoint is {saved}." if saved.exists() else "No checkpoint was written yet."
@@ -167,7 +178,8 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
 
 
-def train_step(cfg: TrainConfig, model, raw_model: DeepFM, optimizers, batch, backend: Backend) -> torch.Tensor:
+def train_step(model, raw_model: DeepFM, optimizers, batch, backend: Backend,
+               prior: EmbeddingPrior | None = None) -> torch.Tensor:
     """Forward and backward of one batch (gradients averaged across ranks by the backend).
 
     Returns [loss x rows, rows] summed over all ranks, so that every rank learns of a
@@ -176,19 +188,12 @@ def train_step(cfg: TrainConfig, model, raw_model: DeepFM, optimizers, batch, ba
     batch = batch.to(backend.device)
     logits = model(batch.ids, batch.dense)
     loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-    if cfg.embedding_l2:
-        loss = loss + cfg.embedding_l2 * _embedding_l2(raw_model, batch)
+    objective = loss if prior is None else loss + prior.penalty(raw_model, batch.ids)
     for opt in optimizers:
         opt.zero_grad()  # Horovod's wrapper takes no arguments; torch defaults to set_to_none
-    loss.backward()
+    objective.backward()
     rows = torch.tensor(float(len(batch)), device=loss.device)
     return backend.allreduce_sum(torch.stack([loss.detach() * len(batch), rows]))
-
-
-def _embedding_l2(model: DeepFM, batch) -> torch.Tensor:
-    """L2 on the embedding rows this batch used (a full-table penalty would touch every row)."""
-    e, _ = model.embeddings(batch.ids, batch.dense)
-    return e.pow(2).sum() / len(batch)
 
 
 @torch.no_grad()
