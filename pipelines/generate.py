@@ -11,8 +11,11 @@ The teacher: logit = bias + per-value weights of every field's popular ("head") 
 over 20 of the categorical fields (every pair of them adds the dot product of its two values'
 4-dim vectors). A planted structure that DeepFM's model class contains, so the gap between a
 trained model and the teacher measures learning, not a mismatch of forms. Categorical values
-follow a truncated Zipf law over cardinalities from a few to ~10M; the long tail carries no
-signal, as in real logs, so a model can approach the teacher's AUC from enough rows. Rows are
+follow a truncated Zipf law over cardinalities from a few to ~10M. Only a field's popular values
+carry signal (at most its top 400, and only those in at least 1 row in 1,000); the long tail
+carries none, as in real logs. So the planted signal can be learned from ~1M rows: the teacher's
+own parametric form, fitted on 800k rows, comes within 0.004 AUC of the teacher (with every top-400
+value carrying signal it stayed 0.009 short, too few rows per value). Rows are
 made in seeded chunks: any chunk can be regenerated alone, and 45M rows stream through in bounded
 memory.
 """
@@ -44,7 +47,8 @@ CRITEO_CARDINALITIES = (
 CAT_MISSING = (0, 0, .03, .03, 0, .12, 0, 0, 0, .03, 0, .03, 0, 0, 0, .03, 0, 0, .44, .44, .03, .76, 0, .03, .44, .44)
 INT_MISSING = (.45, 0, .21, .22, .03, .22, .04, 0, .04, .45, .04, .77, .22)
 NUM_INT, NUM_CAT = 13, 26
-HEAD = 400  # values beyond this popularity rank carry no signal
+HEAD = 400  # at most this many values of a field carry signal: its most popular ones
+SIGNAL_MIN_SHARE = 1e-3  # ... and only those in at least this share of rows
 INTERACTION_DIM = 4
 INTERACTING = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 18, 19, 22, 24)
 INTERACTION_SCALE = 0.26  # the interactions' logit spread is then ~1.6, like the first-order terms'
@@ -62,6 +66,7 @@ class Teacher:
 
     cardinalities: np.ndarray
     zipf_cdfs: list[np.ndarray]
+    signal_values: np.ndarray  # (NUM_CAT,) how many of each field's top values carry signal
     first_order: np.ndarray  # (NUM_CAT, HEAD)
     vectors: np.ndarray  # (len(INTERACTING), HEAD, INTERACTION_DIM)
     int_scale: np.ndarray
@@ -83,6 +88,8 @@ class Teacher:
         teacher = cls(
             cardinalities=cards,
             zipf_cdfs=cdfs,
+            signal_values=np.array([min(HEAD, int((np.diff(cdf, prepend=0.0) >= SIGNAL_MIN_SHARE).sum()))
+                                    for cdf in cdfs]),
             first_order=rng.standard_normal((NUM_CAT, HEAD)) * spread,
             vectors=rng.standard_normal((len(INTERACTING), HEAD, INTERACTION_DIM)) * INTERACTION_SCALE,
             int_scale=rng.uniform(0.1, 0.5, NUM_INT) * rng.choice([-1, 1], NUM_INT),
@@ -106,7 +113,7 @@ class Teacher:
         return ints, ranks, self.logit(ints, ranks)
 
     def logit(self, ints: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-        head = (ranks >= 0) & (ranks < HEAD)
+        head = (ranks >= 0) & (ranks < self.signal_values)
         idx = np.where(head, ranks, 0)
         out = np.full(len(ranks), self.bias)
         for f in range(NUM_CAT):
