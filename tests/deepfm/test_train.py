@@ -18,7 +18,7 @@ from deepfm.checkpoint import load_torch
 from deepfm.config import TrainConfig
 from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.train import NonFiniteLossError
+from deepfm.train import NonFiniteLossError, make_optimizers
 from pipelines.preprocess import run_preprocess
 from tests.conftest import REPO_ROOT, criteo_dataset, make_config, run_cli
 
@@ -153,3 +153,21 @@ def test_horovod_training_launched_through_spark(spark, criteo_shards, tmp_path)
     result = run_training(_cfg(criteo_shards, tmp_path / "hvd-spark", backend="horovod", workers=2,
                                launcher="spark", epochs=1))
     assert result["workers"] == 2 and 0.6 < result["test"]["auc"] < 0.85
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_embedding_tables_step_at_their_own_learning_rate(sparse):
+    torch.manual_seed(0)
+    model = DeepFM(DeepFMConfig(vocab_sizes=(50, 30), num_dense=1, embedding_dim=4, hidden=(8,),
+                                sparse_embeddings=sparse))
+    table, first_layer = model.embeddings.table.weight, model.deep.mlp[0].weight
+    before = table.detach().clone(), first_layer.detach().clone()
+    optimizers = make_optimizers(model, lr=1e-3, embedding_lr=2e-2)
+    ids, dense = torch.randint(0, 30, (64, 2)), torch.rand(64, 1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(ids, dense), torch.rand(64).round())
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    # Adam's first step moves every parameter with a gradient by about its learning rate
+    assert (table.detach() - before[0]).abs().max().item() == pytest.approx(2e-2, rel=1e-3)
+    assert (first_layer.detach() - before[1]).abs().max().item() == pytest.approx(1e-3, rel=1e-3)
