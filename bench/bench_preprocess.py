@@ -14,16 +14,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procmem import run_measured  # noqa: E402
+from synthetic_data import command, preprocess_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "jobs.cli"]
-CONF = ["--conf", "conf/base.yaml", "--conf", "conf/datasets/synthetic.yaml", "--conf", "conf/env/local.yaml"]
 
 
 def _generate(rows: int, work: Path) -> Path:
     raw = work / f"raw_{rows}"
     if not (raw / f"part-{(rows - 1) // 1_000_000:05d}.tsv").exists():
-        result, seconds, _ = run_measured([*CLI, "generate", *CONF, "--rows", str(rows), "--output", str(raw)],
+        result, seconds, _ = run_measured(command("generate", "--rows", str(rows), "--output", str(raw)),
                                           cwd=ROOT)
         if result.returncode:
             sys.exit(f"generate failed:\n{result.stderr[-3000:]}")
@@ -33,10 +32,9 @@ def _generate(rows: int, work: Path) -> Path:
 
 def _preprocess(rows: int, raw: Path, work: Path, master: str, driver_memory: str) -> dict:
     out = work / f"shards_{rows}"
-    cmd = [*CLI, "preprocess", *CONF, "--force",
-           "--set", f"dataset.input.path={raw}", "--set", f"preprocess.output={out}",
-           "--set", f"spark.master={master}", "--set", f"spark.conf.spark.driver.memory={driver_memory}",
-           "--set", "spark.conf.spark.ui.showConsoleProgress=false"]
+    cmd = command("preprocess", *preprocess_args(raw, out, f"spark.master={master}",
+                                                 f"spark.conf.spark.driver.memory={driver_memory}",
+                                                 "spark.conf.spark.ui.showConsoleProgress=false", force=True))
     result, seconds, peak = run_measured(cmd, cwd=ROOT)
     if result.returncode:
         sys.exit(f"preprocess of {rows} rows failed:\n{result.stderr[-3000:]}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,27 +26,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from synthetic_data import CONF_FILES, generate, preprocess, run_stage, settings  # noqa: E402
 
 from deepfm.config import Config, load_config  # noqa: E402
 from deepfm.model_dir import open_model_dir  # noqa: E402
 
-CONF = [str(ROOT / "conf" / n) for n in ("base.yaml", "datasets/synthetic.yaml", "env/local.yaml")]
-MODEL = ["--set", "train.model.embedding_dim=16", "--set", "train.model.hidden=[400,400,400]"]
-
-
-def _cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, check=True)
+MODEL = settings("train.model.embedding_dim=16", "train.model.hidden=[400,400,400]")
 
 
 def prepare(data: Path, model: Path, raw: Path) -> None:
-    conf = [a for c in CONF for a in ("--conf", c)]
     if not (data / "_SUCCESS").exists():
-        _cli("generate", *conf, "--rows", "1000000", "--output", str(raw))
-        _cli("preprocess", *conf, "--set", f"dataset.input.path={raw}", "--set", f"preprocess.output={data}",
-             "--set", "preprocess.vocab.min_count=1")
+        generate(1_000_000, raw)
+        preprocess(raw, data, "preprocess.vocab.min_count=1")
     if not (model / "model.json").exists():
-        _cli("train", *conf, *MODEL, "--set", f"train.data={data}", "--set", f"train.output={model}",
-             "--set", "train.epochs=1")
+        run_stage("train", *MODEL, *settings(f"train.data={data}", f"train.output={model}", "train.epochs=1"))
 
 
 def in_process_rate(model_dir: Path, data: Path, batch_rows: int) -> dict:
@@ -74,7 +68,7 @@ def spark_rate(spark, model_dir: Path, raw: Path, data: Path, preprocessed: bool
     with tempfile.TemporaryDirectory() as out:
         score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows}
         score |= {"preprocessed": f"{data}/{{train,valid,test}}"} if preprocessed else {"input_path": str(raw)}
-        cfg = Config.model_validate({**load_config(CONF).model_dump(), "score": score})
+        cfg = Config.model_validate({**load_config(CONF_FILES).model_dump(), "score": score})
         result = run_score(spark, cfg, "2026-01-01")
     return {"rows": result.rows, "seconds": round(result.seconds, 2), "rows_per_s": round(result.rows / result.seconds)}
 
@@ -93,7 +87,7 @@ def main() -> None:
     from pipelines.spark import get_spark
 
     spark = get_spark(SparkConfig(master="local[2]", conf={
-        **load_config(CONF).spark.conf, "spark.driver.memory": "6g", "spark.ui.showConsoleProgress": "false"}))
+        **load_config(CONF_FILES).spark.conf, "spark.driver.memory": "6g", "spark.ui.showConsoleProgress": "false"}))
     # Rounds interleave the cases and keep each one's best: this shared machine's speed drifts.
     best: dict[str, dict] = {}
     for _ in range(args.rounds):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from synthetic_data import generate, preprocess  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.distributed import make_backend  # noqa: E402
@@ -150,12 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data / "_SUCCESS").exists():
         raw = ROOT / "out" / "bench" / "raw_1000000"
-        conf = ["--conf", "conf/base.yaml", "--conf", "conf/datasets/synthetic.yaml", "--conf", "conf/env/local.yaml"]
-        subprocess.run([sys.executable, "-m", "jobs.cli", "generate", *conf, "--rows", "1000000", "--output",
-                        str(raw)], cwd=ROOT, check=True)
-        subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess", *conf, "--set", f"dataset.input.path={raw}",
-                        "--set", f"preprocess.output={args.data}", "--set", "preprocess.vocab.min_count=1"],
-                       cwd=ROOT, check=True)
+        generate(1_000_000, raw)
+        preprocess(raw, args.data, "preprocess.vocab.min_count=1")
     fmap, _ = load_feature_map(args.data)
     flops = DeepFM(model_config(fmap, TrainConfig(data="x", output="x", model=MODEL), True)).train_flops_per_sample()
     gflops = matmul_gflops(os.cpu_count() or 1)

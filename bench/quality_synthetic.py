@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,9 @@ from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from synthetic_data import generate, preprocess  # noqa: E402
 
 from deepfm.config import GenerateConfig, TrainConfig  # noqa: E402
 from deepfm.launch import run_training  # noqa: E402
@@ -33,8 +35,6 @@ from pipelines import generate as gen  # noqa: E402
 
 GLOBAL_BATCH = 4096
 ROWS = 1_000_000
-CLI = [sys.executable, "-m", "jobs.cli"]
-CONF = ["--conf", "conf/base.yaml", "--conf", "conf/datasets/synthetic.yaml", "--conf", "conf/env/local.yaml"]
 # Tuned on the validation split: the embedding prior keeps the ~40k tail ids near zero, and the
 # tables need a larger step than the MLP (a row moves only when its value occurs).
 TRAINING = {"lr": 3e-4, "embedding_lr": 3e-3, "embedding_l2": 100.0, "epochs": 10,
@@ -45,11 +45,9 @@ TRAINING = {"lr": 3e-4, "embedding_lr": 3e-3, "embedding_l2": 100.0, "epochs": 1
 def prepare(work: Path) -> Path:
     """1M rows of the current teacher, preprocessed with the synthetic data set's config."""
     raw, shards = work / "raw", work / "shards"
-    for cmd in ([*CLI, "generate", *CONF, "--rows", str(ROWS), "--output", str(raw)],
-                [*CLI, "preprocess", *CONF, "--force", "--set", f"dataset.input.path={raw}",
-                 "--set", f"preprocess.output={shards}", "--set", "spark.conf.spark.driver.memory=8g",
-                 "--set", "spark.conf.spark.ui.showConsoleProgress=false"]):
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    generate(ROWS, raw, quiet=True)
+    preprocess(raw, shards, "spark.conf.spark.driver.memory=8g", "spark.conf.spark.ui.showConsoleProgress=false",
+               force=True, quiet=True)
     return shards
 
 
