@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,7 +174,7 @@ class NativeReader:
                         self.shuffle_buffer_rows if self.shuffle else 0, rng)
 
 
-def prefetched(items: Iterator, depth: int) -> Iterator:
+def prefetched(items: Generator, depth: int) -> Iterator:
     """Run `items` in a background thread, `depth` ahead of the consumer.
 
     Decoding and batching then overlap the training step (torch releases the GIL while it
@@ -195,8 +195,7 @@ def prefetched(items: Iterator, depth: int) -> Iterator:
         except BaseException as err:  # surfaced in the consuming thread
             out.put(err)
         finally:
-            if hasattr(items, "close"):  # run the generator's own clean-up (Petastorm's reader.stop)
-                items.close()
+            items.close()  # runs the generator's own clean-up (Petastorm's reader.stop) in this thread
 
     thread = threading.Thread(target=produce, daemon=True, name="reader-prefetch")
     thread.start()
