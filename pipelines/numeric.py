@@ -1,7 +1,9 @@
 """Numeric field transforms, as Spark column expressions.
 
-- `log_bucketize`: v > 2 becomes floor(ln(v)^2), else v (the Criteo winners' trick, also used by
-  the BARS benchmark); the result is then treated as a categorical value.
+- `log_bucketize`: v > 2 becomes 3 + floor(ln(v)^2), else v (the Criteo winners' trick, also used by
+  the BARS benchmark); the result is then treated as a categorical value. The published form,
+  floor(ln(v)^2) alone, puts 3 and 4 in the bucket of 1: the offset keeps the values kept as they
+  are apart from the bucketized ones (on the synthetic teacher, the collision alone cost 0.001 AUC).
 - `log1p_standardize`: sign(v) * ln(1 + |v|), then standardized with training mean and std.
   The signed form keeps negative counts (Criteo's I2) finite.
 - `standardize`: (v - mean) / std with training statistics.
@@ -30,7 +32,7 @@ def clipped(value: SparkColumn, clip: tuple[float, float] | None) -> SparkColumn
 
 def log_bucket(value: SparkColumn) -> SparkColumn:
     """Bucket id as a long; null stays null."""
-    return F.when(value > 2, F.floor(F.pow(F.log(value), 2))).otherwise(F.floor(value)).cast("long")
+    return F.when(value > 2, 3 + F.floor(F.pow(F.log(value), 2))).otherwise(F.floor(value)).cast("long")
 
 
 def pre_standardize(value: SparkColumn, transform: str) -> SparkColumn:

@@ -88,11 +88,11 @@ def test_log_bucketize_values(spark):
     values = [-5, 0, 1, 2, 3, 10, 100, 1000]
     frame = spark.createDataFrame([(v,) for v in values], "v long")
     got = [r[0] for r in frame.select(numeric.log_bucket(F.col("v"))).collect()]
-    expected = [v if v <= 2 else math.floor(math.log(v) ** 2) for v in values]
-    assert got == expected == [-5, 0, 1, 2, 1, 5, 21, 47]
+    expected = [v if v <= 2 else 3 + math.floor(math.log(v) ** 2) for v in values]
+    assert got == expected == [-5, 0, 1, 2, 4, 8, 24, 50]
     fmap, vocabulary = _fit(spark, _config())
     clicks = {r["token"] for r in vocabulary.where("field = 'clicks'").collect()}
-    assert clicks == {"0", "1", "2", "21", "-5"}  # 3 -> 1 shares a bucket with 1; 100 -> 21
+    assert clicks == {"0", "1", "2", "4", "24", "-5"}  # 3 -> 4, its own bucket, not 1's; 100 -> 24
 
 
 def test_log1p_standardize_uses_train_statistics_and_clip(spark):
