@@ -335,6 +335,10 @@ class TrainConfig(_Strict):
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
     # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/regularization.py).
     embedding_l2: Annotated[float, Field(ge=0)] = 0.0
+    # Evaluate, keep and ship an exponential moving average of the weights, updated after every
+    # step (0: off, the raw weights). Adam's last steps leave noise in every row; averaging over
+    # about 1 / (1 - ema_decay) steps removes it. 0.99: the last ~100 steps.
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5  # on a validation-AUC plateau
     lr_patience: Annotated[int, Field(ge=0)] = 0
     early_stopping_patience: Annotated[int, Field(ge=0)] = 2

@@ -2,7 +2,9 @@
 
 Per epoch: train on this rank's share of the shards, evaluate exactly on the whole validation
 split (predictions gathered from all ranks), decay the learning rate on a plateau, stop early
-when validation AUC stops improving. Rank 0 alone logs progress and writes files.
+when validation AUC stops improving. Rank 0 alone logs progress and writes files. With
+`ema_decay`, the weights evaluated, kept and shipped are the moving average of the trained ones
+(every rank holds the same average: the trained weights are identical on all ranks).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deepfm import checkpoint as ckpt
 from deepfm.config import TrainConfig
@@ -100,12 +103,16 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
         prior = EmbeddingPrior.from_vocabulary(Path(cfg.data) / manifest["vocab"]["path"], fmap,
                                                manifest["rows"]["splits"]["train"]["rows"], cfg.embedding_l2,
                                                backend.device)
+    # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.
+    averaged = (AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+                if cfg.ema_decay else None)
+    evaluated = raw_model if averaged is None else averaged.module
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
     out = Path(cfg.output)
     state = TrainState()
     if resume and (out / ckpt.CHECKPOINT).exists():
-        state = _restore(out / ckpt.CHECKPOINT, raw_model, optimizers, schedulers, backend)
+        state = _restore(out / ckpt.CHECKPOINT, raw_model, optimizers, schedulers, backend, averaged)
     elif backend.rank == 0:
         _fresh_output(out)
     backend.barrier()
@@ -116,8 +123,8 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     while state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience:
         reader.set_epoch(state.epoch)
         train_loss, seconds, samples = _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader,
-                                                     backend, state, prior)
-        valid = evaluate(raw_model, Path(cfg.data) / "valid", fmap, cfg.eval_batch_size, backend)
+                                                     backend, state, prior, averaged)
+        valid = evaluate(evaluated, Path(cfg.data) / "valid", fmap, cfg.eval_batch_size, backend)
         for scheduler in schedulers:
             scheduler.step(valid["auc"])
         improved = valid["auc"] > state.best_auc
@@ -133,8 +140,8 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
                      state.epoch, train_loss, valid["auc"], valid["logloss"], samples / max(seconds, 1e-9),
                      " (best)" if improved else "")
             if improved:
-                ckpt.save_torch(raw_model.state_dict(), out / ckpt.WEIGHTS)
-            _save_checkpoint(out, raw_model, optimizers, schedulers, state)
+                ckpt.save_torch(evaluated.state_dict(), out / ckpt.WEIGHTS)
+            _save_checkpoint(out, raw_model, optimizers, schedulers, state, averaged)
         backend.barrier()
 
     raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
@@ -150,7 +157,8 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
 
 
 def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend, state,
-                 prior: EmbeddingPrior | None = None) -> tuple[float, float, int]:
+                 prior: EmbeddingPrior | None = None,
+                 averaged: AveragedModel | None = None) -> tuple[float, float, int]:
     model.train()
     progress = _progress(len(reader), state.epoch, backend.rank == 0)
     loss_sum, rows, start = 0.0, 0, time.perf_counter()
@@ -167,13 +175,15 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
             )
         for opt in optimizers:
             opt.step()
+        if averaged is not None:
+            averaged.update_parameters(raw_model)
         loss_sum += float(totals[0])
         rows += int(totals[1])
         state.step_in_epoch = step + 1
         state.global_step += 1
         progress.update(float(totals[0] / totals[1]), int(totals[1]))
         if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0 and backend.rank == 0:
-            _save_checkpoint(Path(cfg.output), raw_model, optimizers, schedulers, state)
+            _save_checkpoint(Path(cfg.output), raw_model, optimizers, schedulers, state, averaged)
     progress.close()
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
 
@@ -227,19 +237,25 @@ def _fresh_output(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _save_checkpoint(out: Path, model, optimizers, schedulers, state: TrainState) -> None:
+def _save_checkpoint(out: Path, model, optimizers, schedulers, state: TrainState,
+                     averaged: AveragedModel | None = None) -> None:
     ckpt.save_torch({
         "model": model.state_dict(),
         "optimizers": [o.state_dict() for o in optimizers],
         "schedulers": [s.state_dict() for s in schedulers],
         "state": json.dumps(state.__dict__),
         "torch_rng": torch.get_rng_state(),
+        **({"averaged": averaged.state_dict()} if averaged is not None else {}),
     }, out / ckpt.CHECKPOINT)
 
 
-def _restore(path: Path, model, optimizers, schedulers, backend) -> TrainState:
+def _restore(path: Path, model, optimizers, schedulers, backend, averaged: AveragedModel | None = None) -> TrainState:
     saved = ckpt.load_torch(path, backend.device)
     model.load_state_dict(saved["model"])
+    if averaged is not None:
+        if "averaged" not in saved:
+            raise ValueError(f"{path} was written without train.ema_decay: resume with the same training config")
+        averaged.load_state_dict(saved["averaged"])
     for opt, st in zip(optimizers, saved["optimizers"], strict=True):
         opt.load_state_dict(st)
     for sch, st in zip(schedulers, saved["schedulers"], strict=True):

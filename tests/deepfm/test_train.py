@@ -18,7 +18,8 @@ from deepfm.checkpoint import load_torch
 from deepfm.config import TrainConfig
 from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.train import NonFiniteLossError, make_optimizers
+from deepfm.distributed import make_backend
+from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, make_optimizers
 from pipelines.preprocess import run_preprocess
 from tests.conftest import REPO_ROOT, criteo_dataset, make_config, run_cli
 
@@ -88,6 +89,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards,
     assert json.loads(saved["state"])["global_step"] > 0
 
 
+def test_the_moving_average_of_the_weights_is_evaluated_and_shipped(criteo_shards, tmp_path):
+    result = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=1, ema_decay=0.9))
+    saved = load_torch(tmp_path / "m" / "checkpoint.pt")
+    shipped = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in saved["averaged"].items() if k.startswith("module.")}
+    assert int(saved["averaged"]["n_averaged"]) == result["steps"] > 1  # updated after every step
+    assert shipped.keys() == averaged.keys() == saved["model"].keys()
+    assert all(torch.equal(shipped[k], averaged[k]) for k in shipped)
+    trained = saved["model"]["embeddings.table.weight"]
+    assert not torch.allclose(shipped["embeddings.table.weight"], trained)  # the average, not the last step
+    # and the test metrics are those of the shipped weights
+    model = DeepFM(DeepFMConfig.from_dict(json.loads((tmp_path / "m" / "model.json").read_text())["model"]))
+    model.load_state_dict(shipped)
+    assert result["test"]["auc"] == pytest.approx(_test_auc(model, criteo_shards), abs=1e-6)
+
+
+def _test_auc(model, data) -> float:
+    return evaluate(model, data / "test", load_feature_map(data)[0], 4096, make_backend("none"))["auc"]
+
+
 def _kill_when_checkpointed(cmd, checkpoint: Path) -> dict:
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -102,7 +123,8 @@ def _kill_when_checkpointed(cmd, checkpoint: Path) -> dict:
 def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
     common = ["--set", f"train.data={criteo_shards}", "--set", "train.epochs=2", "--set", "train.batch_size=32",
               "--set", "train.threads=1", "--set", "train.model.embedding_dim=8",
-              "--set", "train.model.hidden=[64, 32]", "--set", "train.checkpoint_every_steps=40"]
+              "--set", "train.model.hidden=[64, 32]", "--set", "train.checkpoint_every_steps=40",
+              "--set", "train.ema_decay=0.9"]  # the moving average is restored too
     cli = [sys.executable, "-m", "jobs.cli", "train", *common]
     full = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'full'}"], cwd=REPO_ROOT,
                           capture_output=True, text=True)
