@@ -335,6 +335,9 @@ class TrainConfig(_Strict):
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
     # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/regularization.py).
     embedding_l2: Annotated[float, Field(ge=0)] = 0.0
+    # The prior of a value seen in c of N training rows is embedding_l2 * (N / c)^exponent: 0 holds
+    # every value alike; 0.5 holds one seen 100x less often 10x tighter.
+    embedding_l2_rarity_exponent: Annotated[float, Field(ge=0)] = 0.0
     # Evaluate, keep and ship an exponential moving average of the weights, updated after every
     # step (0: off, the raw weights). Adam's last steps leave noise in every row; averaging over
     # about 1 / (1 - ema_decay) steps removes it. 0.99: the last ~100 steps.

@@ -9,6 +9,11 @@ rare ones stay near zero unless their few rows insist. The row is the value's ve
 first-order weight. Counts are the ones the preprocess job counted on the training split; rows
 without a count (missing, OOV, hashed or bucketized fields) are treated as seen on every row,
 which leaves them practically unpenalised.
+
+With `rarity_exponent` a > 0 the prior of a value seen c times in N rows is `strength * (N / c)^a`:
+tighter for rare values, looser for popular ones (a prior variance growing with c^a). Popular
+values are where the signal lives and where the data can pay for it; one strength for every value
+either over-shrinks them or leaves the rare ones noisy.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ from deepfm.model import DeepFM
 
 class EmbeddingPrior:
     def __init__(self, inverse_counts: torch.Tensor, strength: float) -> None:
-        self.inverse_counts = inverse_counts  # [total rows of the table]
+        self.inverse_counts = inverse_counts  # [total rows of the table], times the rarity factor
         self.strength = strength
 
     @classmethod
     def from_vocabulary(cls, vocabulary: Path, fmap: FeatureMap, train_rows: int, strength: float,
-                        device: torch.device) -> EmbeddingPrior:
+                        device: torch.device, rarity_exponent: float = 0.0) -> EmbeddingPrior:
         sizes = [int(f.vocab_size) for f in fmap.categorical]
         offsets = dict(zip((f.name for f in fmap.categorical), np.cumsum([0, *sizes[:-1]]), strict=True))
         counts = np.full(sum(sizes), float(max(train_rows, 1)))
@@ -40,7 +45,8 @@ class EmbeddingPrior:
         for name, offset in offsets.items():
             rows = fields == name
             counts[offset + ids[rows]] = np.maximum(seen[rows], 1)
-        return cls(torch.from_numpy(1.0 / counts).float().to(device), strength)
+        rarity = (max(train_rows, 1) / counts) ** rarity_exponent
+        return cls(torch.from_numpy(rarity / counts).float().to(device), strength)
 
     def penalty(self, model: DeepFM, ids: torch.Tensor) -> torch.Tensor:
         """This batch's share of the epoch's prior: add it to the mean loss of the batch."""

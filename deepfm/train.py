@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     if cfg.embedding_l2 and raw_model.embedding_parameters():
         prior = EmbeddingPrior.from_vocabulary(Path(cfg.data) / manifest["vocab"]["path"], fmap,
                                                manifest["rows"]["splits"]["train"]["rows"], cfg.embedding_l2,
-                                               backend.device)
+                                               backend.device, cfg.embedding_l2_rarity_exponent)
     # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.
     averaged = (AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
                 if cfg.ema_decay else None)

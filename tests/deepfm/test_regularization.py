@@ -1,4 +1,5 @@
-"""The embedding prior: over one epoch every row pays strength * ||row||^2 once, whatever its frequency."""
+"""The embedding prior: over one epoch every row pays strength * ||row||^2 once, whatever its frequency
+(times (N / count)^rarity_exponent: tighter for rare values)."""
 
 import numpy as np
 import pyarrow as pa
@@ -39,16 +40,20 @@ def _model():
     return model
 
 
-def test_each_counted_row_pays_its_prior_once_per_epoch(epoch):
+@pytest.mark.parametrize("rarity_exponent", [0.0, 0.5])
+def test_each_counted_row_pays_its_prior_once_per_epoch(epoch, rarity_exponent):
     ids, vocabulary = epoch
     model, strength, batch = _model(), 7.0, 50
     prior = EmbeddingPrior.from_vocabulary(vocabulary, FMAP, train_rows=len(ids), strength=strength,
-                                           device=torch.device("cpu"))
+                                           device=torch.device("cpu"), rarity_exponent=rarity_exponent)
     with torch.no_grad():
         paid = sum(prior.penalty(model, ids[s:s + batch]).item() * batch for s in range(0, len(ids), batch))
     table = model.embeddings.table.weight.detach()
-    counted = [2, 3, 4, 5, 6 + 2, 6 + 3]
-    expected = strength * float(table[counted].pow(2).sum())
+    expected = 0.0
+    for row, count in ((2, (ids[:, 0] == 2).sum()), (3, (ids[:, 0] == 3).sum()), (4, (ids[:, 0] == 4).sum()),
+                       (5, (ids[:, 0] == 5).sum()), (6 + 2, (ids[:, 1] == 2).sum()), (6 + 3, (ids[:, 1] == 3).sum())):
+        # a value seen in c of N rows: strength * (N / c)^exponent, once
+        expected += strength * (len(ids) / int(count)) ** rarity_exponent * float(table[row].pow(2).sum())
     # rows without a count (a missing value, b's OOV) are charged as if seen on every row
     for row, occurrences in ((0, int((ids[:, 0] == 0).sum())), (6 + 1, int((ids[:, 1] == 1).sum()))):
         expected += strength * occurrences / len(ids) * float(table[row].pow(2).sum())
