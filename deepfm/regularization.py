@@ -6,9 +6,9 @@ proportion as its share of the data term: a value seen 10 times is shrunk no mor
 charges every row `strength * ||row||^2` per epoch in total, whatever its frequency (MAP with one
 Gaussian prior per value, in units of training rows): evidence outweighs it for frequent values,
 rare ones stay near zero unless their few rows insist. The row is the value's vector and its
-first-order weight. Counts are the ones the preprocess job counted on the training split; rows
-without a count (missing, OOV, hashed or bucketized fields) are treated as seen on every row,
-which leaves them practically unpenalised.
+first-order weight. Counts are the ones the preprocess job counted on the training split (bucketized
+numeric fields included: their buckets are vocabulary entries); rows without a count (missing, OOV,
+hashed fields) are treated as seen on every row, which leaves them practically unpenalised.
 
 With `rarity_exponent` a > 0 the prior of a value seen c times in N rows is `strength * (N / c)^a`:
 tighter for rare values, looser for popular ones (a prior variance growing with c^a). Popular
