@@ -1,22 +1,74 @@
 #!/usr/bin/env bash
-# Run a pipeline stage through spark-submit:  ./spark-submit.sh STAGE [--conf FILE ...] [--set k=v ...]
-# Local mode by default; SPARK_MASTER, SPARK_DRIVER_MEMORY and SPARK_SUBMIT_ARGS pass through.
+# Run a pipeline stage through spark-submit:
+#   ./spark-submit.sh [--ship-env[=ARCHIVE]] [--dry-run] STAGE [--conf FILE ...] [--set k=v ...]
+# spark-submit's settings (--master, --deploy-mode, --conf, resources) win over the YAML `spark:` section.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
-if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  echo "usage: $0 STAGE [stage options]   (stages: deepfm-pipeline --help)" >&2
-  echo "env: SPARK_MASTER (default local[*]), SPARK_DRIVER_MEMORY (default 4g), SPARK_SUBMIT_ARGS" >&2
+
+usage() {
+  cat >&2 <<EOF
+usage: $0 [--ship-env[=ARCHIVE]] [--dry-run] STAGE [stage options]   (stages: deepfm-pipeline --help)
+  --ship-env[=ARCHIVE]  ship the packed environment to the executors (default ARCHIVE:
+                        dist/deepfm-env.tar.gz, built by 'make package'); also DEEPFM_SHIP_ENV=1 or =ARCHIVE
+  --dry-run             print the resolved spark-submit command and exit
+env: SPARK_MASTER (default local[*]), SPARK_DEPLOY_MODE (client or cluster; default client),
+     SPARK_DRIVER_MEMORY (default 4g), SPARK_SUBMIT_ARGS (more spark-submit flags, e.g. --conf k=v)
+EOF
   exit 2
-fi
+}
+die() { echo "spark-submit.sh: error: $*" >&2; exit 2; }
+
+SHIP=${DEEPFM_SHIP_ENV:-}
+DRY_RUN=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ship-env) SHIP=1; shift ;;
+    --ship-env=*) SHIP=${1#--ship-env=}; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage ;;
+    -*) die "unknown option $1 (options go before STAGE; see $0 --help)" ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || usage
+
 VENV=${VENV:-$ROOT/.venv}
 [ -x "$VENV/bin/python" ] || bash "$ROOT/scripts/setup.sh"
 PY="$VENV/bin/python"
 SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
-export SPARK_HOME PYSPARK_PYTHON=${PYSPARK_PYTHON:-$PY} PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PY}
-# shellcheck disable=SC2086  # SPARK_SUBMIT_ARGS is a list of flags on purpose
-exec "$SPARK_HOME/bin/spark-submit" \
-  --master "${SPARK_MASTER:-local[*]}" \
-  --driver-memory "${SPARK_DRIVER_MEMORY:-4g}" \
-  --driver-java-options "${SPARK_DRIVER_JAVA_OPTIONS:--XX:-DontCompileHugeMethods}" \
-  ${SPARK_SUBMIT_ARGS:-} \
-  "$ROOT/jobs/cli.py" "$@"
+export SPARK_HOME
+DEPLOY_MODE=${SPARK_DEPLOY_MODE:-client}
+case "$DEPLOY_MODE" in client|cluster) ;; *) die "SPARK_DEPLOY_MODE=$DEPLOY_MODE: use client or cluster" ;; esac
+
+cmd=("$SPARK_HOME/bin/spark-submit" --master "${SPARK_MASTER:-local[*]}" --deploy-mode "$DEPLOY_MODE"
+     --driver-memory "${SPARK_DRIVER_MEMORY:-4g}"
+     --driver-java-options "${SPARK_DRIVER_JAVA_OPTIONS:--XX:-DontCompileHugeMethods}")
+case "$SHIP" in
+  ""|0|false|no)
+    # Executors run this checkout's .venv: right for local mode and for workers that see its path.
+    export PYSPARK_PYTHON=${PYSPARK_PYTHON:-$PY} PYSPARK_DRIVER_PYTHON=${PYSPARK_DRIVER_PYTHON:-$PY} ;;
+  *)
+    ARCHIVE=$SHIP
+    case "$ARCHIVE" in 1|true|yes) ARCHIVE=$ROOT/dist/deepfm-env.tar.gz ;; esac
+    case "$ARCHIVE" in
+      *://*) ;;  # hdfs://, s3a://...: spark-submit fetches it
+      *) [ -f "$ARCHIVE" ] || die "environment archive $ARCHIVE not found: build it with 'make package', or name one with --ship-env=PATH"
+         ARCHIVE=$(cd "$(dirname "$ARCHIVE")" && pwd)/$(basename "$ARCHIVE") ;;
+    esac
+    # Executors (and, in cluster mode, the driver) unpack the archive as ./env in their working
+    # directory and run its interpreter: nothing of this checkout needs to be visible to them.
+    driver_python=$PY
+    [ "$DEPLOY_MODE" = cluster ] && driver_python=./env/bin/python
+    cmd+=(--archives "$ARCHIVE#env" --conf spark.pyspark.python=./env/bin/python
+          --conf "spark.pyspark.driver.python=$driver_python")
+    ;;
+esac
+# shellcheck disable=SC2206  # SPARK_SUBMIT_ARGS is a list of flags on purpose
+[ -n "${SPARK_SUBMIT_ARGS:-}" ] && cmd+=(${SPARK_SUBMIT_ARGS})
+cmd+=("$ROOT/jobs/cli.py" "$@")
+
+if [ "$DRY_RUN" = 1 ]; then
+  printf '%q ' "${cmd[@]}"; echo
+  exit 0
+fi
+exec "${cmd[@]}"

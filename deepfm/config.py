@@ -8,14 +8,16 @@ it, and is raised before Spark starts.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ROLES = ("label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore")
 NUMERIC_TRANSFORMS = ("log_bucketize", "log1p_standardize", "standardize", "none")
@@ -25,6 +27,23 @@ BUCKETIZING_TRANSFORMS = ("log_bucketize",)
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the YAML."""
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def absolute_path(path: str) -> str:
+    """The one rule for every key that names a file or directory: a URI (`hdfs://`, `s3a://`,
+    `file:/`) is kept as it is; a relative path is relative to the current directory of the command
+    that loads the configuration, and becomes absolute at once, so that Spark executors and spawned
+    training workers (whose current directories differ) all see the same location."""
+    if _URI.match(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+# A file, directory or glob: local, or any URI a file system is installed for.
+PathStr = Annotated[str, AfterValidator(absolute_path)]
 
 
 class _Strict(BaseModel):
@@ -124,7 +143,7 @@ class Column(_Strict):
 class TableSpec(_Strict):
     """Where a table lives and how to parse it."""
 
-    path: str
+    path: PathStr
     format: Literal["tsv", "csv", "parquet"] = "tsv"
     delimiter: str | None = None
     header: bool = False
@@ -276,7 +295,7 @@ class ShardConfig(_Strict):
 
 
 class PreprocessConfig(_Strict):
-    output: str
+    output: PathStr
     numeric_transform: Literal["log_bucketize", "log1p_standardize", "standardize", "none"] = (
         "log_bucketize"
     )
@@ -287,7 +306,7 @@ class PreprocessConfig(_Strict):
 
 
 class GenerateConfig(_Strict):
-    output: str
+    output: PathStr
     rows: Annotated[int, Field(ge=1)] = 100_000
     mode: Literal["criteo", "joined"] = "criteo"
     seed: int = 7
@@ -318,8 +337,8 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    data: str  # a preprocess output directory (manifest.json, train/, valid/, test/)
-    output: str  # the model directory
+    data: PathStr  # a preprocess output directory (manifest.json, train/, valid/, test/)
+    output: PathStr  # the model directory
     model: ModelConfig = ModelConfig()
     reader: Literal["native", "petastorm", "memory"] = "native"
     backend: Literal["none", "horovod", "torch"] = "none"
@@ -361,12 +380,12 @@ class TrainConfig(_Strict):
 class ScoreConfig(_Strict):
     """Batch scoring: new logs in, probabilities out, with exactly the training transforms."""
 
-    model: str  # a model directory written by the train stage
-    output: str  # predictions land in output/run_date=YYYY-MM-DD/
+    model: PathStr  # a model directory written by the train stage
+    output: PathStr  # predictions land in output/run_date=YYYY-MM-DD/
     # What to score (at most one; default: the data set's input table):
-    input_path: str | None = None  # raw logs laid out like the data set's input, at another path
+    input_path: PathStr | None = None  # raw logs laid out like the data set's input, at another path
     input: TableSpec | None = None  # raw logs with their own layout (say, without the label column)
-    preprocessed: str | None = None  # already-encoded Parquet, such as a preprocess split directory
+    preprocessed: PathStr | None = None  # already-encoded Parquet, such as a preprocess split directory
     # Columns copied to the output; default: the data set's id and passthrough columns and the label.
     keep: list[str] | None = None
     batch_rows: Annotated[int, Field(ge=1)] = 16_384  # rows per Arrow batch handed to the model
@@ -385,10 +404,10 @@ class ScoreConfig(_Strict):
 class EvaluateConfig(_Strict):
     """The evaluation report: from predictions with labels, or from a model and a labelled split."""
 
-    output: str  # the report directory
-    predictions: str | None = None  # Parquet with `probability` and the label (a score output)
-    model: str | None = None  # a model directory: its training curves go into the report
-    data: str | None = None  # a labelled preprocessed split, scored with `model` when no predictions
+    output: PathStr  # the report directory
+    predictions: PathStr | None = None  # Parquet with `probability` and the label (a score output)
+    model: PathStr | None = None  # a model directory: its training curves go into the report
+    data: PathStr | None = None  # a labelled preprocessed split, scored with `model` when no predictions
     label: str | None = None  # default: the model's label column, else "label"
     slice: str | None = None  # a column to break the metrics down by
     max_slices: Annotated[int, Field(ge=1)] = 20  # the most frequent values; the rest become "(other)"
@@ -428,6 +447,28 @@ class Config(_Strict):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+def packaged_conf_dir() -> Path:
+    """The default configuration: $DEEPFM_CONF_DIR when set, else the YAML shipped in this package."""
+    override = os.environ.get("DEEPFM_CONF_DIR")
+    return Path(override) if override else Path(str(importlib.resources.files("deepfm") / "conf"))
+
+
+def find_conf(name: str | Path) -> Path:
+    """A --conf argument: a file, else the packaged configuration of that name (`datasets/obd.yaml`,
+    or `conf/datasets/obd.yaml` as the README writes it), so the commands work from any directory."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = packaged_conf_dir()
+    if not path.is_absolute():
+        relative = Path(*path.parts[1:]) if path.parts[:1] == ("conf",) and len(path.parts) > 1 else path
+        if (packaged / relative).is_file():
+            return packaged / relative
+    shipped = sorted(str(p.relative_to(packaged)) for p in packaged.rglob("*.yaml"))
+    raise ConfigError(f"config file not found: {name} (not a file, nor one of the packaged configurations "
+                      f"in {packaged}: {', '.join(shipped)})")
+
+
 def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> Config:
     """Layer YAML files and `key.path=value` overrides, then validate.
 
@@ -436,14 +477,17 @@ def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> C
     """
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
-    for path in paths:
-        data = _read_yaml(Path(path))
-        _merge(merged, data, (), origin, str(path))
+    for name in paths:
+        path = find_conf(name)
+        _merge(merged, _read_yaml(path), (), origin, str(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key.path=value, got {item!r}")
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({_first_line(err)})") from err
         nested: dict[str, Any] = value
         for part in reversed(_key_path(key)):
             nested = {part: nested}
@@ -472,13 +516,17 @@ def config_hash(section: BaseModel) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {_first_line(err)}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):

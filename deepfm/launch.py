@@ -44,7 +44,7 @@ def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
     from deepfm.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%Y-%m-%d %H:%M:%S%z")
     cfg = TrainConfig.model_validate(plain)
     backend = make_backend(cfg.backend, cfg.device)
     try:

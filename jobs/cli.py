@@ -6,15 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from deepfm.config import ConfigError, load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S%z"  # date and zone: driver, executor and scheduler logs line up
 
 
 def _conf(*names: str) -> list[str]:
-    return [str(REPO_ROOT / "conf" / n) for n in names]
+    """Packaged configuration files (deepfm/conf, or $DEEPFM_CONF_DIR), found from any directory."""
+    return [f"conf/{n}" for n in names]
 
 
 STAGES = {
@@ -35,6 +36,8 @@ STAGES = {
 EPILOG = """\
 Configuration is layered: each --conf file overrides the ones before it, then each --set.
 Without --conf a stage uses conf/base.yaml, its default data set and conf/env/local.yaml.
+A --conf that is not a file is looked up in the packaged configuration (conf/..., or
+$DEEPFM_CONF_DIR). Relative paths in any key are relative to the current directory.
 Example:
   deepfm-pipeline preprocess --conf conf/base.yaml --conf conf/datasets/obd.yaml \\
       --conf conf/env/local.yaml --set preprocess.output=out/obd
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=help_text, description=help_text, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--conf", action="append", metavar="FILE",
-                       help=f"YAML config file, repeatable (default: {' '.join(_short(d) for d in defaults)})")
+                       help=f"YAML config file, repeatable (default: {' '.join(defaults)})")
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                        help="override one config value (YAML syntax), repeatable")
         p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -62,17 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _short(path: str) -> str:
-    return str(Path(path).relative_to(REPO_ROOT))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     code = 1

@@ -17,6 +17,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.spark import get_spark
 
     cfg.require("evaluate")
-    result = run_evaluate(get_spark(cfg.spark), cfg)
+    result = run_evaluate(get_spark(cfg.spark, "evaluate"), cfg)
     print(json.dumps({"report": str(result.report), "overall": result.metrics["overall"]}))
     return 0

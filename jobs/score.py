@@ -19,7 +19,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.spark import get_spark
 
     cfg.require("score")
-    result = run_score(get_spark(cfg.spark), cfg, args.run_date)
+    result = run_score(get_spark(cfg.spark, "score", args.run_date), cfg, args.run_date)
     print(json.dumps({"output": result.partition, "rows": result.rows, "rejected": result.rejected,
                       "model_version": result.model_version, "seconds": round(result.seconds, 1)}))
     return 0

@@ -20,7 +20,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if train_cfg.launcher == "spark":
         from pipelines.spark import get_spark
 
-        get_spark(cfg.spark)
+        get_spark(cfg.spark, "train")
     result = run_training(train_cfg, resume=args.resume)
     print(json.dumps({"output": train_cfg.output, "test": result["test"], "valid_auc_best": result["valid_auc_best"],
                       "epochs": result["epochs"], "workers": result["workers"]}))

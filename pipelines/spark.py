@@ -1,10 +1,16 @@
-"""Starting Spark: one place that turns SparkConfig into a SparkSession."""
+"""Starting Spark: one place that turns SparkConfig into a SparkSession.
+
+Precedence, highest first: what the launcher set (spark-submit's --master, --deploy-mode, --conf,
+--name and resource flags), then the YAML `spark:` section. Under spark-submit the JVM exists before
+this module runs, so the launcher's settings are read from that live JVM's SparkConf.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -12,8 +18,15 @@ from deepfm.config import SparkConfig
 
 log = logging.getLogger(__name__)
 
+# spark-submit names an application after its main file when --name is not given.
+_SUBMIT_DEFAULT_APP_NAMES = ("cli.py",)
+
 
 class JavaMissingError(RuntimeError):
+    pass
+
+
+class MasterUnreachableError(RuntimeError):
     pass
 
 
@@ -33,27 +46,64 @@ def check_java() -> None:
         raise JavaMissingError(f"Java {version} at {java}; Spark 3.5 needs Java >= 17.")
 
 
-def get_spark(cfg: SparkConfig):
-    """Build (or reuse) the SparkSession.
+def check_master(master: str, timeout_s: float = 10.0) -> None:
+    """A standalone master (`spark://h1:p1,h2:p2`) must accept a connection: Spark itself would retry
+    for a minute and then fail with a stack trace."""
+    if not master.startswith("spark://"):
+        return
+    errors = []
+    for address in master.removeprefix("spark://").split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError) as err:
+            errors.append(f"{address}: {err}")
+    raise MasterUnreachableError(f"Spark master {master} cannot be reached ({'; '.join(errors)}): start it, or "
+                                 "fix spark-submit's --master (SPARK_MASTER for spark-submit.sh) or spark.master")
 
-    Under spark-submit the master and the submitted --conf values win: we only fill in what the
-    launcher left unset, so the same job runs in local mode and on a cluster unchanged.
-    """
+
+def launched_by_spark_submit() -> bool:
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def launcher_conf() -> dict[str, str]:
+    """The spark.* properties the launcher passed to the JVM (empty outside spark-submit)."""
+    if not launched_by_spark_submit():
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; a SparkConf then reads its properties
+    return dict(SparkConf().getAll())
+
+
+def app_name(cfg: SparkConfig, stage: str | None, run_date: str | None = None) -> str:
+    """`deepfm-train-2026-11-28`: the Spark UI and the master list one line per stage and day."""
+    return "-".join(p for p in (cfg.app_name, stage, run_date) if p)
+
+
+def get_spark(cfg: SparkConfig, stage: str | None = None, run_date: str | None = None):
+    """Build (or reuse) the SparkSession; YAML fills only what the launcher left unset."""
     check_java()
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    launched = SparkConf()  # holds spark.* properties that spark-submit passed to the JVM
-    if not launched.contains("spark.pyspark.python"):
+    launched = launcher_conf()
+    if "spark.pyspark.python" not in launched:
         # Python workers (mapInArrow scoring, TorchDistributor) need this environment's packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(cfg.app_name)
-    if not launched.contains("spark.master"):
+    check_master(launched.get("spark.master", cfg.master))
+    builder = SparkSession.builder
+    if launched.get("spark.app.name") in (None, *_SUBMIT_DEFAULT_APP_NAMES):
+        builder = builder.appName(app_name(cfg, stage, run_date))
+    if "spark.master" not in launched:
         builder = builder.master(cfg.master)
     for key, value in cfg.conf.items():
-        if not launched.contains(key):
+        if key not in launched:
             builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("DEEPFM_SPARK_LOG_LEVEL", "WARN"))
-    log.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
+    conf = spark.sparkContext.getConf()
+    log.info("Spark %s, master %s, app %s (%s), deploy mode %s, shuffle partitions %s", spark.version,
+             spark.sparkContext.master, spark.sparkContext.appName, spark.sparkContext.applicationId,
+             conf.get("spark.submit.deployMode", "client"), spark.conf.get("spark.sql.shuffle.partitions"))
     return spark

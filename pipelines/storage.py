@@ -37,12 +37,22 @@ class Storage:
         return self._jvm.org.apache.hadoop.fs.Path(path)
 
     def _fs(self, path: str):
-        return self._path(path).getFileSystem(self._hconf)
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            return self._path(path).getFileSystem(self._hconf)
+        except Py4JJavaError as err:
+            if "UnsupportedFileSystemException" in str(err.java_exception.getClass().getName()):
+                scheme = path.split(":", 1)[0]
+                raise ValueError(
+                    f"{path}: no Hadoop file system is installed for the scheme '{scheme}': add its connector "
+                    "to the job (for s3a: --packages org.apache.hadoop:hadoop-aws:3.3.4), or use another path"
+                ) from None
+            raise
 
     def qualify(self, path: str) -> str:
         """Absolute URI of a path (file:/..., hdfs://...), as Spark resolves it."""
-        p = self._path(path)
-        return p.getFileSystem(self._hconf).makeQualified(p).toString()
+        return self._fs(path).makeQualified(self._path(path)).toString()
 
     def exists(self, path: str) -> bool:
         return self._fs(path).exists(self._path(path))

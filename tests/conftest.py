@@ -30,8 +30,10 @@ CLI_ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEV
 
 
 def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
-    """A command as a user runs it, from the repository root; the timeout only guards against hangs."""
-    return subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, env=CLI_ENV, timeout=900, **kw)
+    """A command as a user runs it (from the repository root unless `cwd` says otherwise); the timeout
+    only guards against hangs."""
+    kw = {"cwd": REPO_ROOT, "env": CLI_ENV, "timeout": 900, **kw}
+    return subprocess.run(args, capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope="session")

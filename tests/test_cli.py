@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from tests.conftest import CLI, CRITEO_SAMPLE, REPO_ROOT, run_cli
+from tests.conftest import CLI, CLI_ENV, CRITEO_SAMPLE, REPO_ROOT, run_cli
 
 QUIET = ["--set", "spark.conf.spark.ui.showConsoleProgress=false", "--set", "spark.master=local[2]"]
 
@@ -48,3 +48,73 @@ def test_spark_submit_runs_preprocess(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rows"] == {"input": 10_000, "accepted": 10_000, "rejected": 0}
     assert (Path(out) / "_SUCCESS").exists()
+    log = result.stdout + result.stderr  # spark-submit merges the Python driver's stderr into stdout
+    assert "app deepfm-preprocess (local-" in log  # one application name per stage
+    assert "Traceback" not in log
+
+
+def test_spark_submit_flags_win_over_the_yaml_spark_section(tmp_path):
+    # conf/env/local.yaml says local[*] and 8 shuffle partitions; the launcher's flags must win.
+    env = {**CLI_ENV, "SPARK_MASTER": "local[1]",
+           "SPARK_SUBMIT_ARGS": "--conf spark.app.name=deepfm-precedence-check --conf spark.sql.shuffle.partitions=3"}
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--set", f"preprocess.output={tmp_path / 'o'}",
+                      "--set", f"dataset.input.path={CRITEO_SAMPLE}"], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr  # spark-submit merges the Python driver's stderr into stdout
+    assert "master local[1], app deepfm-precedence-check" in log
+    assert "shuffle partitions 3" in log
+
+
+def test_spark_submit_dry_run_prints_the_shipped_environment(tmp_path):
+    archive = tmp_path / "env.tar.gz"
+    archive.write_bytes(b"")
+    env = {**CLI_ENV, "SPARK_MASTER": "spark://10.0.0.1:7077"}
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "--dry-run", f"--ship-env={archive}", "score",
+                      "--run-date", "2026-11-27"], env=env)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    assert "--master spark://10.0.0.1:7077" in printed and "--deploy-mode client" in printed
+    assert f"--archives {archive}#env" in printed
+    assert "spark.pyspark.python=./env/bin/python" in printed
+    assert printed.rstrip().endswith("jobs/cli.py score --run-date 2026-11-27")
+
+
+def test_spark_submit_missing_archive_exits_2_naming_it(tmp_path):
+    missing = tmp_path / "nope.tar.gz"
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), f"--ship-env={missing}", "preprocess"])
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "make package" in result.stderr
+
+
+def test_unreachable_master_exits_2_naming_it(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket closes
+    master = f"spark://127.0.0.1:{port}"
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--set", f"preprocess.output={tmp_path / 'o'}"],
+                     env={**CLI_ENV, "SPARK_MASTER": master})
+    log = result.stdout + result.stderr
+    assert result.returncode == 2, log[-3000:]
+    assert f"Spark master {master} cannot be reached" in log
+    assert "Traceback" not in log
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_file_system_scheme_exits_2_naming_it(tmp_path):
+    result = run_cli([*CLI, "preprocess", *QUIET, "--set", "preprocess.output=nosuchfs://bucket/out",
+                      "--set", f"dataset.input.path={CRITEO_SAMPLE}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "nosuchfs://bucket/out" in result.stderr and "'nosuchfs'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_packaged_configuration_from_another_directory(tmp_path):
+    # `--conf conf/...` as the README writes it works from any directory, and relative paths are
+    # relative to the directory the command runs in.
+    result = run_cli([*CLI, "generate", "--rows", "100", "--conf", "conf/base.yaml",
+                      "--conf", "conf/datasets/synthetic.yaml", "--set", "generate.output=raw"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["rows"] == 100
+    assert (tmp_path / "raw" / "part-00000.tsv").is_file()

@@ -107,3 +107,42 @@ def test_config_hash_is_stable_and_sensitive():
     b = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"])
     c = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"], ["dataset.split.seed=3"])
     assert config_hash(a.dataset) == config_hash(b.dataset) != config_hash(c.dataset)
+
+
+def test_relative_paths_become_absolute_from_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"],
+                      ["train.data=out/shards", "score.output=s3a://bucket/scores", "evaluate.data=file:///x/test"])
+    assert cfg.train.data == str(tmp_path / "out" / "shards")
+    assert cfg.preprocess.output == str(tmp_path / "out" / "criteo")
+    assert cfg.dataset.input.path == str((tmp_path / "../shared/data/criteo/criteo_kaggle_head10k.tsv").resolve())
+    assert cfg.score.output == "s3a://bucket/scores"  # URIs are kept as written
+    assert cfg.evaluate.data == "file:///x/test"
+
+
+def test_conf_names_fall_back_to_the_packaged_configuration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["conf/base.yaml", "datasets/obd.yaml"])
+    assert cfg.dataset.name == "obd"
+    with pytest.raises(ConfigError) as err:
+        load_config(["conf/datasets/nope.yaml"])
+    assert "conf/datasets/nope.yaml" in str(err.value) and "datasets/obd.yaml" in str(err.value)
+
+
+def test_packaged_configuration_is_overridable(tmp_path, monkeypatch):
+    (tmp_path / "datasets").mkdir()
+    _write(tmp_path, "datasets/obd.yaml", "dataset:\n  name: mine\n")
+    monkeypatch.setenv("DEEPFM_CONF_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "datasets")
+    with pytest.raises(ConfigError) as err:  # found in DEEPFM_CONF_DIR, and validated
+        load_config(["conf/datasets/obd.yaml"])
+    assert "dataset.input" in str(err.value) and str(tmp_path / "datasets/obd.yaml") in str(err.value)
+
+
+def test_yaml_that_is_not_utf8_or_a_bad_set_value_names_the_source(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("preprocess:\n  output: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{bad}: not UTF-8"):
+        load_config([bad])
+    with pytest.raises(ConfigError, match=r"--set train.lr=\[0.1: the value is not valid YAML"):
+        load_config([CONF / "base.yaml"], ["train.lr=[0.1"])

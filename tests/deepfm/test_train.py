@@ -16,9 +16,9 @@ import torch
 
 from deepfm.checkpoint import load_torch
 from deepfm.config import TrainConfig
+from deepfm.distributed import make_backend
 from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.distributed import make_backend
 from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, make_optimizers
 from pipelines.preprocess import run_preprocess
 from tests.conftest import REPO_ROOT, criteo_dataset, make_config, run_cli
