@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
+.PHONY: setup run test test-slow test-cluster package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,16 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+## dist/: the wheel (default configuration included) and the relocatable environment archive
+## that `./spark-submit.sh --ship-env` sends to the executors.
+package: setup
+	@bash scripts/package.sh
+
+## A real standalone cluster on loopback whose worker cannot see this checkout: every stage
+## through spark-submit.sh with the shipped environment (about 10 minutes).
+test-cluster: package
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -44,4 +54,4 @@ bench-score: setup
 	$(PY) bench/bench_score.py
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out dist build .pytest_cache

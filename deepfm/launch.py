@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deepfm import logs
 from deepfm.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
     from deepfm.distributed import make_backend
     from deepfm.train import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S%z")
+    logs.configure(logging.INFO)
     cfg = TrainConfig.model_validate(plain)
     backend = make_backend(cfg.backend, cfg.device)
     try:
@@ -93,13 +93,19 @@ def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[
 def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
     from pyspark.sql import SparkSession
 
-    if SparkSession.getActiveSession() is None:
+    spark = SparkSession.getActiveSession()
+    if spark is None:
         raise RuntimeError("train.launcher=spark needs a SparkSession (run through `deepfm-pipeline train`)")
     if cfg.backend == "horovod":
         import horovod.spark
 
+        # Horovod starts each worker process with this interpreter; the driver's own path may not
+        # exist on the executors (a shipped environment is ./env/bin/python there).
+        executable = spark.conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
+        # stdout/stderr: the workers' output streams back to the driver, so rank 0's progress is in
+        # the driver log (and the Airflow task log), not only in the executors'.
         return horovod.spark.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True,
-                                 verbose=1)[0]
+                                 verbose=1, executable=executable, stdout=sys.stdout, stderr=sys.stderr)[0]
     from pyspark.ml.torch.distributor import TorchDistributor
 
     distributor = TorchDistributor(num_processes=cfg.workers, local_mode=False, use_gpu=cfg.device == "cuda")

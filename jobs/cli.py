@@ -7,10 +7,8 @@ import logging
 import os
 import sys
 
+from deepfm import logs
 from deepfm.config import ConfigError, load_config
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S%z"  # date and zone: driver, executor and scheduler logs line up
 
 
 def _conf(*names: str) -> list[str]:
@@ -67,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
-    for noisy in ("py4j", "pyspark"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(args.log_level)
     code = 1
     try:
         cfg = load_config(args.conf or args.default_conf, args.overrides)

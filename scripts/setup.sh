@@ -68,22 +68,31 @@ build_horovod_wheel() (
   rm -rf "$out_dir.tmp" && mv "$work/dist" "$out_dir.tmp" && mv "$out_dir.tmp" "$out_dir"
 )
 
-install_horovod() {
-  if "$VENV/bin/python" -c 'import horovod.torch' >/dev/null 2>&1; then
-    log "horovod.torch already importable"; return
-  fi
-  local key wheel_dir wheel
-  # The wheel links against torch's C++ ABI: key the cache by Python, torch build and CUDA.
+# The cached wheel (built on first use). It links against torch's C++ ABI: the cache is keyed by
+# Python, torch build and CUDA.
+horovod_wheel() {
+  local key wheel_dir
   key=$("$VENV/bin/python" -c 'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')
   cuda_present && key="$key-nccl"
   wheel_dir="$CACHE_DIR/wheels/horovod-$HOROVOD_VERSION-$key"
   [ -d "$wheel_dir" ] || build_horovod_wheel "$wheel_dir"
-  wheel=$(ls "$wheel_dir"/horovod-*.whl)
+  ls "$wheel_dir"/horovod-*.whl
+}
+
+install_horovod() {
+  if "$VENV/bin/python" -c 'import horovod.torch' >/dev/null 2>&1; then
+    log "horovod.torch already importable"; return
+  fi
+  local wheel
+  wheel=$(horovod_wheel)
   log "installing Horovod from $wheel"
   "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" "$wheel"
 }
 
 main() {
+  if [ "${1:-}" = "--horovod-wheel" ]; then  # for scripts/package.sh: the path of the cached wheel
+    horovod_wheel; return
+  fi
   check_java
   check_python
   local stamp
