@@ -8,12 +8,13 @@ import os
 import sys
 
 from deepfm import logs
-from deepfm.config import ConfigError, load_config
+from deepfm.config import ConfigError, load_config, packaged_conf_dir
 
 
 def _conf(*names: str) -> list[str]:
-    """Packaged configuration files (deepfm/conf, or $DEEPFM_CONF_DIR), found from any directory."""
-    return [f"conf/{n}" for n in names]
+    """Packaged configuration files (deepfm/conf, or $DEEPFM_CONF_DIR): never a same-named file in
+    the current directory."""
+    return [str(packaged_conf_dir() / n) for n in names]
 
 
 STAGES = {
