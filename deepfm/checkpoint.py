@@ -1,18 +1,19 @@
-"""Checkpoints and model directories, written atomically and read without unpickling code.
+"""Checkpoints and model files, written atomically and read without unpickling code.
 
 Everything goes through `torch.save` of plain containers of tensors and numbers, so readers use
-`torch.load(..., weights_only=True)`: a checkpoint from an untrusted path cannot run code.
+`torch.load(..., weights_only=True)`: a checkpoint from an untrusted path cannot run code. Paths
+are `Location`s: a local path or any URI `deepfm.fs` reaches.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from deepfm.fs import Location, Where
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
@@ -20,29 +21,17 @@ MODEL_CONFIG = "model.json"
 METRICS = "metrics.json"
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save_torch(obj: Any, where: Where) -> None:
+    Location.of(where).write_with(lambda f: torch.save(obj, f))
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+def save_json(obj: Any, where: Where) -> None:
+    Location.of(where).write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
-def save_json(obj: Any, path: Path) -> None:
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
-
-
-def load_torch(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_torch(where: Where, map_location: str | torch.device = "cpu") -> Any:
+    location = Location.of(where)
+    if not location.is_file():
+        raise FileNotFoundError(f"{location} not found")
+    source = location.local_path if location.is_local else io.BytesIO(location.read_bytes())
+    return torch.load(source, map_location=map_location, weights_only=True)

@@ -374,6 +374,10 @@ class TrainConfig(_Strict):
     def _check(self) -> TrainConfig:
         if self.workers > 1 and self.backend == "none":
             raise ValueError("workers > 1 needs backend 'horovod' or 'torch'")
+        if self.reader == "petastorm" and _URI.match(self.data) and not self.data.startswith(("file:", "hdfs:")):
+            # Petastorm opens remote stores through s3fs/gcsfs (fsspec), which this stack does not
+            # carry; the native reader reaches them through pyarrow.fs.
+            raise ValueError(f"reader 'petastorm' reads local and hdfs:// data only; use reader 'native' for {self.data}")
         return self
 
 

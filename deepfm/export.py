@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import torch
 
-from deepfm import checkpoint as ckpt
+from deepfm.fs import Location, Where
 from deepfm.model_dir import TORCHSCRIPT, ModelDir
 
 TOLERANCE = 1e-6
@@ -33,7 +32,7 @@ def example_inputs(md: ModelDir, rows: int, seed: int = 0) -> tuple[torch.Tensor
     return ids, dense
 
 
-def export_torchscript(md: ModelDir, out: Path | None = None) -> tuple[Path, float]:
+def export_torchscript(md: ModelDir, out: Where | None = None) -> tuple[Location, float]:
     """Write the TorchScript model (default: into the model directory); returns it and the max abs
     difference of its probabilities from the eager model's on 1000 check rows."""
     model = md.load("cpu")
@@ -46,10 +45,10 @@ def export_torchscript(md: ModelDir, out: Path | None = None) -> tuple[Path, flo
         difference = (torch.sigmoid(scripted(*check)) - torch.sigmoid(model(*check))).abs().max().item()
     if not difference <= TOLERANCE:
         raise ExportError(f"TorchScript model differs from the eager model by {difference:.3g} (> {TOLERANCE:g})")
-    out = Path(out) if out is not None else md.path / TORCHSCRIPT
+    out = Location.of(out) if out is not None else md.path / TORCHSCRIPT
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
         torch.jit.save(scripted, buffer)
-    ckpt.atomic_write_bytes(out, lambda f: f.write(buffer.getvalue()))
+    out.write_bytes(buffer.getvalue())
     return out, difference

@@ -13,18 +13,17 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from deepfm import logs
 from deepfm.config import TrainConfig
+from deepfm.fs import Location
 
 log = logging.getLogger(__name__)
 
 
 def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train with cfg.workers workers on cfg.backend, placed by cfg.launcher; rank 0's result."""
-    cfg = cfg.model_copy(update={"data": str(Path(cfg.data).resolve()), "output": str(Path(cfg.output).resolve())})
     plain = cfg.model_dump(mode="json")
     if cfg.backend == "none":
         return worker(plain, resume)
@@ -87,7 +86,7 @@ def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[
     import torch.multiprocessing as mp
 
     mp.spawn(_spawned, args=(cfg.workers, free_port(), plain, resume), nprocs=cfg.workers, join=True)
-    return json.loads((Path(cfg.output) / "metrics.json").read_text())
+    return json.loads((Location.of(cfg.output) / "metrics.json").read_text())
 
 
 def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:

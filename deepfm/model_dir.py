@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from deepfm import checkpoint as ckpt
 from deepfm.feature_map import FeatureMap
+from deepfm.fs import Location, Where
 from deepfm.model import DeepFM, DeepFMConfig
 
 VOCABULARY = "vocab/vocabulary.parquet"
@@ -36,18 +35,18 @@ class ModelDirError(ValueError):
 
 @dataclass(frozen=True)
 class ModelDir:
-    path: Path
+    path: Location
     config: DeepFMConfig
     feature_map: FeatureMap
     vocab_fingerprint: str
     version: str  # content hash of the weights: two models with equal versions score identically
 
     @property
-    def weights(self) -> Path:
+    def weights(self) -> Location:
         return self.path / ckpt.WEIGHTS
 
     @property
-    def vocabulary(self) -> Path:
+    def vocabulary(self) -> Location:
         return self.path / VOCABULARY
 
     def load(self, device: str | torch.device = "cpu") -> DeepFM:
@@ -57,14 +56,14 @@ class ModelDir:
         return model.to(device).eval()
 
 
-def open_model_dir(path: str | Path) -> ModelDir:
-    """Read and check a model directory; every problem names the file to look at."""
-    path = Path(path)
-    if not path.is_dir():
+def open_model_dir(where: Where) -> ModelDir:
+    """Read and check a model directory (a local path or URI); every problem names the file to look at."""
+    path = Location.of(where)
+    missing = [name for name in (ckpt.MODEL_CONFIG, ckpt.WEIGHTS) if not (path / name).is_file()]
+    if len(missing) == 2 and not path.is_dir():  # an object store has no directories, only its files
         raise ModelDirError(f"model directory {path} does not exist (train one with `deepfm-pipeline train`)")
-    for name in (ckpt.MODEL_CONFIG, ckpt.WEIGHTS):
-        if not (path / name).is_file():
-            raise ModelDirError(f"{path / name} is missing: {path} is not a complete model directory")
+    if missing:
+        raise ModelDirError(f"{path / missing[0]} is missing: {path} is not a complete model directory")
     try:
         meta = json.loads((path / ckpt.MODEL_CONFIG).read_text())
         config = DeepFMConfig.from_dict(meta["model"])
@@ -75,26 +74,25 @@ def open_model_dir(path: str | Path) -> ModelDir:
     return ModelDir(path, config, fmap, fingerprint, _file_hash(path / ckpt.WEIGHTS)[:16])
 
 
-def write_model_dir(out: Path, model: DeepFM, fmap: FeatureMap, vocab_fingerprint: str, data: Path,
+def write_model_dir(out: Location, model: DeepFM, fmap: FeatureMap, vocab_fingerprint: str, data: Location,
                     train_config: dict[str, Any], result: dict[str, Any]) -> None:
     """Rank 0 writes everything but the weights (saved as training improves) and the curves."""
     ckpt.save_json({
         "model": model.config.to_dict(),
         "feature_map": fmap.to_dict(),
         "vocab_fingerprint": vocab_fingerprint,
-        "data": str(data.resolve()),
+        "data": str(data),
         "train": train_config,
     }, out / ckpt.MODEL_CONFIG)
     ckpt.save_json(result, out / ckpt.METRICS)
     vocab = data / "vocab" / "vocabulary.parquet"
-    if vocab.exists():  # the scorer needs the exact vocabulary the model was trained with
-        (out / VOCABULARY).parent.mkdir(exist_ok=True)
-        shutil.copyfile(vocab, out / VOCABULARY)
+    if vocab.is_file():  # the scorer needs the exact vocabulary the model was trained with
+        vocab.copy_to(out / VOCABULARY)
 
 
-def _file_hash(path: Path) -> str:
+def _file_hash(path: Location) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with path.filesystem.open_input_stream(path.path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

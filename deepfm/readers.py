@@ -25,13 +25,13 @@ import queue
 import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from deepfm.feature_map import FeatureMap
+from deepfm.fs import Location, Where
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class RowGroup:
-    path: str
+    file: Location
     index: int
     rows: int
 
@@ -62,14 +62,15 @@ class Slice:
     stop: int
 
 
-def row_groups(split_dir: str | Path) -> list[RowGroup]:
-    files = sorted(Path(split_dir).glob("*.parquet"))
+def row_groups(split_dir: Where) -> list[RowGroup]:
+    files = Location.of(split_dir).files(".parquet")
     if not files:
         raise FileNotFoundError(f"no Parquet shards in {split_dir}: run `deepfm-pipeline preprocess` first")
     groups = []
-    for path in files:
-        meta = pq.ParquetFile(path).metadata
-        groups += [RowGroup(str(path), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    for file in files:
+        with file.open() as f:
+            meta = pq.ParquetFile(f).metadata
+        groups += [RowGroup(file, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
     return groups
 
 
@@ -119,7 +120,7 @@ class NativeReader:
 
     def __init__(
         self,
-        split_dir: str | Path,
+        split_dir: Where,
         fmap: FeatureMap,
         batch_size: int,
         rank: int = 0,
@@ -159,14 +160,18 @@ class NativeReader:
 
     def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Row-group slices as numpy arrays."""
-        files: dict[str, pq.ParquetFile] = {}
-        for piece in self._slices():
-            path = piece.group.path
-            if path not in files:
-                files[path] = pq.ParquetFile(path)
-            # One thread: torch's OpenMP threads already occupy the cores while we prefetch.
-            table = files[path].read_row_group(piece.group.index, columns=self.columns.names, use_threads=False)
-            yield self.columns.arrays(table.slice(piece.start, piece.stop - piece.start))
+        files: dict[Location, pq.ParquetFile] = {}
+        try:
+            for piece in self._slices():
+                file = piece.group.file
+                if file not in files:
+                    files[file] = pq.ParquetFile(file.open())
+                # One thread: torch's OpenMP threads already occupy the cores while we prefetch.
+                table = files[file].read_row_group(piece.group.index, columns=self.columns.names, use_threads=False)
+                yield self.columns.arrays(table.slice(piece.start, piece.stop - piece.start))
+        finally:
+            for opened in files.values():
+                opened.close()
 
     def __iter__(self) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
@@ -296,7 +301,7 @@ class PetastormReader:
     def __init__(self, split_dir, fmap: FeatureMap, batch_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, shuffle: bool = True, shuffle_buffer_rows: int = 262_144,
                  workers: int = 2, prefetch: int = 4) -> None:
-        self.url = Path(split_dir).resolve().as_uri()
+        self.location = Location.of(split_dir)
         self.groups = row_groups(split_dir)
         self.columns = _Columns(fmap)
         self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
@@ -329,7 +334,7 @@ class PetastormReader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pyarrow deprecations inside Petastorm
             reader = make_batch_reader(
-                self.url, schema_fields=self.columns.names, num_epochs=1, seed=self.seed + self.epoch,
+                self.location.as_uri, schema_fields=self.columns.names, num_epochs=1, seed=self.seed + self.epoch,
                 shuffle_row_groups=self.shuffle, cur_shard=self.rank, shard_count=self.world,
                 shard_seed=None, workers_count=self.workers, reader_pool_type="thread",
             )

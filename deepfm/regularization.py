@@ -18,13 +18,12 @@ either over-shrinks them or leaves the rare ones noisy.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from deepfm.feature_map import FeatureMap
+from deepfm.fs import Location, Where
 from deepfm.model import DeepFM
 
 
@@ -34,12 +33,13 @@ class EmbeddingPrior:
         self.strength = strength
 
     @classmethod
-    def from_vocabulary(cls, vocabulary: Path, fmap: FeatureMap, train_rows: int, strength: float,
+    def from_vocabulary(cls, vocabulary: Where, fmap: FeatureMap, train_rows: int, strength: float,
                         device: torch.device, rarity_exponent: float = 0.0) -> EmbeddingPrior:
         sizes = [int(f.vocab_size) for f in fmap.categorical]
         offsets = dict(zip((f.name for f in fmap.categorical), np.cumsum([0, *sizes[:-1]]), strict=True))
         counts = np.full(sum(sizes), float(max(train_rows, 1)))
-        table = pq.read_table(vocabulary, columns=["field", "id", "count"])
+        with Location.of(vocabulary).open() as f:
+            table = pq.read_table(f, columns=["field", "id", "count"])
         fields = table.column("field").to_numpy(zero_copy_only=False)
         ids, seen = table.column("id").to_numpy(), table.column("count").to_numpy()
         for name, offset in offsets.items():

@@ -13,51 +13,72 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepfm import checkpoint as ckpt
+from deepfm.fs import Location, Where
 
 METRICS, HTML = "metrics.json", "report.html"
 ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
 
 
-def write_report(out: Path, metrics: dict[str, Any], roc: tuple[np.ndarray, np.ndarray],
-                 training_curves: Path | None = None) -> Path:
-    """Write the report directory atomically (built beside `out`, then renamed over it)."""
-    out = Path(out)
+def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.ndarray],
+                 training_curves: Location | None = None) -> Location:
+    """Write the report directory: the files are made in memory, then written out.
+
+    A local directory is built beside `out` and renamed over it, so it is replaced whole. Elsewhere
+    (an object store has no rename) each file is replaced atomically and report.html goes last.
+    """
+    out = Location.of(out)
+    files = {METRICS: json.dumps(metrics, indent=2, sort_keys=True).encode(),
+             ROC: _png(_plot_roc, *roc, metrics["overall"]["auc"]),
+             CALIBRATION: _png(_plot_calibration, metrics["calibration"])}
+    if training_curves is not None and training_curves.is_file():
+        files[CURVES] = training_curves.read_bytes()
+    files[HTML] = _html(metrics, {name: files[name] for name in (ROC, CALIBRATION, CURVES) if name in files}).encode()
+    if out.is_local:
+        _replace_local_dir(out.local_path, files)
+    else:
+        if CURVES not in files:
+            (out / CURVES).unlink()  # not left from an earlier report of another model
+        for name, data in files.items():
+            (out / name).write_bytes(data)
+    return out / HTML
+
+
+def _replace_local_dir(out: Path, files: dict[str, bytes]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared
     try:
-        (tmp / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        _plot_roc(*roc, metrics["overall"]["auc"], tmp / ROC)
-        _plot_calibration(metrics["calibration"], tmp / CALIBRATION)
-        images = [ROC, CALIBRATION]
-        if training_curves is not None and training_curves.is_file():
-            shutil.copyfile(training_curves, tmp / CURVES)
-            images.append(CURVES)
-        (tmp / HTML).write_text(_html(metrics, {name: tmp / name for name in images}))
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
         if out.exists():
             out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out / HTML
+
+
+def _png(plot, *args) -> bytes:
+    buffer = io.BytesIO()
+    plot(*args, buffer)
+    return buffer.getvalue()
 
 
 @contextmanager
-def _figure(path: Path, columns: int = 1, size: tuple[float, float] = (5, 5)):
-    """Axes to draw on; on exit the figure is laid out and saved atomically as a PNG, then closed."""
+def _figure(path: Location | io.BytesIO, columns: int = 1, size: tuple[float, float] = (5, 5)):
+    """Axes to draw on; on exit the figure is laid out and saved as a PNG (a file atomically), then closed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,15 +88,18 @@ def _figure(path: Path, columns: int = 1, size: tuple[float, float] = (5, 5)):
     try:
         yield axes
         fig.tight_layout()
-        ckpt.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        if isinstance(path, io.BytesIO):
+            fig.savefig(path, format="png", dpi=100)
+        else:
+            path.write_with(lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
 
 
-def plot_training_curves(history: list[dict], path: Path) -> None:
+def plot_training_curves(history: list[dict], where: Where) -> None:
     """Train loss and validation logloss, and validation AUC, against step (one point per epoch)."""
     steps = [h["step"] for h in history]
-    with _figure(path, columns=2, size=(10, 4)) as (left, right):
+    with _figure(Location.of(where), columns=2, size=(10, 4)) as (left, right):
         left.plot(steps, [h["train_loss"] for h in history], marker="o", label="train loss")
         left.plot(steps, [h["valid_logloss"] for h in history], marker="o", label="valid logloss")
         left.set_xlabel("step")
@@ -85,7 +109,7 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
         right.set_ylabel("validation AUC")
 
 
-def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
+def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: io.BytesIO) -> None:
     with _figure(path) as ax:
         ax.plot(fpr, tpr, label=f"model (AUC {auc:.4f})")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
@@ -94,7 +118,7 @@ def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
         ax.legend(loc="lower right")
 
 
-def _plot_calibration(bins: list[dict], path: Path) -> None:
+def _plot_calibration(bins: list[dict], path: io.BytesIO) -> None:
     predicted = [b["ctr_predicted"] for b in bins]
     observed = [b["ctr_observed"] for b in bins]
     top = max([*predicted, *observed, 1e-3]) * 1.05
@@ -106,12 +130,12 @@ def _plot_calibration(bins: list[dict], path: Path) -> None:
         ax.legend(loc="upper left")
 
 
-def _html(metrics: dict[str, Any], images: dict[str, Path]) -> str:
+def _html(metrics: dict[str, Any], images: dict[str, bytes]) -> str:
     overall = metrics["overall"]
     figures = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
-        for name, path in images.items()
+        for name, png in images.items()
     )
     slices = metrics.get("slices")
     slice_table = ""

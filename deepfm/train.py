@@ -15,7 +15,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from deepfm import checkpoint as ckpt
 from deepfm.config import TrainConfig
 from deepfm.distributed import Backend
 from deepfm.feature_map import FeatureMap
+from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
@@ -51,9 +51,9 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def load_feature_map(data_dir: str | Path) -> tuple[FeatureMap, dict[str, Any]]:
-    path = Path(data_dir) / "manifest.json"
-    if not path.exists():
+def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
+    path = Location.of(data_dir) / "manifest.json"
+    if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train.data must be a preprocess output directory")
     manifest = json.loads(path.read_text())
     return FeatureMap.from_dict(manifest["feature_map"]), manifest
@@ -91,7 +91,8 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     """Train, evaluate on test with the best weights, and (rank 0) write the model directory."""
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world))
     torch.set_num_threads(threads)
-    fmap, manifest = load_feature_map(cfg.data)
+    data, out = Location.of(cfg.data), Location.of(cfg.output)
+    fmap, manifest = load_feature_map(data)
     # NCCL has no sparse allreduce: on GPUs under DDP the tables use dense gradients.
     sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
     torch.manual_seed(cfg.seed)
@@ -100,7 +101,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr, cfg.embedding_lr))
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
-        prior = EmbeddingPrior.from_vocabulary(Path(cfg.data) / manifest["vocab"]["path"], fmap,
+        prior = EmbeddingPrior.from_vocabulary(data / manifest["vocab"]["path"], fmap,
                                                manifest["rows"]["splits"]["train"]["rows"], cfg.embedding_l2,
                                                backend.device, cfg.embedding_l2_rarity_exponent)
     # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.
@@ -109,22 +110,21 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     evaluated = raw_model if averaged is None else averaged.module
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
-    out = Path(cfg.output)
     state = TrainState()
-    if resume and (out / ckpt.CHECKPOINT).exists():
+    if resume and (out / ckpt.CHECKPOINT).is_file():
         state = _restore(out / ckpt.CHECKPOINT, raw_model, optimizers, schedulers, backend, averaged)
     elif backend.rank == 0:
         _fresh_output(out)
     backend.barrier()
 
-    reader = READERS[cfg.reader](Path(cfg.data) / "train", fmap, cfg.batch_size, rank=backend.rank,
+    reader = READERS[cfg.reader](data / "train", fmap, cfg.batch_size, rank=backend.rank,
                                  world=backend.world, seed=cfg.seed, shuffle=True,
                                  **({"shuffle_buffer_rows": cfg.shuffle_buffer_rows} if cfg.reader != "memory" else {}))
     while state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience:
         reader.set_epoch(state.epoch)
         train_loss, seconds, samples = _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader,
                                                      backend, state, prior, averaged)
-        valid = evaluate(evaluated, Path(cfg.data) / "valid", fmap, cfg.eval_batch_size, backend)
+        valid = evaluate(evaluated, data / "valid", fmap, cfg.eval_batch_size, backend)
         for scheduler in schedulers:
             scheduler.step(valid["auc"])
         improved = valid["auc"] > state.best_auc
@@ -145,11 +145,11 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
         backend.barrier()
 
     raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
-    test = evaluate(raw_model, Path(cfg.data) / "test", fmap, cfg.eval_batch_size, backend)
+    test = evaluate(raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
     result = {"valid_auc_best": state.best_auc, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world}
     if backend.rank == 0:
-        write_model_dir(out, raw_model, fmap, manifest["vocab"]["fingerprint"], Path(cfg.data),
+        write_model_dir(out, raw_model, fmap, manifest["vocab"]["fingerprint"], data,
                         cfg.model_dump(mode="json"), result)
         plot_training_curves(result["history"], out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
@@ -167,8 +167,8 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
             continue
         totals = train_step(model, raw_model, optimizers, batch, backend, prior)
         if not torch.isfinite(totals[0]):
-            saved = Path(cfg.output) / ckpt.CHECKPOINT
-            kept = f"The last good checkpoint is {saved}." if saved.exists() else "No checkpoint was written yet."
+            saved = Location.of(cfg.output) / ckpt.CHECKPOINT
+            kept = f"The last good checkpoint is {saved}." if saved.is_file() else "No checkpoint was written yet."
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {state.epoch} step {step}; training stopped before the update. "
                 f"{kept} Lower train.lr, or check the input for NaN or infinite values."
@@ -183,7 +183,7 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
         state.global_step += 1
         progress.update(float(totals[0] / totals[1]), int(totals[1]))
         if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0 and backend.rank == 0:
-            _save_checkpoint(Path(cfg.output), raw_model, optimizers, schedulers, state, averaged)
+            _save_checkpoint(Location.of(cfg.output), raw_model, optimizers, schedulers, state, averaged)
     progress.close()
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
 
@@ -220,7 +220,7 @@ def predict(model: DeepFM, reader) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(labels).numpy(), torch.cat(probs).numpy()
 
 
-def evaluate(model: DeepFM, split_dir: Path, fmap: FeatureMap, batch_size: int, backend: Backend) -> dict:
+def evaluate(model: DeepFM, split_dir: Where, fmap: FeatureMap, batch_size: int, backend: Backend) -> dict:
     """Exact metrics over every row of the split: each rank predicts its share, all gather."""
     reader = READERS["native"](split_dir, fmap, batch_size, rank=backend.rank, world=backend.world,
                                shuffle=False, drop_remainder=False)
@@ -231,13 +231,13 @@ def evaluate(model: DeepFM, split_dir: Path, fmap: FeatureMap, batch_size: int, 
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def _fresh_output(out: Path) -> None:
+def _fresh_output(out: Location) -> None:
     for name in (ckpt.CHECKPOINT, ckpt.WEIGHTS, ckpt.METRICS):
-        (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        (out / name).unlink()
+    out.mkdir()
 
 
-def _save_checkpoint(out: Path, model, optimizers, schedulers, state: TrainState,
+def _save_checkpoint(out: Location, model, optimizers, schedulers, state: TrainState,
                      averaged: AveragedModel | None = None) -> None:
     ckpt.save_torch({
         "model": model.state_dict(),
@@ -249,7 +249,8 @@ def _save_checkpoint(out: Path, model, optimizers, schedulers, state: TrainState
     }, out / ckpt.CHECKPOINT)
 
 
-def _restore(path: Path, model, optimizers, schedulers, backend, averaged: AveragedModel | None = None) -> TrainState:
+def _restore(path: Location, model, optimizers, schedulers, backend,
+             averaged: AveragedModel | None = None) -> TrainState:
     saved = ckpt.load_torch(path, backend.device)
     model.load_state_dict(saved["model"])
     if averaged is not None:

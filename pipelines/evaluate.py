@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm.config import Config, EvaluateConfig
+from deepfm.fs import Location
 from deepfm.inference import PROBABILITY
 from deepfm.metrics import calibration, grouped_metrics, roc_points
 from deepfm.model_dir import CURVES, ModelDir, open_model_dir
@@ -33,7 +33,7 @@ OTHER, MISSING = "(other)", "(missing)"
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    report: Path
+    report: Location
     metrics: dict[str, Any]
 
 
@@ -51,7 +51,7 @@ def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     log.info("AUC %.4f, logloss %.4f, observed CTR %.4f, predicted CTR %.4f over %d rows",
              overall["auc"], overall["logloss"], overall["ctr_observed"], overall["ctr_predicted"], overall["rows"])
     roc = roc_points(*(counts[c].to_numpy() for c in ("p", "rows", "clicks")))
-    report = write_report(Path(ev.output), metrics, roc, model.path / CURVES if model else None)
+    report = write_report(ev.output, metrics, roc, model.path / CURVES if model else None)
     log.info("report: %s", report)
     return EvaluateResult(report, metrics)
 

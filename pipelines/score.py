@@ -24,17 +24,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig
+from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer
 from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table
 from pipelines.steps import step
 from pipelines.storage import Storage
+from pipelines.vocab import VOCAB_SCHEMA
 from pipelines.vocab import fingerprint as vocab_fingerprint
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ def checked_vocabulary(spark: SparkSession, model: ModelDir) -> DataFrame:
     """The model's vocabulary table, after checking it is the one the model was trained with."""
     if not model.vocabulary.is_file():
         raise ModelDirError(f"{model.vocabulary} is missing: the model cannot be applied without its vocabulary")
-    vocabulary = spark.read.parquet(model.vocabulary.resolve().as_uri())
+    vocabulary = _read_vocabulary(spark, model.vocabulary)
     found = vocab_fingerprint(vocabulary, list(model.feature_map.fields))
     if found != model.vocab_fingerprint:
         raise ModelDirError(
@@ -99,6 +102,25 @@ def checked_vocabulary(spark: SparkSession, model: ModelDir) -> DataFrame:
             "from the preprocess output the model was trained on, or retrain."
         )
     return vocabulary
+
+
+def _read_vocabulary(spark: SparkSession, location: Location) -> DataFrame:
+    """Spark reads the vocabulary where every executor can (a Hadoop file system, or a local path under
+    a local master); otherwise (s3://, or the driver's disk on a cluster) the driver reads it and ships it."""
+    if location.is_local:
+        if spark.sparkContext.master.startswith("local"):
+            return spark.read.parquet(location.as_uri)
+    elif Storage(spark).supports(location.uri):
+        return spark.read.parquet(location.uri)
+    with location.open() as f:
+        table = pq.read_table(f)
+    arrow = "spark.sql.execution.arrow.pyspark.enabled"  # a columnar transfer, not one Python row at a time
+    previous = spark.conf.get(arrow, "false")
+    spark.conf.set(arrow, "true")
+    try:
+        return spark.createDataFrame(table.to_pandas(), VOCAB_SCHEMA)
+    finally:
+        spark.conf.set(arrow, previous)
 
 
 def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,

@@ -50,6 +50,16 @@ class Storage:
                 ) from None
             raise
 
+    def supports(self, path: str) -> bool:
+        """Whether a Hadoop file system is installed for the path's scheme."""
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            self._fs(path)
+        except (ValueError, Py4JJavaError):  # no such scheme, or its connector's classes are missing
+            return False
+        return True
+
     def qualify(self, path: str) -> str:
         """Absolute URI of a path (file:/..., hdfs://...), as Spark resolves it."""
         return self._fs(path).makeQualified(self._path(path)).toString()

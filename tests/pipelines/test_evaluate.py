@@ -43,7 +43,7 @@ def test_metrics_from_predictions_are_exact_overall_and_per_slice(spark, trained
 
 def test_report_is_one_self_contained_html_with_all_plots(spark, trained, scored, tmp_path):
     result, _ = scored
-    report = _evaluate(spark, trained, tmp_path, predictions=result.partition.removeprefix("file:")).report
+    report = _evaluate(spark, trained, tmp_path, predictions=result.partition.removeprefix("file:")).report.local_path
     out = report.parent
     assert {p.name for p in out.iterdir()} == {"metrics.json", "roc.png", "calibration.png",
                                                "training_curves.png", "report.html"}

@@ -29,4 +29,4 @@ def test_torchscript_scores_equal_the_eager_model(trained, tmp_path):
 def test_export_goes_into_the_model_directory_by_default(trained):
     md = open_model_dir(trained["root"] / "model")
     path, _ = export_torchscript(md)
-    assert path == md.path / "model.torchscript.pt" and path.stat().st_size > 0
+    assert path == md.path / "model.torchscript.pt" and path.local_path.stat().st_size > 0
