@@ -377,7 +377,8 @@ class TrainConfig(_Strict):
         if self.reader == "petastorm" and _URI.match(self.data) and not self.data.startswith(("file:", "hdfs:")):
             # Petastorm opens remote stores through s3fs/gcsfs (fsspec), which this stack does not
             # carry; the native reader reaches them through pyarrow.fs.
-            raise ValueError(f"reader 'petastorm' reads local and hdfs:// data only; use reader 'native' for {self.data}")
+            raise ValueError(f"reader 'petastorm' reads local and hdfs:// data only; use reader 'native' for "
+                             f"{self.data}")
         return self
 
 

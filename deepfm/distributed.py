@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from deepfm.errors import UserError
+
 
 class Backend(Protocol):
     rank: int
@@ -37,7 +39,7 @@ class Backend(Protocol):
 def _device(kind: str, local_rank: int) -> torch.device:
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no GPU is visible; set train.device=cpu")
+            raise UserError("train.device is 'cuda' but no GPU is visible; set train.device=cpu")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

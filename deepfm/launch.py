@@ -23,7 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train with cfg.workers workers on cfg.backend, placed by cfg.launcher; rank 0's result."""
+    """Train with cfg.workers workers on cfg.backend, placed by cfg.launcher; rank 0's result.
+
+    What a user can get wrong is checked here, on the driver, before any worker starts: a worker's
+    error reaches the driver as a generic failure of the launcher (exit 1, retried), not as one line.
+    """
+    from deepfm.train import check_inputs
+
+    check_inputs(cfg, resume)
     plain = cfg.model_dump(mode="json")
     if cfg.backend == "none":
         return worker(plain, resume)

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from deepfm import checkpoint as ckpt
 from deepfm.config import TrainConfig
 from deepfm.distributed import Backend
+from deepfm.errors import UserError
 from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
@@ -37,8 +38,8 @@ from deepfm.report import plot_training_curves
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """Training diverged: a lower learning rate or cleaner input is needed, not a retry."""
 
 
 @dataclass
@@ -57,6 +58,15 @@ def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
         raise FileNotFoundError(f"{path} not found: train.data must be a preprocess output directory")
     manifest = json.loads(path.read_text())
     return FeatureMap.from_dict(manifest["feature_map"]), manifest
+
+
+def check_inputs(cfg: TrainConfig, resume: bool) -> None:
+    """The preprocess output is readable, and `resume` has a checkpoint to resume from."""
+    checkpoint = Location.of(cfg.output) / ckpt.CHECKPOINT
+    if resume and not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint} not found: nothing to --resume from; run without --resume to train "
+                                "from scratch")
+    load_feature_map(cfg.data)
 
 
 def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConfig:

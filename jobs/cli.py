@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 
-from deepfm import logs
-from deepfm.config import ConfigError, load_config, packaged_conf_dir
+from deepfm import errors, logs
+from deepfm.config import load_config, packaged_conf_dir
 
 
 def _conf(*names: str) -> list[str]:
@@ -67,15 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
-    code = 1
+    code = errors.RETRY
     try:
         cfg = load_config(args.conf or args.default_conf, args.overrides)
         code = int(__import__(args.module, fromlist=["run"]).run(cfg, args) or 0)
-    except (ConfigError, ValueError, RuntimeError, OSError) as err:
-        if args.log_level == "DEBUG":
-            raise
-        print(f"deepfm-pipeline {args.stage}: error: {err}", file=sys.stderr)
-        code = 2
+    except Exception as err:  # noqa: BLE001 - the exit-code contract: every failure ends in one line and a code
+        code = errors.exit_code(err)
+        if args.log_level == "DEBUG" or not errors.is_expected(err):  # a bug: its traceback is the report
+            logging.getLogger("deepfm").exception("%s failed", args.stage)
+        if code == errors.DO_NOT_RETRY:  # our own message, which may list every problem found
+            print(f"deepfm-pipeline {args.stage}: error: {err}", file=sys.stderr)
+        else:  # first line only: a Java exception's message is its whole stack
+            summary = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"deepfm-pipeline {args.stage}: error: {summary} (a transient or internal failure: retrying "
+                  "may succeed)", file=sys.stderr)
     finally:
         _stop_spark(code)
     return code

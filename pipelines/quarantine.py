@@ -13,6 +13,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from deepfm.errors import UserError
 from pipelines import read
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 STATUS = "_status"
 
 
-class RejectRateError(RuntimeError):
+class RejectRateError(UserError, RuntimeError):
     """Too much of an input was malformed to trust the rest."""
 
 

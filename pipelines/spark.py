@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 from deepfm.config import SparkConfig
+from deepfm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,11 @@ log = logging.getLogger(__name__)
 _SUBMIT_DEFAULT_APP_NAMES = ("cli.py",)
 
 
-class JavaMissingError(RuntimeError):
+class JavaMissingError(UserError, RuntimeError):
     pass
 
 
-class MasterUnreachableError(RuntimeError):
+class MasterUnreachableError(UserError, RuntimeError):
     pass
 
 

@@ -1,0 +1,32 @@
+"""The exit-code contract that schedulers (Airflow, cron, CI) act on.
+
+    0  done, or already up to date
+    2  bad input or configuration: the same command fails the same way; do not retry, fix it
+    1  transient or internal: a network or storage failure, a lost executor, a bug; retry
+
+A user error is a `UserError`, a `ValueError` (configuration and input checks raise subclasses of
+it), or an `OSError` that names a path the user gave: missing, not permitted, of the wrong kind. Every other
+`OSError` is an I/O failure of the moment (a connection refused or reset, a timeout, a store's
+5xx), and anything else is a failure of this program, which a retry may or may not cure.
+"""
+
+from __future__ import annotations
+
+DONE, RETRY, DO_NOT_RETRY = 0, 1, 2
+
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+class UserError(Exception):
+    """Something only the user can fix (an environment, a master, a setting); rerunning fails alike."""
+
+
+def exit_code(err: BaseException) -> int:
+    if isinstance(err, (UserError, ValueError, *_PATH_ERRORS)):
+        return DO_NOT_RETRY
+    return RETRY
+
+
+def is_expected(err: BaseException) -> bool:
+    """Whether the error's own message says all a user needs (no traceback): user errors and I/O."""
+    return exit_code(err) == DO_NOT_RETRY or isinstance(err, OSError)
