@@ -55,6 +55,8 @@ def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.
 
 
 def _replace_local_dir(out: Path, files: dict[str, bytes]) -> None:
+    if out.is_file():  # a report is a directory: a file there is someone else's, never replaced
+        raise FileExistsError(f"{out} is a file, not a report directory: choose another evaluate.output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared

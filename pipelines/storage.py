@@ -67,6 +67,10 @@ class Storage:
     def exists(self, path: str) -> bool:
         return self._fs(path).exists(self._path(path))
 
+    def is_file(self, path: str) -> bool:
+        fs = self._fs(path)
+        return fs.exists(self._path(path)) and fs.getFileStatus(self._path(path)).isFile()
+
     def delete(self, path: str) -> None:
         if self.exists(path):
             self._fs(path).delete(self._path(path), True)
@@ -127,6 +131,8 @@ class Storage:
     def atomic_output(self, dest: str) -> Iterator[str]:
         """Yield a temporary directory; on success swap it into `dest` with a _SUCCESS marker."""
         dest = self.qualify(dest).rstrip("/")
+        if self.is_file(dest):  # an output is a directory: a file there is someone else's, never replaced
+            raise FileExistsError(f"{dest} is a file, not an output directory: choose another output path")
         name = dest.rsplit("/", 1)[-1]
         parent = dest[: -len(name) - 1]
         for stale in self.siblings(dest, f".{name}.tmp-"):

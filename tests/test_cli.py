@@ -118,3 +118,13 @@ def test_packaged_configuration_from_another_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["rows"] == 100
     assert (tmp_path / "raw" / "part-00000.tsv").is_file()
+
+
+def test_an_output_path_that_is_a_file_exits_2_and_keeps_the_file(tmp_path):
+    precious = tmp_path / "precious.parquet"
+    precious.write_bytes(b"not ours")
+    result = run_cli([*CLI, "preprocess", *QUIET, "--set", f"dataset.input.path={CRITEO_SAMPLE}",
+                      "--set", f"preprocess.output={precious}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{precious} is a file" in result.stderr and "Traceback" not in result.stderr
+    assert precious.read_bytes() == b"not ours"
