@@ -71,9 +71,13 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
             for name, counts in rows.items():
                 quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", pre.max_reject_rate,
                                              "preprocess.max_reject_rate")
+            if rows["input"]["accepted"] == 0:
+                raise read.InputError(f"{dataset.input.path}: no data rows ({rows['input']['input']} read, "
+                                      f"{rows['input']['rejected']} rejected): an empty or header-only input")
         with step("join clicks and side tables" if len(tables) > 1 else "count splits"):
             joined = _joined(spark, dataset, staging)
             split_rows = _split_counts(joined, dataset.label_name)
+            _check_splits(split_rows, dataset)
         with step("fit vocabularies and numeric statistics on train"):
             fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
         with step("write shards"):
@@ -146,6 +150,19 @@ def _joined(spark: SparkSession, dataset: DatasetConfig, staging: str) -> DataFr
         frame = join_side_table(frame, side_frame, side)
     frame.write.parquet(f"{staging}/joined")
     return spark.read.parquet(f"{staging}/joined")
+
+
+def _check_splits(split_rows: dict[str, dict[str, Any]], dataset: DatasetConfig) -> None:
+    """Every split the configuration asks for has rows (time boundaries that miss the data leave one empty)."""
+    split = dataset.split
+    wanted = SPLITS if split.method == "time" else [s for s in SPLITS if getattr(split, s) > 0]
+    empty = [s for s in wanted if split_rows[s]["rows"] == 0]
+    if empty:
+        how = (f"time boundaries dataset.split.train_end={split.train_end}, valid_end={split.valid_end} on column "
+               f"'{split.time_column}'" if split.method == "time" else "dataset.split fractions")
+        counts = ", ".join(f"{s} {v['rows']}" for s, v in split_rows.items())
+        raise read.InputError(f"the {' and '.join(empty)} split(s) of {dataset.input.path} are empty ({counts}): "
+                              f"check the {how} against the data")
 
 
 def _split_counts(joined: DataFrame, label: str) -> dict[str, dict[str, Any]]:

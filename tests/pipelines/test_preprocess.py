@@ -12,6 +12,7 @@ from deepfm.config import GenerateConfig
 from pipelines.generate import generate
 from pipelines.preprocess import run_preprocess
 from pipelines.quarantine import RejectRateError
+from pipelines.read import InputError
 from tests.conftest import CRITEO_SAMPLE, OBD_DIR, REPO_ROOT, criteo_dataset, make_config
 
 SPLITS = ("train", "valid", "test")
@@ -203,3 +204,23 @@ def test_generated_impressions_clicks_and_items_join_back(spark, tmp_path):
     assert rows["tables"]["clicks"]["input"] > clicks  # duplicates, late and orphan clicks exist
     test = _table(tmp_path / "out" / "test")
     assert {"impression_id", "p_true", "item_category", "item_price"} <= set(test.column_names)
+
+
+def test_header_only_input_fails_at_once_naming_it(spark, tmp_path):
+    dataset = _obd_dataset()
+    header_only = tmp_path / "impressions.csv"
+    header_only.write_text((OBD_DIR / "impressions.csv").read_text().splitlines()[0] + "\n")
+    dataset["input"]["path"] = str(header_only)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=f"{header_only}: no data rows .*empty or header-only"):
+        run_preprocess(spark, make_config(dataset, str(out)))
+    assert not out.exists() and _leftovers(out) == []
+
+
+def test_time_split_that_misses_the_data_names_its_boundaries(spark, tmp_path):
+    dataset = _obd_dataset()
+    dataset["split"].update(train_end="2001-01-01", valid_end="2001-01-02")  # years before the first click
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="train and valid split.* are empty .*train_end=2001-01-01"):
+        run_preprocess(spark, make_config(dataset, str(out)))
+    assert not out.exists() and _leftovers(out) == []
