@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +51,23 @@ class ModelDir:
         return self.path / VOCABULARY
 
     def load(self, device: str | torch.device = "cpu") -> DeepFM:
-        """The model in eval mode, weights loaded with weights_only=True."""
+        """The model in eval mode, weights loaded with weights_only=True.
+
+        Score and evaluate call this on the driver before any input work, so that a corrupt or
+        foreign model.pt fails in a second with its name, not in every executor minutes later.
+        """
         model = DeepFM(self.config)
-        model.load_state_dict(ckpt.load_torch(self.weights, device))
+        try:
+            model.load_state_dict(ckpt.load_torch(self.weights, device))
+        except pickle.UnpicklingError:
+            # torch's message advises weights_only=False, which would run whatever code the file holds.
+            raise ModelDirError(f"{self.weights} holds objects other than tensors and was refused (loading it could "
+                                "run code): use a model.pt written by `deepfm-pipeline train`") from None
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ModelDirError(f"{self.weights} is not a readable state dict of the model in "
+                                f"{self.path / ckpt.MODEL_CONFIG} ({first}): retrain, or copy the model directory "
+                                "again") from None
         return model.to(device).eval()
 
 

@@ -40,6 +40,8 @@ class EvaluateResult:
 def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     ev: EvaluateConfig = cfg.require("evaluate")
     model = open_model_dir(ev.model) if ev.model else None
+    if model is not None and ev.data is not None:
+        model.load()  # a model that cannot be loaded fails here, before the executors score with it
     label = ev.label or (model.feature_map.label if model else "label")
     with step("aggregate predictions by value"):
         frame, source = _predictions(spark, ev, model, label)

@@ -64,6 +64,7 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     start = time.perf_counter()
     storage = Storage(spark)
     model = open_model_dir(score.model)
+    model.load()  # a model that cannot be loaded fails here, before any input work
     partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     with storage.atomic_output(partition) as tmp:

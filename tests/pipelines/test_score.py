@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from deepfm.config import Config
 from deepfm.model_dir import ModelDirError, open_model_dir
@@ -184,3 +185,26 @@ def test_kept_feature_columns_are_output_raw(spark, trained, tmp_path):
     for row_id, fields in raw.items():
         assert got[row_id]["C9"] == (fields[3 + 13 + 8] or None)  # row_id, day, label, I1..I13, C1..
         assert got[row_id]["I1"] == (int(fields[3]) if fields[3] else None)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+@pytest.mark.parametrize(("weights", "reason"), [
+    (b"PK\x03\x04 not really a zip archive", "is not a readable state dict"),
+    (None, "holds objects other than tensors and was refused"),
+])
+def test_a_model_that_cannot_be_loaded_fails_on_the_driver_before_any_input_work(spark, trained, tmp_path,
+                                                                                    weights, reason):
+    model = tmp_path / "model"
+    shutil.copytree(trained["root"] / "model", model)
+    if weights is None:
+        torch.save({"embeddings.table.weight": _RunsCode()}, model / "model.pt")
+    else:
+        (model / "model.pt").write_bytes(weights)
+    with pytest.raises(ModelDirError, match=reason) as err:
+        run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "s")), "2026-11-27")
+    assert str(model / "model.pt") in str(err.value) and "weights_only=False" not in str(err.value)
+    assert not (tmp_path / "s").exists()  # nothing was read or written
