@@ -14,6 +14,16 @@ MISSING_ID = 0  # the field's value was absent
 OOV_ID = 1  # present, but rare in training or never seen
 FIRST_VALUE_ID = 2
 
+# The version of the encodings (parsing, tokens, log buckets, hashing, dense transforms) that turn
+# raw values into model inputs. A model applies only to inputs encoded by the same version: bump it
+# with any change to what a raw value encodes to (tests/pipelines/test_transforms_golden.py fails
+# until then). 2: log_bucketize keeps 3 and 4 apart from the bucket of 1.
+TRANSFORMS_VERSION = 2
+
+
+class TransformsVersionError(ValueError):
+    """Inputs or a model encoded by another version of the transforms than this code applies."""
+
 
 @dataclass(frozen=True)
 class FeatureField:
@@ -47,6 +57,8 @@ class FeatureMap:
     hash_seed: int = 0
     missing_id: int = MISSING_ID
     oov_id: int = OOV_ID
+    # 0: written before the transforms were versioned
+    transforms_version: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,3 +88,12 @@ class FeatureMap:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def check_transforms(self, source: object) -> None:
+        """Refuse a feature map (from `source`, named in the error) that this code would encode differently."""
+        if self.transforms_version != TRANSFORMS_VERSION:
+            written = (f"version {self.transforms_version} of the transforms" if self.transforms_version
+                       else "transforms from before they were versioned")
+            raise TransformsVersionError(
+                f"{source} was made with {written}; this code applies version {TRANSFORMS_VERSION}, which encodes "
+                "some values differently: re-run preprocess and train with this version")

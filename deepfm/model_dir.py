@@ -86,6 +86,7 @@ def open_model_dir(where: Where) -> ModelDir:
         fingerprint = meta["vocab_fingerprint"]
     except (ValueError, KeyError, TypeError) as err:
         raise ModelDirError(f"{path / ckpt.MODEL_CONFIG} is unreadable: {err!r}") from err
+    fmap.check_transforms(path / ckpt.MODEL_CONFIG)
     return ModelDir(path, config, fmap, fingerprint, _file_hash(path / ckpt.WEIGHTS)[:16])
 
 

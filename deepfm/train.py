@@ -57,7 +57,9 @@ def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train.data must be a preprocess output directory")
     manifest = json.loads(path.read_text())
-    return FeatureMap.from_dict(manifest["feature_map"]), manifest
+    fmap = FeatureMap.from_dict(manifest["feature_map"])
+    fmap.check_transforms(path)
+    return fmap, manifest
 
 
 def check_inputs(cfg: TrainConfig, resume: bool) -> None:

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from deepfm import __version__
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
-from deepfm.feature_map import FeatureMap
+from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
@@ -193,6 +193,7 @@ def _fit(
         passthrough=tuple(_kept_columns(dataset)),
         vocab_fingerprint=vocab_fingerprint(vocabulary, fitted),
         hash_seed=pre.vocab.hash_seed,
+        transforms_version=TRANSFORMS_VERSION,
     )
     summary = {
         f.name: {"size": f.vocab_size, "hashed": bool(f.hash_buckets), "min_count": f.min_count, "top_k": f.top_k}
@@ -268,6 +269,7 @@ def _manifest(
         "manifest_version": MANIFEST_VERSION,
         "dataset": dataset.name,
         "code_version": __version__,
+        "transforms_version": TRANSFORMS_VERSION,
         "config_hash": fingerprint_of_config,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "inputs": inputs,
@@ -300,6 +302,7 @@ def _same_run(previous: dict[str, Any], inputs: dict[str, Any], fingerprint_of_c
     return (
         previous.get("config_hash") == fingerprint_of_config
         and previous.get("code_version") == __version__
+        and previous.get("transforms_version") == TRANSFORMS_VERSION
         and {k: v["fingerprint"] for k, v in previous.get("inputs", {}).items()}
         == {k: v["fingerprint"] for k, v in inputs.items()}
     )

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from deepfm.config import Config
+from deepfm.feature_map import TransformsVersionError
 from deepfm.model_dir import ModelDirError, open_model_dir
+from deepfm.train import load_feature_map
 from pipelines.read import InputError
 from pipelines.score import run_score
 from tests.conftest import CLI, REPO_ROOT, run_cli
@@ -208,3 +210,20 @@ def test_a_model_that_cannot_be_loaded_fails_on_the_driver_before_any_input_work
         run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "s")), "2026-11-27")
     assert str(model / "model.pt") in str(err.value) and "weights_only=False" not in str(err.value)
     assert not (tmp_path / "s").exists()  # nothing was read or written
+
+
+def test_a_model_or_data_from_another_transforms_version_is_refused(trained, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained["root"] / "model", model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["feature_map"]["transforms_version"] = 1
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(TransformsVersionError, match=f"{model / 'model.json'} was made with version 1 .* re-run"):
+        open_model_dir(model)
+    prep = tmp_path / "prep"
+    shutil.copytree(trained["root"] / "prep", prep)
+    manifest = json.loads((prep / "manifest.json").read_text())
+    del manifest["feature_map"]["transforms_version"]  # written before the transforms were versioned
+    (prep / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TransformsVersionError, match="before they were versioned"):
+        load_feature_map(prep)
