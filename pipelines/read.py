@@ -20,7 +20,10 @@ from pipelines.storage import Storage
 REASON, RAW, SOURCE = "_reason", "_raw", "_source"
 BOOKKEEPING = (REASON, RAW, SOURCE)
 
-_INT_PATTERN = r"^[+-]?[0-9]{1,18}$"
+# Plain decimal literals only, the same rule for ints and floats: no surrounding spaces (Spark's
+# casts would trim them for floats only), no Java suffixes (`1d`, `3f`), no words (NaN, Infinity).
+_INT_PATTERN = r"^[+-]?[0-9]+$"
+_FLOAT_PATTERN = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
 
 
 class InputError(ValueError):
@@ -143,11 +146,13 @@ def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:
             ~token.isin("0", "1"), F.concat(F.lit(f"{col.name}: label must be 0 or 1, got "), quoted)
         )
     if kind == "int":
-        bad = token.isNotNull() & ~token.rlike(_INT_PATTERN)
-        return F.when(bad, F.concat(F.lit(f"{col.name}: not an integer: "), quoted))
+        return (F.when(token.isNotNull() & ~token.rlike(_INT_PATTERN),
+                       F.concat(F.lit(f"{col.name}: not an integer: "), quoted))
+                .when(token.isNotNull() & token.cast("long").isNull(),  # beyond the 64-bit range
+                      F.concat(F.lit(f"{col.name}: integer out of the 64-bit range: "), quoted)))
     if kind == "float":
         value = token.cast("double")
-        bad = token.isNotNull() & (value.isNull() | F.isnan(value) | (F.abs(value) == float("inf")))
+        bad = token.isNotNull() & (~token.rlike(_FLOAT_PATTERN) | value.isNull() | (F.abs(value) == float("inf")))
         return F.when(bad, F.concat(F.lit(f"{col.name}: not a finite number: "), quoted))
     if kind == "timestamp":
         return F.when(token.isNull(), F.lit(f"{col.name}: missing timestamp")).when(

@@ -120,3 +120,25 @@ def test_header_without_configured_column_fails(spark):
     columns = [{"name": "click", "role": "label"}, {"name": "no_such_col", "role": "categorical"}]
     with pytest.raises(InputError, match="no_such_col"):
         read_table(spark, _spec(OBD_DIR / "impressions.csv", "csv", columns, header=True))
+
+
+def test_numbers_follow_one_rule_for_ints_and_floats(spark, tmp_path):
+    """The full 64-bit range is accepted; padding, Java suffixes and words are rejected, for both types."""
+    rows = {
+        "9223372036854775807,1,-0.5": None, "-9223372036854775808,1,1e3": None, "+7,1,.5": None, "0,1,+2.": None,
+        "9223372036854775808,1,1": "n: integer out of the 64-bit range: '9223372036854775808'",
+        " 5,1,1": "n: not an integer: ' 5'",
+        "5,1, 3": "x: not a finite number: ' 3'",
+        "5,1,1d": "x: not a finite number: '1d'",
+        "5,1,3f": "x: not a finite number: '3f'",
+        "5,1,Infinity": "x: not a finite number: 'Infinity'",
+        "5,1,1e999": "x: not a finite number: '1e999'",
+    }
+    path = tmp_path / "numbers.csv"
+    path.write_text("n,y,x\n" + "\n".join(rows) + "\n")
+    columns = [{"name": "n", "role": "numeric", "dtype": "int"}, {"name": "y", "role": "label"},
+               {"name": "x", "role": "numeric", "dtype": "float"}]
+    reasons, parsed = _reasons(spark, path, fmt="csv", columns=columns, header=True)
+    assert reasons == {raw: reason for raw, reason in rows.items() if reason}
+    values = {r["n"] for r in accepted(parsed).collect()}
+    assert values == {9223372036854775807, -9223372036854775808, 7, 0}
