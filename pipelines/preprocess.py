@@ -129,7 +129,7 @@ def _stage_parsed(
     parsed = read.read_table(spark, spec, name)
     if dataset is not None:
         parsed = assign_split(parsed, dataset.split, [c.name for c in spec.resolved_columns])
-    return quarantine.stage(parsed, path)
+    return quarantine.stage(parsed, path, spec.path)
 
 
 def _staged(spark: SparkSession, staging: str, name: str, status: str) -> DataFrame:

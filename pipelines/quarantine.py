@@ -25,10 +25,12 @@ class RejectRateError(UserError, RuntimeError):
     """Too much of an input was malformed to trust the rest."""
 
 
-def stage(parsed: DataFrame, path: str) -> dict[str, int]:
-    """Write `read.read_table` output to `path` with a status column; the row counts by status."""
+def stage(parsed: DataFrame, path: str, source: str) -> dict[str, int]:
+    """Write `read.read_table` output (of the input at `source`) to `path` with a status column;
+    the row counts by status."""
     status = F.when(F.col(read.REASON).isNull(), "ok").otherwise("rejected")
-    parsed.withColumn(STATUS, status).write.parquet(path)
+    with read.corrupt_files_named(parsed.sparkSession, source):
+        parsed.withColumn(STATUS, status).write.parquet(path)
     staged_rows = parsed.sparkSession.read.parquet(path)
     by_status = {
         r[STATUS]: r["n"] for r in staged_rows.groupBy(STATUS).agg(F.count(F.lit(1)).alias("n")).collect()

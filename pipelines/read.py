@@ -8,13 +8,18 @@ the file the row came from.
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm.config import Column, TableSpec
+from deepfm.fs import Location
 from pipelines.storage import Storage
 
 REASON, RAW, SOURCE = "_reason", "_raw", "_source"
@@ -63,6 +68,35 @@ def accepted(parsed: DataFrame) -> DataFrame:
 
 def rejected(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col(REASON).isNotNull()).select(REASON, RAW, SOURCE)
+
+
+@contextmanager
+def corrupt_files_named(spark: SparkSession, path: str) -> Iterator[None]:
+    """Turn a Spark job that died decompressing the input at `path` into an InputError naming the file.
+
+    The executors' error names neither the file nor the cause a user can act on; only on such a
+    failure, the driver reads the compressed files once to find the truncated or corrupt one.
+    """
+    try:
+        yield
+    except Exception as err:
+        if not any(cause in str(err) for cause in ("java.io.EOFException", "java.util.zip.ZipException")):
+            raise
+        for file in Storage(spark).list_files(path):
+            if file.path.endswith(".gz") and (problem := _gzip_problem(Location.of(file.path))):
+                raise InputError(f"{file.path} is a truncated or corrupt gzip file ({problem}): replace or remove "
+                                 "it") from None
+        raise
+
+
+def _gzip_problem(file: Location) -> str | None:
+    try:
+        with file.open() as raw, gzip.open(raw) as unzipped:
+            while unzipped.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as err:
+        return str(err)
+    return None
 
 
 def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:

@@ -184,7 +184,7 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary:
     keep = score.keep if score.keep is not None else _default_keep(sorted(provided), declared_keep, fmap.label)
     _require_columns(sorted(provided), keep, f"score input {spec.path}", "score.keep")
 
-    rows = {name: quarantine.stage(read.read_table(spark, table, name), f"{staging}/{name}")
+    rows = {name: quarantine.stage(read.read_table(spark, table, name), f"{staging}/{name}", table.path)
             for name, table in tables.items()}
     quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, rejects, rows)
     for name, counts in rows.items():

@@ -4,6 +4,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from deepfm.config import TableSpec
+from pipelines import quarantine
 from pipelines.read import REASON, InputError, accepted, read_table, rejected
 from tests.conftest import CRITEO_COLUMNS, CRITEO_SAMPLE, OBD_DIR
 
@@ -142,3 +143,14 @@ def test_numbers_follow_one_rule_for_ints_and_floats(spark, tmp_path):
     assert reasons == {raw: reason for raw, reason in rows.items() if reason}
     values = {r["n"] for r in accepted(parsed).collect()}
     assert values == {9223372036854775807, -9223372036854775808, 7, 0}
+
+
+def test_a_truncated_gzip_input_is_named(spark, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with gzip.open(inputs / "whole.tsv.gz", "wb") as f:
+        f.write(b"\n".join(GOOD) + b"\n")
+    truncated = inputs / "truncated.tsv.gz"
+    truncated.write_bytes((inputs / "whole.tsv.gz").read_bytes()[:-40])
+    with pytest.raises(InputError, match=f"{truncated} is a truncated or corrupt gzip file"):
+        quarantine.stage(read_table(spark, _spec(inputs)), str(tmp_path / "staged"), str(inputs))
