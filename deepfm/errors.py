@@ -24,6 +24,11 @@ class UserError(Exception):
 def exit_code(err: BaseException) -> int:
     if isinstance(err, (UserError, ValueError, *_PATH_ERRORS)):
         return DO_NOT_RETRY
+    # Spark's analysis of a query fails on what the user named (a path that does not exist, a
+    # column a table lacks), before any data is read: never transient. Matched by name so that
+    # this module does not import pyspark.
+    if any(cls.__name__ == "AnalysisException" for cls in type(err).__mro__):
+        return DO_NOT_RETRY
     return RETRY
 
 

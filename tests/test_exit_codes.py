@@ -49,3 +49,14 @@ def test_resume_without_a_checkpoint_exits_2_naming_it(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"{tmp_path / 'model' / 'checkpoint.pt'} not found" in result.stderr and "--resume" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_on_predictions_that_do_not_exist_exits_2_naming_the_path(tmp_path):
+    missing = tmp_path / "no-predictions"
+    result = run_cli([*CLI, "evaluate", "--set", "spark.master=local[1]", "--set", "evaluate.data=null",
+                      "--set", "evaluate.model=null",
+                      "--set", f"evaluate.predictions={missing}", "--set", f"evaluate.output={tmp_path / 'report'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and str(missing) in lines[0] and "PATH_NOT_FOUND" in lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "report").exists()
