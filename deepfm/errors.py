@@ -32,6 +32,11 @@ def exit_code(err: BaseException) -> int:
     return RETRY
 
 
+def first_line(err: BaseException) -> str:
+    """The message's first line (a Java exception's message is its whole stack), or the error's type."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def is_expected(err: BaseException) -> bool:
     """Whether the error's own message says all a user needs (no traceback): user errors and I/O."""
     return exit_code(err) == DO_NOT_RETRY or isinstance(err, OSError)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from deepfm import checkpoint as ckpt
+from deepfm.errors import first_line
 from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
 from deepfm.model import DeepFM, DeepFMConfig
@@ -64,10 +65,9 @@ class ModelDir:
             raise ModelDirError(f"{self.weights} holds objects other than tensors and was refused (loading it could "
                                 "run code): use a model.pt written by `deepfm-pipeline train`") from None
         except (RuntimeError, EOFError, KeyError, TypeError, ValueError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ModelDirError(f"{self.weights} is not a readable state dict of the model in "
-                                f"{self.path / ckpt.MODEL_CONFIG} ({first}): retrain, or copy the model directory "
-                                "again") from None
+                                f"{self.path / ckpt.MODEL_CONFIG} ({first_line(err)}): retrain, or copy the model "
+                                "directory again") from None
         return model.to(device).eval()
 
 

@@ -79,8 +79,8 @@ def _png(plot, *args) -> bytes:
 
 
 @contextmanager
-def _figure(path: Location | io.BytesIO, columns: int = 1, size: tuple[float, float] = (5, 5)):
-    """Axes to draw on; on exit the figure is laid out and saved as a PNG (a file atomically), then closed."""
+def _figure(out: io.BytesIO, columns: int = 1, size: tuple[float, float] = (5, 5)):
+    """Axes to draw on; on exit the figure is laid out, saved into `out` as a PNG, and closed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,18 +90,19 @@ def _figure(path: Location | io.BytesIO, columns: int = 1, size: tuple[float, fl
     try:
         yield axes
         fig.tight_layout()
-        if isinstance(path, io.BytesIO):
-            fig.savefig(path, format="png", dpi=100)
-        else:
-            path.write_with(lambda f: fig.savefig(f, format="png", dpi=100))
+        fig.savefig(out, format="png", dpi=100)
     finally:
         plt.close(fig)
 
 
 def plot_training_curves(history: list[dict], where: Where) -> None:
     """Train loss and validation logloss, and validation AUC, against step (one point per epoch)."""
+    Location.of(where).write_bytes(_png(_plot_training_curves, history))
+
+
+def _plot_training_curves(history: list[dict], out: io.BytesIO) -> None:
     steps = [h["step"] for h in history]
-    with _figure(Location.of(where), columns=2, size=(10, 4)) as (left, right):
+    with _figure(out, columns=2, size=(10, 4)) as (left, right):
         left.plot(steps, [h["train_loss"] for h in history], marker="o", label="train loss")
         left.plot(steps, [h["valid_logloss"] for h in history], marker="o", label="valid logloss")
         left.set_xlabel("step")
@@ -111,8 +112,8 @@ def plot_training_curves(history: list[dict], where: Where) -> None:
         right.set_ylabel("validation AUC")
 
 
-def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: io.BytesIO) -> None:
-    with _figure(path) as ax:
+def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, out: io.BytesIO) -> None:
+    with _figure(out) as ax:
         ax.plot(fpr, tpr, label=f"model (AUC {auc:.4f})")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
         ax.set_xlabel("false positive rate")
@@ -120,11 +121,11 @@ def _plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: io.BytesIO) ->
         ax.legend(loc="lower right")
 
 
-def _plot_calibration(bins: list[dict], path: io.BytesIO) -> None:
+def _plot_calibration(bins: list[dict], out: io.BytesIO) -> None:
     predicted = [b["ctr_predicted"] for b in bins]
     observed = [b["ctr_observed"] for b in bins]
     top = max([*predicted, *observed, 1e-3]) * 1.05
-    with _figure(path) as ax:
+    with _figure(out) as ax:
         ax.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect calibration")
         ax.plot(predicted, observed, marker="o", label="model, by bin of prediction")
         ax.set_xlabel("mean predicted CTR")

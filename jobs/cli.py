@@ -77,10 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("deepfm").exception("%s failed", args.stage)
         if code == errors.DO_NOT_RETRY:  # our own message, which may list every problem found
             print(f"deepfm-pipeline {args.stage}: error: {err}", file=sys.stderr)
-        else:  # first line only: a Java exception's message is its whole stack
-            summary = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            print(f"deepfm-pipeline {args.stage}: error: {summary} (a transient or internal failure: retrying "
-                  "may succeed)", file=sys.stderr)
+        else:
+            print(f"deepfm-pipeline {args.stage}: error: {errors.first_line(err)} (a transient or internal "
+                  "failure: retrying may succeed)", file=sys.stderr)
     finally:
         _stop_spark(code)
     return code
