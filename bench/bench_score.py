@@ -40,7 +40,7 @@ def prepare(data: Path, model: Path, raw: Path) -> None:
     if not (data / "_SUCCESS").exists():
         generate(1_000_000, raw)
         preprocess(raw, data, "preprocess.vocab.min_count=1")
-    if not (model / "model.json").exists():
+    if not (model / "LATEST").exists():
         run_stage("train", *MODEL, *settings(f"train.data={data}", f"train.output={model}", "train.epochs=1"))
 
 

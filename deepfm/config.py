@@ -7,6 +7,7 @@ it, and is raised before Spark starts.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import importlib.resources
 import json
@@ -474,8 +475,11 @@ def find_conf(name: str | Path) -> Path:
                       f"in {packaged}: {', '.join(shipped)})")
 
 
-def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> Config:
-    """Layer YAML files and `key.path=value` overrides, then validate.
+RUN_DATE = "{run_date}"
+
+
+def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = (), run_date: str | None = None) -> Config:
+    """Layer YAML files and `key.path=value` overrides, put the run date in for `{run_date}`, then validate.
 
     Raises:
         ConfigError: naming the key and the file (or override) that set it.
@@ -497,10 +501,39 @@ def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = ()) -> C
         for part in reversed(_key_path(key)):
             nested = {part: nested}
         _merge(merged, nested, (), origin, f"--set {item}")
+    _fill_run_date(merged, run_date, (), origin)
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_describe(err, origin)) from err
+
+
+def _fill_run_date(node: Any, run_date: str | None, path: tuple[str, ...],
+                   origin: dict[tuple[str, ...], str]) -> Any:
+    """Replace `{run_date}` in every string value (dated layouts: `out/scores/run_date={run_date}`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            node[key] = _fill_run_date(value, run_date, (*path, str(key)), origin)
+    elif isinstance(node, list):
+        return [_fill_run_date(v, run_date, path, origin) for v in node]
+    elif isinstance(node, str) and RUN_DATE in node:
+        if run_date is None:
+            source = _source_of(path, origin)
+            raise ConfigError(f"{'.'.join(path)}{f' (set in {source})' if source else ''} uses {RUN_DATE}: "
+                              "pass --run-date YYYY-MM-DD")
+        return node.replace(RUN_DATE, run_date)
+    return node
+
+
+def parse_run_date(text: str) -> str:
+    """A run date (an Airflow logical date, `{{ ds }}`): YYYY-MM-DD, a real calendar day."""
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--run-date must be a date as YYYY-MM-DD, got {text!r}") from None
+    return text
 
 
 # Mappings whose own keys contain dots (Spark properties): `--set spark.conf.spark.x.y=1`.

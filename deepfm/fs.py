@@ -113,6 +113,11 @@ class Location:
         names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
         return [self / name for name in names]
 
+    def subdirs(self) -> list[str]:
+        """Names of the directories directly in this one, sorted (none when it does not exist)."""
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
     # ------------------------------------------------------------------------------------ reads
     def open(self) -> pa.NativeFile:
         """A seekable binary file (what pyarrow.parquet and torch.load take)."""
@@ -173,6 +178,23 @@ class Location:
 
     def copy_to(self, dest: Location) -> None:
         dest.write_bytes(self.read_bytes())
+
+    @property
+    def can_rename(self) -> bool:
+        """Whether a directory moves in one step (local, HDFS): an object store copies every object."""
+        return self.filesystem.type_name not in _OBJECT_STORES
+
+    def rename_to(self, dest: Location) -> None:
+        """Move this file or directory to `dest` (which must not exist) in one rename."""
+        if not self.can_rename:
+            raise ValueError(f"{self.uri}: an object store cannot rename a directory")
+        self.filesystem.move(self.path, dest.path)
+
+    def tree(self) -> list[str]:
+        """Relative paths of every file under this directory, sorted."""
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        base = self.path.rstrip("/") + "/"
+        return sorted(i.path[len(base):] for i in infos if i.type == pafs.FileType.File)
 
 
 Where = str | os.PathLike | Location  # what functions that read or write a place accept

@@ -9,6 +9,8 @@ The function shipped to workers takes plain values only (a config dict), never a
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -16,21 +18,59 @@ import sys
 from typing import Any
 
 from deepfm import logs
+from deepfm.checkpoint import CHECKPOINT
 from deepfm.config import TrainConfig
 from deepfm.fs import Location
+from deepfm.model_versions import BUILDING, ModelRoot
 
 log = logging.getLogger(__name__)
 
 
-def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train with cfg.workers workers on cfg.backend, placed by cfg.launcher; rank 0's result.
+def run_training(cfg: TrainConfig, resume: bool = False, run_date: str | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Train a new version of the model under cfg.output with cfg.workers workers on cfg.backend,
+    placed by cfg.launcher, and commit it (deepfm/model_versions.py); rank 0's result, with the
+    version's name and directory.
+
+    The version is named by `run_date`, else by the time. A run whose input and training config
+    equal those of the version it would replace (the same date's, or without a date the latest)
+    is up to date: nothing is trained unless `force`.
 
     What a user can get wrong is checked here, on the driver, before any worker starts: a worker's
     error reaches the driver as a generic failure of the launcher (exit 1, retried), not as one line.
     """
-    from deepfm.train import check_inputs
+    from deepfm.train import load_feature_map, training_signature
 
-    check_inputs(cfg, resume)
+    root = ModelRoot.of(cfg.output)
+    root.check_is_root()
+    if resume:
+        version = run_date or root.resumable()
+        checkpoint = root.building(version) / CHECKPOINT if version else None
+        if checkpoint is None or not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint or root.path} holds no interrupted run to --resume (no "
+                                    f"{BUILDING}*/{CHECKPOINT}); run without --resume to train from scratch")
+    load_feature_map(cfg.data)  # a readable preprocess output, encoded by this code's transforms
+    signature = training_signature(cfg)
+    if not resume:
+        version = root.new_version_name(run_date)
+        current = run_date if run_date else root.latest()
+        record = root.record(current) if current else None
+        if record is not None and record.get("signature") == signature and not force:
+            log.info("model version %s is up to date with its input and training config; nothing to do "
+                     "(--force retrains)", root.path / current)
+            return {**json.loads((root.path / current / "metrics.json").read_text()), "version": current,
+                    "model": str(root.path / current), "up_to_date": True}
+        root.building(version).delete_dir()  # the build of a failed run of this version: start over
+    build = root.building(version)
+    log.info("training model version %s in %s", version, build)
+    result = _launch(cfg.model_copy(update={"output": str(build)}), resume)
+    model = root.commit(version, {"version": version, "run_date": run_date, "signature": signature,
+                                  "data": cfg.data, "test": result["test"],
+                                  "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    return {**result, "version": version, "model": str(model), "up_to_date": False}
+
+
+def _launch(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
     plain = cfg.model_dump(mode="json")
     if cfg.backend == "none":
         return worker(plain, resume)
@@ -88,8 +128,6 @@ def _spawned(rank: int, world: int, port: int, plain: dict[str, Any], resume: bo
 
 
 def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
-    import json
-
     import torch.multiprocessing as mp
 
     mp.spawn(_spawned, args=(cfg.workers, free_port(), plain, resume), nprocs=cfg.workers, join=True)

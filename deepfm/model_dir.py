@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from deepfm import checkpoint as ckpt
+from deepfm import model_versions
 from deepfm.errors import first_line
 from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
@@ -72,8 +73,9 @@ class ModelDir:
 
 
 def open_model_dir(where: Where) -> ModelDir:
-    """Read and check a model directory (a local path or URI); every problem names the file to look at."""
-    path = Location.of(where)
+    """Read and check a model directory (a local path or URI), or a model root's latest version
+    (deepfm/model_versions.py); every problem names the file to look at."""
+    path = model_versions.resolve(where)
     missing = [name for name in (ckpt.MODEL_CONFIG, ckpt.WEIGHTS) if not (path / name).is_file()]
     if len(missing) == 2 and not path.is_dir():  # an object store has no directories, only its files
         raise ModelDirError(f"model directory {path} does not exist (train one with `deepfm-pipeline train`)")

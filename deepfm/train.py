@@ -9,6 +9,7 @@ when validation AUC stops improving. Rank 0 alone logs progress and writes files
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -62,13 +63,12 @@ def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
     return fmap, manifest
 
 
-def check_inputs(cfg: TrainConfig, resume: bool) -> None:
-    """The preprocess output is readable, and `resume` has a checkpoint to resume from."""
-    checkpoint = Location.of(cfg.output) / ckpt.CHECKPOINT
-    if resume and not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint} not found: nothing to --resume from; run without --resume to train "
-                                "from scratch")
-    load_feature_map(cfg.data)
+def training_signature(cfg: TrainConfig) -> str:
+    """What a trained model is a function of: the preprocess output it read (its manifest changes
+    with every rebuild) and the training config, wherever the model is written."""
+    manifest = (Location.of(cfg.data) / "manifest.json").read_bytes()
+    config = json.dumps(cfg.model_dump(mode="json", exclude={"output"}), sort_keys=True).encode()
+    return hashlib.sha256(manifest + b"\0" + config).hexdigest()
 
 
 def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConfig:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from deepfm import errors, logs
-from deepfm.config import load_config, packaged_conf_dir
+from deepfm.config import load_config, packaged_conf_dir, parse_run_date
 
 
 def _conf(*names: str) -> list[str]:
@@ -31,6 +31,16 @@ STAGES = {
     "export": ("jobs.export", "export a trained model to TorchScript (checked against the eager model)",
                _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
 }
+
+DATED_STAGES = ("preprocess", "train", "score", "evaluate")
+
+
+def _run_date(text: str) -> str:
+    try:
+        return parse_run_date(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--run-date ")) from None
+
 
 EPILOG = """\
 Configuration is layered: each --conf file overrides the ones before it, then each --set.
@@ -59,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                        help="override one config value (YAML syntax), repeatable")
         p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        if stage in DATED_STAGES:
+            p.add_argument("--run-date", type=_run_date, metavar="YYYY-MM-DD",
+                           help="the run's logical date (Airflow's {{ ds }}): replaces {run_date} in any "
+                                "config value, names the app, and names train's model version (README: Scheduled "
+                                "runs); score defaults to today")
         __import__(module, fromlist=["add_arguments"]).add_arguments(p)
         p.set_defaults(module=module, default_conf=defaults)
     return parser
@@ -69,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level)
     code = errors.RETRY
     try:
-        cfg = load_config(args.conf or args.default_conf, args.overrides)
+        cfg = load_config(args.conf or args.default_conf, args.overrides, getattr(args, "run_date", None))
         code = int(__import__(args.module, fromlist=["run"]).run(cfg, args) or 0)
     except Exception as err:  # noqa: BLE001 - the exit-code contract: every failure ends in one line and a code
         code = errors.exit_code(err)

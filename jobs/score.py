@@ -10,8 +10,8 @@ from deepfm.config import Config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-date", default=dt.date.today().isoformat(), metavar="YYYY-MM-DD",
-                        help="the output partition (run_date=...); a rerun replaces it (default: today)")
+    # The output partition is score.output/run_date=D/; a rerun of a date replaces it.
+    parser.set_defaults(run_date=dt.date.today().isoformat())
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

@@ -10,7 +10,10 @@ from deepfm.config import Config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in train.output (model, optimizer, epoch, step, RNG)")
+                        help="continue the interrupted run of this --run-date (without one: the newest interrupted "
+                             "run) from its checkpoint (model, optimizer, epoch, step, RNG)")
+    parser.add_argument("--force", action="store_true",
+                        help="train even when the version this run would replace has the same input and config")
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -21,7 +24,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         from pipelines.spark import get_spark
 
         get_spark(cfg.spark, "train")
-    result = run_training(train_cfg, resume=args.resume)
-    print(json.dumps({"output": train_cfg.output, "test": result["test"], "valid_auc_best": result["valid_auc_best"],
+    result = run_training(train_cfg, resume=args.resume, run_date=args.run_date, force=args.force)
+    print(json.dumps({"model": result["model"], "version": result["version"], "up_to_date": result["up_to_date"],
+                      "test": result["test"], "valid_auc_best": result["valid_auc_best"],
                       "epochs": result["epochs"], "workers": result["workers"]}))
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig
+from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer
 from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
@@ -60,7 +59,7 @@ class ScoreResult:
 def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     """Score the configured input into score.output/run_date=<run_date>/, atomically."""
     score: ScoreConfig = cfg.require("score")
-    _check_run_date(run_date)
+    parse_run_date(run_date)
     start = time.perf_counter()
     storage = Storage(spark)
     model = open_model_dir(score.model)
@@ -223,9 +222,3 @@ def _manifest_near(storage: Storage, path: str) -> dict[str, Any] | None:
         if storage.exists(candidate):
             return json.loads(storage.read_text(candidate))
     return None
-
-
-def _check_run_date(run_date: str) -> None:
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date):
-        raise ValueError(f"--run-date must be YYYY-MM-DD, got {run_date!r}")
-    dt.date.fromisoformat(run_date)

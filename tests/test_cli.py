@@ -128,3 +128,10 @@ def test_an_output_path_that_is_a_file_exits_2_and_keeps_the_file(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"{precious} is a file" in result.stderr and "Traceback" not in result.stderr
     assert precious.read_bytes() == b"not ours"
+
+
+def test_a_run_date_that_is_not_a_date_exits_2_naming_the_flag():
+    for stage in ("preprocess", "train", "score", "evaluate"):
+        result = run_cli([*CLI, stage, "--run-date", "2026-02-30"])
+        assert result.returncode == 2, (stage, result.stderr)
+        assert "argument --run-date: must be a date as YYYY-MM-DD, got '2026-02-30'" in result.stderr

@@ -75,7 +75,7 @@ def test_every_stage_runs_on_the_cluster_from_the_shipped_environment(cluster):
         assert "deepfm.train: epoch 2: train loss" in summary["log"] and "test AUC" in summary["log"]
         assert "Cleared scope" not in summary["log"]  # Horovod's rendezvous chatter is filtered
         apps[backend] = finished_app(cluster, "deepfm-train")
-        assert (cluster.work / f"model_{backend}" / "model.pt").is_file()
+        assert (cluster.work / f"model_{backend}" / summary["version"] / "model.pt").is_file()
 
     summary = submit(cluster, "score", "--run-date", run_date, "--set", f"score.model={cluster.work / 'model_torch'}",
                      "--set", f"score.input_path={logs}", "--set", f"score.output={cluster.work / 'scores'}")

@@ -146,3 +146,16 @@ def test_yaml_that_is_not_utf8_or_a_bad_set_value_names_the_source(tmp_path):
         load_config([bad])
     with pytest.raises(ConfigError, match=r"--set train.lr=\[0.1: the value is not valid YAML"):
         load_config([CONF / "base.yaml"], ["train.lr=[0.1"])
+
+
+def test_the_run_date_fills_every_dated_value(tmp_path):
+    daily = _write(tmp_path, "daily.yaml", "preprocess:\n  output: out/criteo/run_date={run_date}\n"
+                                           "train:\n  data: out/criteo/run_date={run_date}\n")
+    files = [CONF / "base.yaml", CONF / "datasets/criteo.yaml", daily]
+    cfg = load_config(files, ["score.output=s3://bucket/scores/{run_date}/x"], run_date="2026-11-27")
+    assert cfg.preprocess.output.endswith("/out/criteo/run_date=2026-11-27")
+    assert cfg.train.data == cfg.preprocess.output
+    assert cfg.score.output == "s3://bucket/scores/2026-11-27/x"
+    with pytest.raises(ConfigError, match=rf"preprocess.output \(set in {daily}\) uses {{run_date}}: pass "
+                                          "--run-date YYYY-MM-DD"):
+        load_config(files)

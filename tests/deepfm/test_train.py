@@ -19,7 +19,8 @@ from deepfm.config import TrainConfig
 from deepfm.distributed import make_backend
 from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, make_optimizers
+from deepfm.model_versions import ModelRoot
+from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, make_optimizers, train
 from pipelines.preprocess import run_preprocess
 from tests.conftest import REPO_ROOT, criteo_dataset, make_config, run_cli
 
@@ -39,11 +40,13 @@ def _cfg(data, output, **kw):
                                        "batch_size": 256, "model": SMALL_MODEL, "threads": 1, **kw})
 
 
-def test_single_process_training_writes_a_complete_model_dir(criteo_shards, tmp_path):
+def test_single_process_training_commits_a_complete_model_version(criteo_shards, tmp_path):
     result = run_training(_cfg(criteo_shards, tmp_path / "model"))
-    out = tmp_path / "model"
-    assert {"model.pt", "model.json", "metrics.json", "training_curves.png", "checkpoint.pt"} <= {
-        p.name for p in out.iterdir()}
+    out = tmp_path / "model" / result["version"]
+    assert result["model"] == str(out) and (tmp_path / "model" / "LATEST").read_text().strip() == result["version"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(["LATEST", result["version"]])
+    files = {p.name for p in out.iterdir()}
+    assert {"model.pt", "model.json", "metrics.json", "training_curves.png", "version.json", "vocab"} == files
     assert 0.62 < result["test"]["auc"] < 0.85  # the 10k sample is small; ~0.70 is typical
     assert result["test"]["rows"] == json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"][
         "test"]["rows"]
@@ -84,13 +87,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards,
     cfg = _cfg(data, tmp_path / "m", checkpoint_every_steps=1, shuffle_buffer_rows=0, batch_size=64)
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         run_training(cfg)
-    saved = load_torch(tmp_path / "m" / "checkpoint.pt")
+    root = ModelRoot.of(tmp_path / "m")
+    assert root.latest() is None and root.versions() == []  # no version was committed
+    saved = load_torch(root.building(root.resumable()) / "checkpoint.pt")
     assert all(torch.isfinite(t).all() for t in saved["model"].values())
     assert json.loads(saved["state"])["global_step"] > 0
 
 
 def test_the_moving_average_of_the_weights_is_evaluated_and_shipped(criteo_shards, tmp_path):
-    result = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=1, ema_decay=0.9))
+    # The training loop itself, which leaves its checkpoint (a committed version drops it).
+    result = train(_cfg(criteo_shards, tmp_path / "m", epochs=1, ema_decay=0.9), make_backend("none"))
     saved = load_torch(tmp_path / "m" / "checkpoint.pt")
     shipped = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
     averaged = {k.removeprefix("module."): v for k, v in saved["averaged"].items() if k.startswith("module.")}
@@ -125,16 +131,18 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
               "--set", "train.threads=1", "--set", "train.model.embedding_dim=8",
               "--set", "train.model.hidden=[64, 32]", "--set", "train.checkpoint_every_steps=40",
               "--set", "train.ema_decay=0.9"]  # the moving average is restored too
-    cli = [sys.executable, "-m", "jobs.cli", "train", *common]
+    cli = [sys.executable, "-m", "jobs.cli", "train", "--run-date", "2026-11-27", *common]
     full = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'full'}"], cwd=REPO_ROOT,
                           capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-2000:]
     state = _kill_when_checkpointed([*cli, "--set", f"train.output={tmp_path / 'cut'}"], tmp_path / "cut" /
-                                    "checkpoint.pt")
+                                    ".building-2026-11-27" / "checkpoint.pt")
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # killed in the middle of the first epoch
+    assert not (tmp_path / "cut" / "LATEST").exists() and not (tmp_path / "cut" / "2026-11-27").exists()
     resumed = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'cut'}", "--resume"], cwd=REPO_ROOT,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "cut" / "LATEST").read_text().strip() == "2026-11-27"
     auc_full = json.loads(full.stdout.strip().splitlines()[-1])["test"]["auc"]
     auc_resumed = json.loads(resumed.stdout.strip().splitlines()[-1])["test"]["auc"]
     assert abs(auc_full - auc_resumed) < 0.001
@@ -147,7 +155,7 @@ def test_two_process_training(criteo_shards, tmp_path, backend):
                                embedding_l2=10.0, embedding_lr=3e-3))
     assert result["workers"] == 2
     assert 0.6 < result["test"]["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
-    assert json.loads((tmp_path / backend / "metrics.json").read_text())["workers"] == 2
+    assert json.loads((Path(result["model"]) / "metrics.json").read_text())["workers"] == 2
 
 
 def test_training_launched_through_spark(spark, criteo_shards, tmp_path):
@@ -165,9 +173,9 @@ def test_spark_submit_trains_through_torch_distributor_and_returns(criteo_shards
          "--set", "train.workers=2", "--set", "train.epochs=1", "--set", "train.batch_size=256",
          "--set", "train.model.hidden=[64,32]", "--set", "spark.conf.spark.ui.showConsoleProgress=false"])
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = next(line for line in result.stdout.splitlines() if line.startswith('{"output"'))
-    assert json.loads(summary)["workers"] == 2
-    assert (out / "model.pt").is_file()
+    summary = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"model"')))
+    assert summary["workers"] == 2
+    assert (out / summary["version"] / "model.pt").is_file() and (out / "LATEST").is_file()
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def trained(spark, tmp_path_factory):
     cfg = {"dataset": dataset, "preprocess": {"output": str(root / "prep"), "vocab": {"min_count": 2},
                                               "shards": {"rows_per_row_group": 2000}}}
     run_preprocess(spark, Config.model_validate(cfg))
-    run_training(TrainConfig.model_validate({
+    trained = run_training(TrainConfig.model_validate({
         "data": str(root / "prep"), "output": str(root / "model"), "epochs": 1, "batch_size": 256,
         "model": {"embedding_dim": 8, "hidden": [32, 16]}, "threads": 1}))
     # New logs: the sample, one row of never-seen values and one row of missing values.
@@ -51,7 +51,8 @@ def trained(spark, tmp_path_factory):
     unseen = [str(UNSEEN_ID), "1", "0", *([""] * 13), *(["zz-never-seen"] * 26)]
     missing = [str(MISSING_ID_ROW), "2", "1", *([""] * 39)]
     (new_logs / "part-1.tsv").write_text("\t".join(unseen) + "\n" + "\t".join(missing) + "\n")
-    return {"root": root, "cfg": cfg, "logs": new_logs}
+    # "model": the version directory; root / "model" is the model's root (its latest version)
+    return {"root": root, "cfg": cfg, "logs": new_logs, "model": Path(trained["model"])}
 
 
 def in_process_probabilities(model_dir: Path, table: pa.Table) -> np.ndarray:

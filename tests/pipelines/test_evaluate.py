@@ -15,7 +15,7 @@ from pipelines.read import InputError
 
 def _evaluate(spark, trained, tmp_path, **ev):
     return run_evaluate(spark, Config.model_validate({**trained["cfg"], "evaluate": {
-        "output": str(tmp_path / "report"), "model": str(trained["root"] / "model"), **ev}}))
+        "output": str(tmp_path / "report"), "model": str(trained["model"]), **ev}}))
 
 
 def test_metrics_from_predictions_are_exact_overall_and_per_slice(spark, trained, scored, tmp_path):
@@ -56,7 +56,7 @@ def test_report_is_one_self_contained_html_with_all_plots(spark, trained, scored
 
 def test_model_and_labelled_split_reproduce_the_training_test_metrics(spark, trained, tmp_path):
     metrics = _evaluate(spark, trained, tmp_path, data=str(trained["root"] / "prep" / "test")).metrics
-    at_training = json.loads((trained["root"] / "model" / "metrics.json").read_text())["test"]
+    at_training = json.loads((trained["model"] / "metrics.json").read_text())["test"]
     assert metrics["overall"]["rows"] == at_training["rows"]
     assert metrics["overall"]["auc"] == pytest.approx(at_training["auc"], abs=1e-6)
     assert metrics["overall"]["logloss"] == pytest.approx(at_training["logloss"], abs=1e-5)

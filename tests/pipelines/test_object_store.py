@@ -89,14 +89,16 @@ def test_train_from_s3_to_s3_then_score_and_evaluate_read_the_model_from_s3(spar
     result = run_training(_train_cfg(f"s3://{BUCKET}/prep", model_uri))
     reference = run_training(_train_cfg(str(prep), str(tmp_path / "local-model")))
     # The same shards in the same order: the same weights, whichever store they came from.
-    remote, local = load_torch(f"{model_uri}/model.pt"), load_torch(tmp_path / "local-model" / "model.pt")
+    remote, local = load_torch(f"{result['model']}/model.pt"), load_torch(f"{reference['model']}/model.pt")
     assert remote.keys() == local.keys() and all(torch.equal(remote[k], local[k]) for k in local)
     assert result["test"] == reference["test"]
-    listed = {i.base_name for i in s3_env.filesystem().get_file_info(pafs.FileSelector(f"{BUCKET}/models/deepfm",
-                                                                                        recursive=True))}
-    assert {"model.pt", "model.json", "metrics.json", "checkpoint.pt", "training_curves.png",
-            "vocabulary.parquet"} <= listed
-    assert not [name for name in listed if name.startswith(".")]  # no temporary objects left
+    paths = [i.path for i in s3_env.filesystem().get_file_info(pafs.FileSelector(f"{BUCKET}/models/deepfm",
+                                                                                  recursive=True))]
+    listed = {path.rsplit("/", 1)[-1] for path in paths}
+    assert {"model.pt", "model.json", "metrics.json", "version.json", "training_curves.png",
+            "vocabulary.parquet", "LATEST"} <= listed and "checkpoint.pt" not in listed
+    # A version is committed by copying its objects: the build's objects are gone, no temporary ones left.
+    assert not [path for path in paths if "/." in path]
     model = open_model_dir(model_uri)
 
     test_split = str(prep / "test")

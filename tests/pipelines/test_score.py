@@ -35,7 +35,7 @@ def test_scores_raw_logs_into_a_dated_partition(spark, trained, scored):
     assert result.rows == 10_002 and result.rejected == 0
     assert table.column_names == ["row_id", "day", "label", "probability", "model_version", "scored_at"]
     assert table.schema.field("probability").type == pa.float32()
-    assert set(table["model_version"].to_pylist()) == {open_model_dir(trained["root"] / "model").version}
+    assert set(table["model_version"].to_pylist()) == {open_model_dir(trained["model"]).version}
     partition = Path(result.partition.removeprefix("file:"))
     assert partition.name == "run_date=2026-11-27" and (partition / "_SUCCESS").exists()
     as_table = spark.read.parquet(str(trained["root"] / "scores"))
@@ -48,7 +48,7 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
     _, table = scored
     spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
     shards = pa.concat_tables(pq.read_table(trained["root"] / "prep" / split) for split in ("train", "valid", "test"))
-    expected = in_process_probabilities(trained["root"] / "model", shards)
+    expected = in_process_probabilities(trained["model"], shards)
     got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
     assert len(got) == 10_000
     assert np.abs(got - expected).max() < 1e-5
@@ -57,7 +57,7 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
 def test_unseen_values_score_as_oov_and_missing_values_as_missing(trained, scored):
     _, table = scored
     spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
-    md = open_model_dir(trained["root"] / "model")
+    md = open_model_dir(trained["model"])
     fmap = md.feature_map
     # Unseen row: categorical values present but unknown (OOV = 1); its numeric fields are empty.
     unseen = {f.name: [0 if f.source_role == "numeric" else 1] for f in fmap.categorical}
@@ -105,7 +105,7 @@ def test_malformed_rows_are_quarantined_in_the_partition(spark, trained, tmp_pat
 
 def test_vocabulary_that_does_not_match_the_model_fails_and_keeps_the_old_partition(spark, trained, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(trained["root"] / "model", model)
+    shutil.copytree(trained["model"], model)
     vocab = pq.read_table(model / "vocab" / "vocabulary.parquet")
     ids = vocab["id"].to_numpy().copy()
     ids[[0, 1]] = ids[[1, 0]]  # two values swap ids: same size, different meaning
@@ -122,7 +122,7 @@ def test_vocabulary_that_does_not_match_the_model_fails_and_keeps_the_old_partit
 
 def test_missing_model_file_names_the_file(spark, trained, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(trained["root"] / "model", model)
+    shutil.copytree(trained["model"], model)
     (model / "model.pt").unlink()
     with pytest.raises(ModelDirError, match=r"model\.pt is missing"):
         run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "s")), "2026-11-27")
@@ -201,7 +201,7 @@ class _RunsCode:
 def test_a_model_that_cannot_be_loaded_fails_on_the_driver_before_any_input_work(spark, trained, tmp_path,
                                                                                     weights, reason):
     model = tmp_path / "model"
-    shutil.copytree(trained["root"] / "model", model)
+    shutil.copytree(trained["model"], model)
     if weights is None:
         torch.save({"embeddings.table.weight": _RunsCode()}, model / "model.pt")
     else:
@@ -214,7 +214,7 @@ def test_a_model_that_cannot_be_loaded_fails_on_the_driver_before_any_input_work
 
 def test_a_model_or_data_from_another_transforms_version_is_refused(trained, tmp_path):
     model = tmp_path / "model"
-    shutil.copytree(trained["root"] / "model", model)
+    shutil.copytree(trained["model"], model)
     meta = json.loads((model / "model.json").read_text())
     meta["feature_map"]["transforms_version"] = 1
     (model / "model.json").write_text(json.dumps(meta))

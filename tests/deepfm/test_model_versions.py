@@ -1,0 +1,80 @@
+"""Model versions under a root: dated runs, up-to-date reruns, backfills, LATEST, and what readers resolve."""
+
+import shutil
+
+import pytest
+
+from deepfm.config import TrainConfig
+from deepfm.launch import run_training
+from deepfm.model_dir import open_model_dir
+from deepfm.model_versions import ModelRoot, VersionError
+from pipelines.preprocess import run_preprocess
+from tests.conftest import criteo_dataset, make_config
+
+
+@pytest.fixture(scope="module")
+def shards(spark, tmp_path_factory):
+    out = tmp_path_factory.mktemp("versions") / "criteo"
+    run_preprocess(spark, make_config(criteo_dataset(), str(out), vocab={"min_count": 2},
+                                      shards={"rows_per_row_group": 1000}))
+    return out
+
+
+def _cfg(data, output, **kw):
+    return TrainConfig.model_validate({"data": str(data), "output": str(output), "epochs": 1, "batch_size": 512,
+                                       "model": {"embedding_dim": 4, "hidden": [16]}, "threads": 1, **kw})
+
+
+def test_dated_runs_make_versions_and_latest_follows_the_newest(shards, tmp_path):
+    root = ModelRoot.of(tmp_path / "models" / "criteo")
+    first = run_training(_cfg(shards, root.path), run_date="2026-11-27")
+    assert (first["version"], first["up_to_date"]) == ("2026-11-27", False)
+    assert root.versions() == ["2026-11-27"] and root.latest() == "2026-11-27"
+    record = root.record("2026-11-27")
+    assert record["run_date"] == "2026-11-27" and record["test"] == first["test"]
+
+    # A retry of the same date with the same input and config trains nothing.
+    again = run_training(_cfg(shards, root.path), run_date="2026-11-27")
+    assert again["up_to_date"] and again["test"] == first["test"] and again["model"] == first["model"]
+
+    second = run_training(_cfg(shards, root.path), run_date="2026-11-28")
+    assert root.versions() == ["2026-11-27", "2026-11-28"] and root.latest() == "2026-11-28"
+    assert open_model_dir(root.path).path == open_model_dir(root.path / "latest").path == root.path / "2026-11-28"
+    assert open_model_dir(root.path / "2026-11-27").path == root.path / "2026-11-27"
+
+    # A backfill of an earlier date with another config replaces that version; LATEST stays on the newest.
+    weights_before = (root.path / "2026-11-27" / "model.pt").read_bytes()
+    backfill = run_training(_cfg(shards, root.path, seed=7), run_date="2026-11-27")
+    assert not backfill["up_to_date"] and root.latest() == "2026-11-28"
+    assert (root.path / "2026-11-27" / "model.pt").read_bytes() != weights_before
+    assert root.record("2026-11-27")["signature"] != record["signature"]
+    assert sorted(p.name for p in root.path.local_path.iterdir() if p.name.startswith(".")) == []  # nothing left aside
+    assert second["version"] == root.latest()
+
+
+def test_without_a_run_date_a_changed_config_makes_a_new_version_and_an_unchanged_one_is_up_to_date(shards,
+                                                                                                      tmp_path):
+    root = ModelRoot.of(tmp_path / "m")
+    first = run_training(_cfg(shards, root.path))
+    assert run_training(_cfg(shards, root.path))["up_to_date"]
+    assert run_training(_cfg(shards, root.path), force=True)["version"] != first["version"]
+    changed = run_training(_cfg(shards, root.path, lr=3e-3))
+    assert not changed["up_to_date"] and root.latest() == changed["version"] and len(root.versions()) == 3
+
+
+def test_a_model_directory_is_not_a_root_and_an_incomplete_version_is_refused(shards, tmp_path):
+    root = ModelRoot.of(tmp_path / "m")
+    version = run_training(_cfg(shards, root.path), run_date="2026-11-27")["model"]
+    with pytest.raises(VersionError, match="is a model directory, not a model root"):
+        run_training(_cfg(shards, version))
+    # A version whose copy was cut short (no version.json) is not read, even by name.
+    shutil.copytree(version, root.path.local_path / "2026-11-28")
+    (root.path.local_path / "2026-11-28" / "version.json").unlink()
+    with pytest.raises(VersionError, match="2026-11-28 is not a complete version"):
+        open_model_dir(root.path / "2026-11-28")
+    assert root.versions() == ["2026-11-27"]
+    # A root whose first run has not finished has no latest version to read.
+    (tmp_path / "new" / ".building-2026-11-29").mkdir(parents=True)
+    with pytest.raises(VersionError, match="has no complete model version yet"):
+        open_model_dir(tmp_path / "new")
+    assert root.latest() == "2026-11-27"
