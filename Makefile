@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow test-cluster package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
+.PHONY: setup setup-airflow run test test-slow test-cluster test-airflow package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,15 @@ package: setup
 ## through spark-submit.sh with the shipped environment (about 10 minutes).
 test-cluster: package
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
+
+## Airflow 3 in its own environment (.venv-airflow, pins in dags/constraints.txt) for dags/.
+setup-airflow:
+	@bash scripts/setup_airflow.sh
+
+## The daily DAG run for real by `airflow dags test` on the embedded sample: two dates, then a
+## run killed in train and rerun (about 10 minutes).
+test-airflow: setup setup-airflow
+	$(PY) -m pytest -m airflow $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

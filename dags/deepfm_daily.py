@@ -1,0 +1,72 @@
+"""Daily DeepFM: preprocess >> train >> score >> evaluate, each a `spark-submit.sh STAGE --run-date {{ ds }}`.
+
+Every stage writes under the run's logical date (conf/schedule/daily.yaml), so a rerun or a
+backfill of a date replaces that date's outputs and nothing else; train commits a new model
+version and moves LATEST only once the version is complete. Exit codes decide retries: 2 (bad
+input or configuration) fails the task at once, 1 (transient or internal) is retried.
+
+Set on the Airflow workers (README, "Scheduled runs"):
+  DEEPFM_HOME     the project checkout, set up by `make setup` (default: the folder above this file)
+  DEEPFM_WORKDIR  where the relative paths of the configuration land (default: DEEPFM_HOME)
+  DEEPFM_CONF     the --conf files, space-separated (default: base, criteo, local, schedule/daily)
+  DEEPFM_ARGS     more arguments for every stage, e.g. "--set train.workers=2"
+  SPARK_MASTER, SPARK_DEPLOY_MODE, DEEPFM_SHIP_ENV ...   as spark-submit.sh reads them
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from airflow.sdk import DAG, chain, get_current_context, task
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+STAGES = ("preprocess", "train", "score", "evaluate")
+DEFAULT_CONF = "conf/base.yaml conf/datasets/criteo.yaml conf/env/local.yaml conf/schedule/daily.yaml"
+DO_NOT_RETRY = 2  # deepfm-pipeline's exit code for bad input or configuration (README, "Exit codes")
+
+log = logging.getLogger(__name__)
+
+
+def stage_command(stage: str, run_date: str) -> tuple[list[str], Path]:
+    home = Path(os.environ.get("DEEPFM_HOME") or Path(__file__).resolve().parents[1])
+    conf = [arg for name in os.environ.get("DEEPFM_CONF", DEFAULT_CONF).split() for arg in ("--conf", name)]
+    command = [str(home / "spark-submit.sh"), stage, "--run-date", run_date, *conf,
+               *shlex.split(os.environ.get("DEEPFM_ARGS", ""))]
+    return command, Path(os.environ.get("DEEPFM_WORKDIR") or home)
+
+
+def run_stage(stage: str) -> None:
+    run_date = get_current_context()["ds"]
+    command, workdir = stage_command(stage, run_date)
+    log.info("running %s (in %s)", shlex.join(command), workdir)
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    error = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the stage's log becomes the task's log, line by line
+        log.info("%s", line.rstrip())
+        if line.startswith(f"deepfm-pipeline {stage}: error:") or line.startswith("spark-submit.sh: error:"):
+            error = line.strip()
+    code = proc.wait()
+    if code == DO_NOT_RETRY:
+        raise AirflowFailException(f"{stage} for {run_date}: bad input or configuration, not retried: {error} "
+                                   "(fix it, then clear this task)")
+    if code != 0:
+        raise AirflowException(f"{stage} for {run_date} exited {code}: {error or 'see the log'} (retried)")
+
+
+with DAG(
+    dag_id="deepfm_daily",
+    description="DeepFM click-through-rate model: preprocess, train a dated version, score, evaluate",
+    schedule="@daily",
+    start_date=datetime(2026, 11, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,  # runs share the model root: one train at a time
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True},
+    tags=["deepfm"],
+) as dag:
+    chain(*[task(task_id=stage)(run_stage)(stage) for stage in STAGES])

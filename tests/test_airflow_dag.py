@@ -1,0 +1,107 @@
+"""The daily DAG run for real: `airflow dags test` (SQLite metadata, in-process execution) of
+dags/deepfm_daily.py on the embedded Criteo sample, for consecutive dates, and a run killed in
+train. Needs .venv-airflow (`make test-airflow` makes it)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import CRITEO_SAMPLE, REPO_ROOT
+
+pytestmark = pytest.mark.airflow
+
+AIRFLOW = Path(os.environ.get("AIRFLOW_VENV", REPO_ROOT / ".venv-airflow")) / "bin" / "airflow"
+SHORT_TRAINING = f"--set dataset.input.path={CRITEO_SAMPLE} --set train.epochs=1"
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    if not AIRFLOW.exists():
+        pytest.fail(f"{AIRFLOW} not found: run `make test-airflow` (it installs Airflow first)")
+    home, work = tmp_path_factory.mktemp("airflow_home"), tmp_path_factory.mktemp("airflow_work")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "DEEPFM_HOME": str(REPO_ROOT), "DEEPFM_WORKDIR": str(work),
+           "DEEPFM_ARGS": SHORT_TRAINING}
+    migrated = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    return env, work / "out" / "daily"
+
+
+def _dags_test(env, run_date: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(AIRFLOW), "dags", "test", "deepfm_daily", run_date], env=env, capture_output=True,
+                          text=True)
+
+
+def _check_dated_outputs(out: Path, run_date: str) -> None:
+    prep = out / "criteo" / f"run_date={run_date}"
+    assert (prep / "_SUCCESS").exists()
+    manifest = json.loads((prep / "manifest.json").read_text())
+    assert manifest["rows"]["accepted"] == 10_000
+    version = out / "models" / "criteo" / run_date
+    record = json.loads((version / "version.json").read_text())
+    assert record["run_date"] == run_date and record["data"] == str(prep)
+    scores = out / "scores" / f"run_date={run_date}"
+    assert (scores / "_SUCCESS").exists() and pq.read_table(scores).num_rows == 10_000
+    report = json.loads((out / "reports" / f"run_date={run_date}" / "metrics.json").read_text())
+    assert report["overall"]["rows"] == manifest["rows"]["splits"]["test"]["rows"]
+    assert report["overall"]["auc"] == pytest.approx(record["test"]["auc"], abs=1e-6)  # the same model, same split
+
+
+def test_daily_runs_write_dated_outputs_and_advance_the_model_version(airflow):
+    env, out = airflow
+    first = _dags_test(env, "2026-11-27")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
+    _check_dated_outputs(out, "2026-11-27")
+    models = out / "models" / "criteo"
+    assert (models / "LATEST").read_text().strip() == "2026-11-27"
+
+    second = _dags_test(env, "2026-11-28")
+    assert second.returncode == 0, (second.stdout + second.stderr)[-5000:]
+    _check_dated_outputs(out, "2026-11-28")
+    assert (models / "LATEST").read_text().strip() == "2026-11-28"
+    assert sorted(p.name for p in models.iterdir()) == ["2026-11-27", "2026-11-28", "LATEST"]
+
+
+def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun_completes(airflow):
+    env, out = airflow
+    models = out / "models" / "criteo"
+    assert (models / "LATEST").read_text().strip() == "2026-11-28"  # the dates before ran (test above)
+    slow = {**env, "DEEPFM_ARGS": f"{SHORT_TRAINING} --set train.batch_size=64 --set train.checkpoint_every_steps=5"}
+    proc = subprocess.Popen([str(AIRFLOW), "dags", "test", "deepfm_daily", "2026-11-29"], env=slow,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = models / ".building-2026-11-29" / "checkpoint.pt"
+    try:
+        deadline = time.time() + 900
+        while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert checkpoint.exists(), "train never wrote a checkpoint"
+    finally:
+        _kill_everything_started_with(slow["DEEPFM_WORKDIR"], proc)
+    assert (models / "LATEST").read_text().strip() == "2026-11-28"
+    assert not (models / "2026-11-29").exists()
+
+    rerun = _dags_test(env, "2026-11-29")
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    _check_dated_outputs(out, "2026-11-29")
+    assert (models / "LATEST").read_text().strip() == "2026-11-29"
+    assert not list(models.glob(".building-*"))
+
+
+def _kill_everything_started_with(workdir: str, proc: subprocess.Popen) -> None:
+    """SIGKILL the DAG run and every process it started (the task runner, spark-submit, the
+    training process): all of them, and only they, carry this run's DEEPFM_WORKDIR."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    marker = f"DEEPFM_WORKDIR={workdir}".encode()
+    for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            if marker in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
