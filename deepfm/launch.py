@@ -21,6 +21,7 @@ from deepfm import logs
 from deepfm.checkpoint import CHECKPOINT
 from deepfm.config import TrainConfig
 from deepfm.fs import Location
+from deepfm.lease import held
 from deepfm.model_versions import BUILDING, ModelRoot
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,16 @@ def run_training(cfg: TrainConfig, resume: bool = False, run_date: str | None = 
     What a user can get wrong is checked here, on the driver, before any worker starts: a worker's
     error reaches the driver as a generic failure of the launcher (exit 1, retried), not as one line.
     """
-    from deepfm.train import load_feature_map, training_signature
-
     root = ModelRoot.of(cfg.output)
     root.check_is_root()
+    with held(root.path, "train"):  # one train at a time per model root; a second one exits 2 naming it
+        return _train_version(cfg, root, resume, run_date, force)
+
+
+def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool, run_date: str | None,
+                   force: bool) -> dict[str, Any]:
+    from deepfm.train import load_feature_map, training_signature
+
     if resume:
         version = run_date or root.resumable()
         checkpoint = root.building(version) / CHECKPOINT if version else None

@@ -24,10 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from deepfm import outputs
 from deepfm.fs import Location, Where
 
 METRICS, HTML = "metrics.json", "report.html"
 ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
+
+
+def check_replaceable(out: Where) -> Location:
+    """The report directory may be written: nothing there, or a report this project wrote."""
+    out = Location.of(out)
+    if out.is_file():  # a report is a directory: a file there is someone else's, never replaced
+        raise FileExistsError(f"{out} is a file, not a report directory: choose another evaluate.output")
+    if not (out / outputs.MARKER).is_file() and (out.files() or out.subdirs()):
+        raise outputs.not_ours(out, "evaluate.output")
+    return out
 
 
 def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.ndarray],
@@ -37,26 +48,25 @@ def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.
     A local directory is built beside `out` and renamed over it, so it is replaced whole. Elsewhere
     (an object store has no rename) each file is replaced atomically and report.html goes last.
     """
-    out = Location.of(out)
+    out = check_replaceable(out)
     files = {METRICS: json.dumps(metrics, indent=2, sort_keys=True).encode(),
              ROC: _png(_plot_roc, *roc, metrics["overall"]["auc"]),
              CALIBRATION: _png(_plot_calibration, metrics["calibration"])}
     if training_curves is not None and training_curves.is_file():
         files[CURVES] = training_curves.read_bytes()
     files[HTML] = _html(metrics, {name: files[name] for name in (ROC, CALIBRATION, CURVES) if name in files}).encode()
+    files[outputs.MARKER] = outputs.marker_text("evaluate").encode()
     if out.is_local:
         _replace_local_dir(out.local_path, files)
     else:
         if CURVES not in files:
             (out / CURVES).unlink()  # not left from an earlier report of another model
-        for name, data in files.items():
-            (out / name).write_bytes(data)
+        for name in sorted(files, key=lambda n: n == HTML):  # report.html last
+            (out / name).write_bytes(files[name])
     return out / HTML
 
 
 def _replace_local_dir(out: Path, files: dict[str, bytes]) -> None:
-    if out.is_file():  # a report is a directory: a file there is someone else's, never replaced
-        raise FileExistsError(f"{out} is a file, not a report directory: choose another evaluate.output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared

@@ -43,6 +43,10 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Training diverged: a lower learning rate or cleaner input is needed, not a retry."""
 
 
+class ReplicaDivergenceError(RuntimeError):
+    """The workers' copies of the model differ: the gradient exchange is broken (a bug, exit 1)."""
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # the epoch in progress (or next to start)
@@ -51,6 +55,7 @@ class TrainState:
     best_auc: float = -1.0
     epochs_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    replica_fingerprints: list[list[float]] = field(default_factory=list)  # per rank, after the last epoch
 
 
 def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
@@ -136,6 +141,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
         reader.set_epoch(state.epoch)
         train_loss, seconds, samples = _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader,
                                                      backend, state, prior, averaged)
+        state.replica_fingerprints = check_replicas_identical(raw_model, backend, state.epoch)
         valid = evaluate(evaluated, data / "valid", fmap, cfg.eval_batch_size, backend)
         for scheduler in schedulers:
             scheduler.step(valid["auc"])
@@ -159,7 +165,8 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
     test = evaluate(raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
     result = {"valid_auc_best": state.best_auc, "test": test, "epochs": state.epoch,
-              "steps": state.global_step, "history": state.history, "workers": backend.world}
+              "steps": state.global_step, "history": state.history, "workers": backend.world,
+              "replica_fingerprints": state.replica_fingerprints}
     if backend.rank == 0:
         write_model_dir(out, raw_model, fmap, manifest["vocab"]["fingerprint"], data,
                         cfg.model_dump(mode="json"), result)
@@ -198,6 +205,20 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
             _save_checkpoint(Location.of(cfg.output), raw_model, optimizers, schedulers, state, averaged)
     progress.close()
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
+
+
+@torch.no_grad()
+def check_replicas_identical(model: DeepFM, backend: Backend, epoch: int) -> list[list[float]]:
+    """Every rank's (sum, sum of squares) of the trained weights, in float64, which data-parallel
+    training keeps bit-identical: the ranks see different rows, so without a working gradient
+    exchange they would differ after the first step. Raises when they do."""
+    weights = [p.detach().double() for p in model.parameters()]
+    mine = torch.stack([sum(w.sum() for w in weights), sum((w * w).sum() for w in weights)])
+    every = backend.allgather(mine.to(backend.device)).cpu().reshape(backend.world, 2)
+    if not bool((every == every[0]).all()):
+        raise ReplicaDivergenceError(f"after epoch {epoch + 1} the workers' weights differ (sum, sum of squares per "
+                                     f"rank: {every.tolist()}): the gradient exchange of train.backend is broken")
+    return every.tolist()
 
 
 def train_step(model, raw_model: DeepFM, optimizers, batch, backend: Backend,

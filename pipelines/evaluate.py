@@ -21,7 +21,7 @@ from deepfm.fs import Location
 from deepfm.inference import PROBABILITY
 from deepfm.metrics import calibration, grouped_metrics, roc_points
 from deepfm.model_dir import CURVES, ModelDir, open_model_dir
-from deepfm.report import write_report
+from deepfm.report import check_replaceable, write_report
 from pipelines import score
 from pipelines.read import InputError
 from pipelines.steps import step
@@ -39,6 +39,7 @@ class EvaluateResult:
 
 def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     ev: EvaluateConfig = cfg.require("evaluate")
+    check_replaceable(ev.output)  # before any work: the report would not be written
     model = open_model_dir(ev.model) if ev.model else None
     if model is not None and ev.data is not None:
         model.load()  # a model that cannot be loaded fails here, before the executors score with it

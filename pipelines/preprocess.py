@@ -60,7 +60,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         log.info("%s is up to date with its input and config; nothing to do (--force rebuilds)", output)
         return PreprocessResult(output, previous, skipped=True)
 
-    with storage.atomic_output(output) as tmp:
+    with storage.atomic_output(output, "preprocess", "preprocess.output") as tmp:
         staging = f"{tmp}/_staging"
         with step("parse inputs and quarantine malformed rows"):
             rows = {

@@ -66,7 +66,7 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     model.load()  # a model that cannot be loaded fails here, before any input work
     partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    with storage.atomic_output(partition) as tmp:
+    with storage.atomic_output(partition, "score", "score.output") as tmp:
         with step("check the model's vocabulary"):
             vocabulary = checked_vocabulary(spark, model)
         with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):

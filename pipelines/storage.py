@@ -2,7 +2,10 @@
 
 A job writes into a hidden sibling of its destination, writes `_SUCCESS` last, and then swaps the
 directory into place by rename. A job that fails, or is killed, never leaves a half-written
-destination: its leftover temporary sibling is removed by the next run.
+destination: its leftover temporary sibling is removed by the next run. The job holds the
+destination's lease throughout (deepfm/lease.py): a second job into the same output exits 2
+naming the first, instead of removing its live temporary directory. Only a directory the project
+wrote (deepfm/outputs.py) is ever replaced.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from deepfm import lease, outputs
 
 log = logging.getLogger(__name__)
 
@@ -128,31 +133,76 @@ class Storage:
         ]
 
     @contextmanager
-    def atomic_output(self, dest: str) -> Iterator[str]:
-        """Yield a temporary directory; on success swap it into `dest` with a _SUCCESS marker."""
+    def atomic_output(self, dest: str, stage: str, key: str) -> Iterator[str]:
+        """Yield a temporary directory; on success swap it into `dest` with a _SUCCESS marker.
+        `key` is the config key that named `dest`, for the messages."""
         dest = self.qualify(dest).rstrip("/")
         if self.is_file(dest):  # an output is a directory: a file there is someone else's, never replaced
-            raise FileExistsError(f"{dest} is a file, not an output directory: choose another output path")
+            raise FileExistsError(f"{dest} is a file, not an output directory: choose another {key}")
+        if self.exists(dest) and not self.exists(f"{dest}/{outputs.MARKER}") and self.list_all(dest):
+            raise outputs.not_ours(dest, key)
         name = dest.rsplit("/", 1)[-1]
         parent = dest[: -len(name) - 1]
-        for stale in self.siblings(dest, f".{name}.tmp-"):
-            log.warning("removing leftover temporary output of an earlier failed run: %s", stale)
-            self.delete(stale)
-        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            yield tmp
-            self.write_text(f"{tmp}/{SUCCESS}", "")
-            old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:12]}"
-            if self.exists(dest):
-                self.rename(dest, old)
-            self.rename(tmp, dest)
-            self.delete(old)
-            log.info("committed %s", dest)
-        finally:
-            self.delete(tmp)
+        with lease.held(dest, stage, lease=HadoopLease(self, f"{parent}/.{name}.lease")):
+            for stale in self.siblings(dest, f".{name}.tmp-"):
+                log.warning("removing leftover temporary output of an earlier failed run: %s", stale)
+                self.delete(stale)
+            tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+            try:
+                yield tmp
+                self.write_text(f"{tmp}/{outputs.MARKER}", outputs.marker_text(stage))
+                self.write_text(f"{tmp}/{SUCCESS}", "")
+                old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:12]}"
+                if self.exists(dest):
+                    self.rename(dest, old)
+                self.rename(tmp, dest)
+                self.delete(old)
+                log.info("committed %s", dest)
+            finally:
+                self.delete(tmp)
+
+    def list_all(self, path: str) -> list[str]:
+        """Names of everything directly in a directory, hidden files included."""
+        return [s.getPath().getName() for s in self._fs(path).listStatus(self._path(path))]
 
     def is_committed(self, path: str) -> bool:
         return self.exists(f"{path.rstrip('/')}/{SUCCESS}")
+
+
+@dataclass(frozen=True)
+class HadoopLease:
+    """A lease file on a Hadoop file system (deepfm/lease.py's LeaseFile)."""
+
+    storage: Storage
+    path: str
+
+    def __str__(self) -> str:
+        return self.path
+
+    def create(self, text: str) -> bool:
+        from py4j.protocol import Py4JJavaError
+
+        fs = self.storage._fs(self.path)
+        try:
+            stream = fs.create(self.storage._path(self.path), False)  # exclusive on local and HDFS
+        except Py4JJavaError as err:
+            if "FileAlreadyExistsException" in err.java_exception.getClass().getName():
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def write(self, text: str) -> None:
+        self.storage.write_text(self.path, text)
+
+    def read(self) -> str | None:
+        return self.storage.read_text(self.path) if self.storage.exists(self.path) else None
+
+    def delete(self) -> None:
+        self.storage.delete(self.path)
 
 
 def _info(status) -> FileInfo:

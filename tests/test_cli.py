@@ -135,3 +135,37 @@ def test_a_run_date_that_is_not_a_date_exits_2_naming_the_flag():
         result = run_cli([*CLI, stage, "--run-date", "2026-02-30"])
         assert result.returncode == 2, (stage, result.stderr)
         assert "argument --run-date: must be a date as YYYY-MM-DD, got '2026-02-30'" in result.stderr
+
+
+def test_a_directory_the_project_did_not_write_is_never_replaced(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.csv").write_text("a,b\n1,2\n")
+    for stage, key in (("preprocess", "preprocess.output"), ("evaluate", "evaluate.output")):
+        result = run_cli([*CLI, stage, *QUIET, "--set", f"dataset.input.path={CRITEO_SAMPLE}",
+                          "--set", f"preprocess.output={theirs}", "--set", f"evaluate.output={theirs}",
+                          "--set", "evaluate.data=null", "--set", "evaluate.model=null",
+                          "--set", f"evaluate.predictions={REPO_ROOT / 'tests' / 'data' / 'golden'}"])
+        assert result.returncode == 2, (stage, result.stderr[-3000:])
+        assert f"{theirs} exists and was not written by deepfm-pipeline" in result.stderr and key in result.stderr
+        assert sorted(p.name for p in theirs.iterdir()) == ["data.csv"]
+
+
+def test_a_second_job_into_a_leased_output_exits_2_naming_the_first(tmp_path):
+    import os
+    import socket
+    import time
+
+    out = tmp_path / "prep"
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "job": "preprocess", "started": time.time(),
+             "heartbeat": time.time()}
+    (tmp_path / ".prep.lease").write_text(json.dumps(owner))  # a live job (this test) holds the output
+    result = run_cli([*CLI, "preprocess", *QUIET, "--set", f"dataset.input.path={CRITEO_SAMPLE}",
+                      "--set", f"preprocess.output={out}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"is being written by preprocess (pid {os.getpid()} on {socket.gethostname()}" in result.stderr
+    assert not out.exists() and json.loads((tmp_path / ".prep.lease").read_text()) == owner
+    (tmp_path / "models").mkdir()
+    (tmp_path / ".models.lease").write_text(json.dumps({**owner, "job": "train"}))
+    result = run_cli([*CLI, "train", "--set", f"train.output={tmp_path / 'models'}"])
+    assert result.returncode == 2 and f"is being written by train (pid {os.getpid()}" in result.stderr

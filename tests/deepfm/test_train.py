@@ -156,6 +156,10 @@ def test_two_process_training(criteo_shards, tmp_path, backend):
     assert result["workers"] == 2
     assert 0.6 < result["test"]["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
     assert json.loads((Path(result["model"]) / "metrics.json").read_text())["workers"] == 2
+    # The replicas hold bit-identical weights after every epoch (each rank trained on other rows:
+    # without a working gradient exchange they would differ, and training would have stopped).
+    first, second = result["replica_fingerprints"]
+    assert first == second and first[1] > 0
 
 
 def test_training_launched_through_spark(spark, criteo_shards, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from deepfm.config import Config
+from deepfm.outputs import marker_text
 from pipelines.evaluate import run_evaluate
 from pipelines.read import InputError
 
@@ -46,7 +47,7 @@ def test_report_is_one_self_contained_html_with_all_plots(spark, trained, scored
     report = _evaluate(spark, trained, tmp_path, predictions=result.partition.removeprefix("file:")).report.local_path
     out = report.parent
     assert {p.name for p in out.iterdir()} == {"metrics.json", "roc.png", "calibration.png",
-                                               "training_curves.png", "report.html"}
+                                               "training_curves.png", "report.html", "_DEEPFM_OUTPUT"}
     page = report.read_text()
     assert page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page  # nothing to fetch: readable offline
@@ -77,7 +78,8 @@ def test_labels_must_be_binary(spark, trained, scored, tmp_path):
 
 
 def test_report_replaces_an_earlier_one(spark, trained, scored, tmp_path):
-    (tmp_path / "report").mkdir()
+    (tmp_path / "report").mkdir()  # an earlier report of this project's, with a file the new one lacks
+    (tmp_path / "report" / "_DEEPFM_OUTPUT").write_text(marker_text("evaluate"))
     (tmp_path / "report" / "stale.txt").write_text("old")
     result, _ = scored
     _evaluate(spark, trained, tmp_path, predictions=result.partition.removeprefix("file:"))

@@ -1,0 +1,169 @@
+"""Output leases: one job at a time writes an output; a second one exits 2 naming the owner.
+
+A lease is a small JSON file beside the output (`.<name>.lease`, so it outlives the output's swap):
+host, pid, job, start time and a heartbeat that a daemon thread renews every `renew_s` seconds.
+A lease whose heartbeat is older than `stale_s` belongs to a job that died without releasing it
+(SIGKILL, a lost node): the next job takes it over, with a warning. On the same host, a lease whose
+process is gone is stale at once.
+
+Taking a free lease is atomic on local and HDFS paths (exclusive create); an object store has no
+exclusive create, so two jobs starting within the same second can both take it there.
+
+The file is reached through a `LeaseFile`: a `Location` here (the torch side: train), or Hadoop's
+FileSystem for the Spark stages' outputs (pipelines/storage.py), so that `hdfs://` and `s3a://`
+outputs need nothing beyond Spark's own connectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from deepfm.errors import UserError
+from deepfm.fs import Location, Where
+
+log = logging.getLogger(__name__)
+
+
+class OutputLockedError(UserError):
+    """Another live job holds the output."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    host: str
+    pid: int
+    job: str
+    started: float
+    heartbeat: float
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(self.started))
+        alive = time.time() - self.heartbeat
+        return f"{self.job} (pid {self.pid} on {self.host}, started {started}, alive {alive:.0f}s ago)"
+
+    def is_stale(self, stale_s: float) -> bool:
+        if time.time() - self.heartbeat > stale_s:
+            return True
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+
+class LeaseFile(Protocol):
+    def create(self, text: str) -> bool:
+        """Write the file unless it exists (atomically where the store can); whether it was written."""
+
+    def write(self, text: str) -> None: ...
+
+    def read(self) -> str | None: ...
+
+    def delete(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocationLease:
+    """A lease file on any file system `deepfm.fs` reaches."""
+
+    path: Location
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def create(self, text: str) -> bool:
+        if not self.path.is_local:  # no exclusive create on an object store: check, then write
+            if self.path.exists():
+                return False
+            self.path.write_text(text)
+            return True
+        self.path.parent.mkdir()
+        try:
+            fd = os.open(self.path.local_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def write(self, text: str) -> None:
+        self.path.write_text(text)
+
+    def read(self) -> str | None:
+        try:
+            return self.path.read_text()
+        except FileNotFoundError:
+            return None
+
+    def delete(self) -> None:
+        self.path.unlink()
+
+
+def lease_file(output: Where) -> Location:
+    out = Location.of(output)
+    return out.parent / f".{out.name}.lease"
+
+
+@contextmanager
+def held(output: Where, job: str, renew_s: float = 30.0, stale_s: float = 120.0,
+         lease: LeaseFile | None = None) -> Iterator[Owner]:
+    """Hold the output's lease for the duration of the block (default file: `lease_file(output)`)."""
+    lease = lease or LocationLease(lease_file(output))
+    me = Owner(socket.gethostname(), os.getpid(), job, time.time(), time.time())
+    _take(lease, me, output, stale_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(renew_s):
+            try:
+                lease.write(json.dumps(asdict(Owner(**{**asdict(me), "heartbeat": time.time()}))))
+            except Exception as err:  # noqa: BLE001 - a missed heartbeat is survivable; the next may succeed
+                log.warning("could not renew the lease %s: %s", lease, err)
+
+    thread = threading.Thread(target=renew, daemon=True, name="output-lease")
+    thread.start()
+    try:
+        yield me
+    finally:
+        stop.set()
+        thread.join()
+        if _same_holder(_owner(lease), me):
+            lease.delete()
+
+
+def _take(lease: LeaseFile, me: Owner, output: Where, stale_s: float) -> None:
+    current = _owner(lease)
+    if current is not None:
+        if not current.is_stale(stale_s):
+            raise OutputLockedError(f"{output} is being written by {current.describe()}: wait for it, or stop it; "
+                                    f"a lease older than {stale_s:.0f}s is taken over ({lease})")
+        log.warning("taking over the lease of %s from %s: %s", output, current.describe(), lease)
+        lease.delete()
+    if not lease.create(json.dumps(asdict(me))):
+        raise OutputLockedError(f"{output} was just taken by another job ({lease})")
+
+
+def _owner(lease: LeaseFile) -> Owner | None:
+    text = lease.read()
+    if text is None:
+        return None
+    try:
+        return Owner(**json.loads(text))
+    except (ValueError, TypeError):  # unreadable: half-written by a killed job
+        return Owner("unknown", -1, "unknown", 0.0, 0.0)
+
+
+def _same_holder(a: Owner | None, b: Owner) -> bool:
+    return a is not None and (a.host, a.pid, a.started) == (b.host, b.pid, b.started)
