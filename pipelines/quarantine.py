@@ -48,12 +48,14 @@ def staged(spark: SparkSession, path: str, status: str) -> DataFrame:
 
 def write_rejects(spark: SparkSession, staged_paths: dict[str, str], dest: str,
                   rows: dict[str, dict[str, Any]]) -> None:
-    """One (table, reason, raw, source) table for every input; adds `rejected_by_reason` to rows."""
+    """One (table, reason, raw, raw_bytes, source) table for every input (raw_bytes: a line's
+    bytes when they are not valid UTF-8, else null); adds `rejected_by_reason` to rows."""
     frames = [
         staged(spark, path, "rejected").select(
             F.lit(name).alias("table"),
             F.col(read.REASON).alias("reason"),
             F.col(read.RAW).alias("raw"),
+            F.col(read.RAW_BYTES).alias("raw_bytes"),
             F.col(read.SOURCE).alias("source"),
         )
         for name, path in staged_paths.items()

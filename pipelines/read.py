@@ -22,8 +22,8 @@ from deepfm.config import Column, TableSpec
 from deepfm.fs import Location
 from pipelines.storage import Storage
 
-REASON, RAW, SOURCE = "_reason", "_raw", "_source"
-BOOKKEEPING = (REASON, RAW, SOURCE)
+REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
+BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
 
 # Plain decimal literals only, the same rule for ints and floats: no surrounding spaces (Spark's
 # casts would trim them for floats only), no Java suffixes (`1d`, `3f`), no words (NaN, Infinity).
@@ -58,6 +58,7 @@ def read_table(spark: SparkSession, spec: TableSpec, table: str = "input") -> Da
         *typed,
         reason.alias(REASON),
         F.when(reason.isNotNull(), F.col(RAW)).alias(RAW),
+        F.when(reason.isNotNull(), F.col(RAW_BYTES)).alias(RAW_BYTES),
         F.col(SOURCE),
     )
 
@@ -67,7 +68,7 @@ def accepted(parsed: DataFrame) -> DataFrame:
 
 
 def rejected(parsed: DataFrame) -> DataFrame:
-    return parsed.where(F.col(REASON).isNotNull()).select(REASON, RAW, SOURCE)
+    return parsed.where(F.col(REASON).isNotNull()).select(REASON, RAW, RAW_BYTES, SOURCE)
 
 
 @contextmanager
@@ -110,11 +111,15 @@ def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:
 def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
     # The text source keeps a line's bytes as they are; Java's decoder replaces invalid UTF-8
     # with U+FFFD, so a line that changes when decoded again was not valid UTF-8. The decoded
-    # form is what gets stored, so that rejects stay readable by any Parquet reader.
+    # form is stored as text, so that rejects stay readable by any Parquet reader, and such a
+    # line's original bytes beside it, so that nothing of it is lost.
     text = spark.read.text(spec.path).select(
         F.col("value"), F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW)
     )
-    lines = text.select(RAW, (F.col(RAW) != F.col("value")).alias("_bad_utf8"), F.input_file_name().alias(SOURCE))
+    bad_utf8 = F.col(RAW) != F.col("value")
+    lines = text.select(RAW, bad_utf8.alias("_bad_utf8"),
+                        F.when(bad_utf8, F.col("value").cast("binary")).alias(RAW_BYTES),
+                        F.input_file_name().alias(SOURCE))
     delimiter = spec.field_delimiter
     if spec.header:
         header_line = lines.where(F.length(RAW) > 0).first()
@@ -162,6 +167,7 @@ def _parquet_tokens(spark: SparkSession, spec: TableSpec, table: str):
     lines = frame.select(
         *[F.col(f"`{c}`") for c in frame.columns],
         F.to_json(F.struct(*[F.col(f"`{c}`") for c in frame.columns])).alias(RAW),
+        F.lit(None).cast("binary").alias(RAW_BYTES),
         F.input_file_name().alias(SOURCE),
     )
     # Values go through the same string validation as text, so one set of rules covers both.

@@ -8,16 +8,11 @@ from deepfm.config import TrainConfig
 from deepfm.launch import run_training
 from deepfm.model_dir import open_model_dir
 from deepfm.model_versions import ModelRoot, VersionError
-from pipelines.preprocess import run_preprocess
-from tests.conftest import criteo_dataset, make_config
 
 
-@pytest.fixture(scope="module")
-def shards(spark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("versions") / "criteo"
-    run_preprocess(spark, make_config(criteo_dataset(), str(out), vocab={"min_count": 2},
-                                      shards={"rows_per_row_group": 1000}))
-    return out
+@pytest.fixture
+def shards(criteo_shards):
+    return criteo_shards
 
 
 def _cfg(data, output, **kw):

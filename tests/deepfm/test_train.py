@@ -21,18 +21,9 @@ from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_versions import ModelRoot
 from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, make_optimizers, train
-from pipelines.preprocess import run_preprocess
-from tests.conftest import REPO_ROOT, criteo_dataset, make_config, run_cli
+from tests.conftest import REPO_ROOT, run_cli
 
 SMALL_MODEL = {"embedding_dim": 8, "hidden": [64, 32]}
-
-
-@pytest.fixture(scope="module")
-def criteo_shards(spark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "criteo"
-    run_preprocess(spark, make_config(criteo_dataset(), str(out), vocab={"min_count": 2},
-                                      shards={"rows_per_row_group": 1000}))
-    return out
 
 
 def _cfg(data, output, **kw):

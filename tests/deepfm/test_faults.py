@@ -1,0 +1,88 @@
+"""Fault injection in training: one rank of a 2-worker run SIGKILLed mid-epoch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _rank_one_of(pid: int) -> int | None:
+    """The process of rank 1 under `pid`: a Horovod rank has HOROVOD_RANK in its environment;
+    torch.multiprocessing starts its ranks in order, so rank 1 is the newer spawned child."""
+    horovod, spawned = [], []
+    for child in _descendants(pid):
+        proc = Path("/proc") / str(child)
+        try:
+            cmdline, environ = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"HOROVOD_RANK=1" in environ:
+            horovod.append(child)
+        elif b"multiprocessing.spawn" in cmdline:
+            spawned.append(child)
+    return max(horovod or spawned, default=None)
+
+
+@pytest.mark.parametrize("backend", ["torch", "horovod"])
+def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches(criteo_shards, tmp_path, backend):
+    models = tmp_path / "models"
+    cli = [sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={criteo_shards}",
+           "--set", f"train.output={models}", "--set", f"train.backend={backend}", "--set", "train.workers=2",
+           "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.threads=1",
+           "--set", "train.model.embedding_dim=8", "--set", "train.model.hidden=[32]",
+           "--set", "train.checkpoint_every_steps=20"]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    previous = subprocess.run([*cli, "--run-date", "2026-11-26"], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True)
+    assert previous.returncode == 0, previous.stderr[-3000:]
+    weights = (models / "2026-11-26" / "model.pt").read_bytes()
+
+    proc = subprocess.Popen([*cli, "--run-date", "2026-11-27"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    checkpoint = models / ".building-2026-11-27" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim = _rank_one_of(proc.pid)
+    assert checkpoint.exists() and victim is not None, "no checkpoint, or no worker process to kill"
+    os.kill(victim, signal.SIGKILL)
+    # The surviving rank must not wait forever in a collective: the job ends (a hang fails here).
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-3000:]  # a lost worker is transient: a scheduler retries it
+    errors = [line for line in stderr.splitlines() if line.startswith("deepfm-pipeline train: error:")]
+    assert len(errors) == 1 and "retrying may succeed" in errors[0], stderr[-3000:]
+    assert (models / "LATEST").read_text().strip() == "2026-11-26"  # the previous model is untouched
+    assert (models / "2026-11-26" / "model.pt").read_bytes() == weights
+    assert not (models / "2026-11-27").exists()
+
+    resumed = subprocess.run([*cli, "--run-date", "2026-11-27", "--resume"], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    auc = {run: json.loads(result.stdout.strip().splitlines()[-1])["test"]["auc"]
+           for run, result in (("previous", previous), ("resumed", resumed))}
+    assert abs(auc["previous"] - auc["resumed"]) < 0.001, auc  # same data and config as the uninterrupted run
+    assert (models / "LATEST").read_text().strip() == "2026-11-27"

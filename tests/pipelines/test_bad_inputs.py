@@ -1,0 +1,73 @@
+"""The bad-input corpus (tests/data/bad/, made by its make_cases.py): every case ends as its
+cases.json says, and no row is lost.
+
+Row cases are read in one preprocess run, each from a file of its own beside the good sample:
+a rejected line lands in `rejects/` with its reason, its raw text and its file; an accepted one
+is encoded. File cases stop the job with exit 2 and a message naming what to fix.
+"""
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from deepfm.errors import exit_code
+from pipelines.preprocess import run_preprocess
+from tests.conftest import CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config
+
+BAD = REPO_ROOT / "tests" / "data" / "bad"
+CASES = json.loads((BAD / "cases.json").read_text())
+ROW_CASES = {name: case["expect"] for name, case in CASES.items() if case["kind"] == "row"}
+FILE_CASES = {name: case["expect"] for name, case in CASES.items() if case["kind"] == "file"}
+
+
+def test_the_corpus_has_at_least_30_cases():
+    assert len(CASES) >= 30 and len(ROW_CASES) == len(list((BAD / "rows").glob("*.tsv")))
+
+
+@pytest.fixture(scope="module")
+def row_run(spark, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("bad_rows") / "logs"
+    shutil.copytree(BAD / "rows", logs)
+    shutil.copy(CRITEO_SAMPLE, logs / "good.tsv")
+    out = logs.parent / "prep"
+    result = run_preprocess(spark, make_config(criteo_dataset(logs), str(out), max_reject_rate=0.05))
+    rejects = pq.read_table(out / "rejects").to_pylist()
+    return result.manifest["rows"], rejects
+
+
+@pytest.mark.parametrize("name", sorted(ROW_CASES))
+def test_each_bad_row_is_quarantined_with_its_reason_or_accepted(row_run, name):
+    _, rejects = row_run
+    mine = [r for r in rejects if r["source"].endswith(f"/{name}.tsv")]
+    expected = ROW_CASES[name]
+    if expected == "accepted":
+        assert mine == []
+        return
+    assert len(mine) == 1 and mine[0]["reason"] == expected["reason"], mine
+    line = (BAD / "rows" / f"{name}.tsv").read_bytes().rstrip(b"\n")
+    assert mine[0]["raw"] == line.decode("utf-8", errors="replace")  # readable, undecodable bytes as U+FFFD
+    # ...and a line that is not UTF-8 keeps its bytes: nothing of it is lost
+    assert mine[0]["raw_bytes"] == (line if "UTF-8" in expected["reason"] else None)
+
+
+def test_no_row_is_lost(row_run):
+    rows, rejects = row_run
+    lines = sum(1 for _ in CRITEO_SAMPLE.open("rb")) + len(ROW_CASES)
+    rejected = sum(1 for expected in ROW_CASES.values() if expected != "accepted")
+    assert rows["input"] == lines
+    assert rows["rejected"] == len(rejects) == rejected
+    assert rows["accepted"] == lines - rejected == sum(split["rows"] for split in rows["splits"].values())
+
+
+@pytest.mark.parametrize("name", sorted(FILE_CASES))
+def test_each_bad_input_stops_the_job_with_exit_2_naming_it(spark, tmp_path, name):
+    expected = FILE_CASES[name]
+    dataset = criteo_dataset(BAD / "files" / name)
+    dataset["input"].update(expected.get("input", {}))
+    with pytest.raises(Exception) as err:  # noqa: PT011 - the exit code is what the contract fixes
+        run_preprocess(spark, make_config(dataset, str(tmp_path / "prep")))
+    assert exit_code(err.value) == expected["exit"], repr(err.value)
+    assert expected["message"] in str(err.value)
+    assert not (tmp_path / "prep").exists()  # nothing half-written
