@@ -140,7 +140,7 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["torch", "horovod"])
-def test_two_process_training(criteo_shards, tmp_path, backend):
+def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_path, backend):
     # with the embedding prior and the tables' own learning rate: their gradients cross ranks too
     result = run_training(_cfg(criteo_shards, tmp_path / backend, backend=backend, workers=2,
                                embedding_l2=10.0, embedding_lr=3e-3))
