@@ -1,4 +1,5 @@
-"""Fault injection in training: one rank of a 2-worker run SIGKILLed mid-epoch."""
+"""Fault injection in training: one rank of a 2-worker run SIGKILLed mid-epoch (DDP and Horovod
+in local processes, DDP in Spark barrier tasks through TorchDistributor)."""
 
 import json
 import os
@@ -30,27 +31,33 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _rank_one_of(pid: int) -> int | None:
-    """The process of rank 1 under `pid`: a Horovod rank has HOROVOD_RANK in its environment;
-    torch.multiprocessing starts its ranks in order, so rank 1 is the newer spawned child."""
-    horovod, spawned = [], []
+    """The process of rank 1 under `pid`: a Horovod rank has HOROVOD_RANK in its environment, a
+    TorchDistributor rank (started by torchrun) RANK; torch.multiprocessing starts its ranks in
+    order, so rank 1 is the newer spawned child."""
+    ranked, spawned = [], []
     for child in _descendants(pid):
         proc = Path("/proc") / str(child)
         try:
             cmdline, environ = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if b"HOROVOD_RANK=1" in environ:
-            horovod.append(child)
+        if b"HOROVOD_RANK=1" in environ or b"RANK=1" in environ:
+            ranked.append(child)
         elif b"multiprocessing.spawn" in cmdline:
             spawned.append(child)
-    return max(horovod or spawned, default=None)
+    return max(ranked or spawned, default=None)
 
 
-@pytest.mark.parametrize("backend", ["torch", "horovod"])
-def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches(criteo_shards, tmp_path, backend):
+@pytest.mark.parametrize(("backend", "launcher"), [
+    ("torch", "local"), ("horovod", "local"),
+    pytest.param("torch", "spark", marks=pytest.mark.slow),  # 3 minutes: `make test-slow`
+])
+def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches(criteo_shards, tmp_path, backend,
+                                                                                  launcher):
     models = tmp_path / "models"
     cli = [sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={criteo_shards}",
            "--set", f"train.output={models}", "--set", f"train.backend={backend}", "--set", "train.workers=2",
+           "--set", f"train.launcher={launcher}", "--set", "spark.conf.spark.ui.showConsoleProgress=false",
            "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.threads=1",
            "--set", "train.model.embedding_dim=8", "--set", "train.model.hidden=[32]",
            "--set", "train.checkpoint_every_steps=20"]
