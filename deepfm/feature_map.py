@@ -21,6 +21,22 @@ FIRST_VALUE_ID = 2
 TRANSFORMS_VERSION = 2
 
 
+class ManifestError(ValueError):
+    """A preprocess manifest that cannot be read."""
+
+
+def parse_manifest(text: str, where: object) -> dict[str, Any]:
+    """A preprocess output's manifest.json; a damaged one is named, with what to do."""
+    try:
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("feature_map"), dict):
+            raise ValueError("no feature_map")
+    except ValueError as err:
+        raise ManifestError(f"{where} is not a readable preprocess manifest ({' '.join(str(err).split())[:120]}): "
+                            "rerun preprocess with --force to rewrite the output") from None
+    return manifest
+
+
 class TransformsVersionError(ValueError):
     """Inputs or a model encoded by another version of the transforms than this code applies."""
 

@@ -27,7 +27,7 @@ from deepfm import checkpoint as ckpt
 from deepfm.config import TrainConfig
 from deepfm.distributed import Backend
 from deepfm.errors import UserError
-from deepfm.feature_map import FeatureMap
+from deepfm.feature_map import FeatureMap, parse_manifest
 from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
@@ -62,7 +62,7 @@ def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
     path = Location.of(data_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train.data must be a preprocess output directory")
-    manifest = json.loads(path.read_text())
+    manifest = parse_manifest(path.read_text(), path)
     fmap = FeatureMap.from_dict(manifest["feature_map"])
     fmap.check_transforms(path)
     return fmap, manifest

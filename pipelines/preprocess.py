@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from deepfm import __version__
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
-from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap
+from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap, ManifestError, parse_manifest
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
@@ -98,7 +98,8 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
 
 
 def read_manifest(storage: Storage, output: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(f"{output.rstrip('/')}/{MANIFEST}"))
+    path = f"{output.rstrip('/')}/{MANIFEST}"
+    return parse_manifest(storage.read_text(path), path)
 
 
 # ------------------------------------------------------------------------------------------ extract
@@ -295,7 +296,11 @@ def _manifest(
 def _committed_manifest(storage: Storage, output: str) -> dict[str, Any] | None:
     if not storage.is_committed(output) or not storage.exists(f"{output}/{MANIFEST}"):
         return None
-    return read_manifest(storage, output)
+    try:
+        return read_manifest(storage, output)
+    except ManifestError as err:  # a damaged earlier output is rebuilt, not trusted
+        log.warning("%s", err)
+        return None
 
 
 def _same_run(previous: dict[str, Any], inputs: dict[str, Any], fingerprint_of_config: str) -> bool:

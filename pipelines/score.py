@@ -17,7 +17,6 @@ from the directory name when the output is read as a table.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
+from deepfm.feature_map import parse_manifest
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer
 from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
@@ -220,5 +220,5 @@ def _manifest_near(storage: Storage, path: str) -> dict[str, Any] | None:
     """The preprocess manifest of a split directory (one level up) or of a preprocess output."""
     for candidate in (f"{path.rstrip('/')}/manifest.json", f"{path.rstrip('/').rsplit('/', 1)[0]}/manifest.json"):
         if storage.exists(candidate):
-            return json.loads(storage.read_text(candidate))
+            return parse_manifest(storage.read_text(candidate), candidate)
     return None

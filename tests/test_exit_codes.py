@@ -60,3 +60,13 @@ def test_evaluate_on_predictions_that_do_not_exist_exits_2_naming_the_path(tmp_p
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1 and str(missing) in lines[0] and "PATH_NOT_FOUND" in lines[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "report").exists()
+
+
+def test_a_damaged_manifest_exits_2_naming_the_file(tmp_path):
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    (prep / "manifest.json").write_text('{"feature_map": {"fields": [')  # cut short
+    result = run_cli([*CLI, "train", "--set", f"train.data={prep}", "--set", f"train.output={tmp_path / 'model'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{prep / 'manifest.json'} is not a readable preprocess manifest" in result.stderr
+    assert "--force" in result.stderr and "Traceback" not in result.stderr
