@@ -58,7 +58,7 @@ def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches
     cli = [sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={criteo_shards}",
            "--set", f"train.output={models}", "--set", f"train.backend={backend}", "--set", "train.workers=2",
            "--set", f"train.launcher={launcher}", "--set", "spark.conf.spark.ui.showConsoleProgress=false",
-           "--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.threads=1",
+           "--set", "train.epochs=1", "--set", "train.batch_size=64", "--set", "train.threads=1",
            "--set", "train.model.embedding_dim=8", "--set", "train.model.hidden=[32]",
            "--set", "train.checkpoint_every_steps=20"]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
