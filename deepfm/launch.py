@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from deepfm import logs
-from deepfm.checkpoint import CHECKPOINT
+from deepfm.checkpoint import CHECKPOINT, METRICS
 from deepfm.config import TrainConfig
 from deepfm.fs import Location
 from deepfm.lease import held
@@ -65,7 +65,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool, run_date: st
         if record is not None and record.get("signature") == signature and not force:
             log.info("model version %s is up to date with its input and training config; nothing to do "
                      "(--force retrains)", root.path / current)
-            return {**json.loads((root.path / current / "metrics.json").read_text()), "version": current,
+            return {**json.loads((root.path / current / METRICS).read_text()), "version": current,
                     "model": str(root.path / current), "up_to_date": True}
         root.building(version).delete_dir()  # the build of a failed run of this version: start over
     build = root.building(version)
@@ -138,7 +138,7 @@ def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[
     import torch.multiprocessing as mp
 
     mp.spawn(_spawned, args=(cfg.workers, free_port(), plain, resume), nprocs=cfg.workers, join=True)
-    return json.loads((Location.of(cfg.output) / "metrics.json").read_text())
+    return json.loads((Location.of(cfg.output) / METRICS).read_text())
 
 
 def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
