@@ -12,8 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 from pyspark.sql import functions as F
 
+from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import TRANSFORMS_VERSION
 from pipelines import features, numeric
 from tests.pipelines.test_features import ROWS, SCHEMA, _config, _fit
@@ -54,6 +56,22 @@ def test_encodings_match_the_golden_file_of_this_transforms_version(spark):
     assert golden["fit_rows"] == [list(r) for r in ROWS]
     assert encodings(spark) == golden["rows"], (
         "an encoding changed: bump TRANSFORMS_VERSION in deepfm/feature_map.py and regenerate the golden file")
+
+
+def test_the_arrow_encoder_matches_the_golden_file_too(spark):
+    """deepfm/encode.py (MLflow model, no Spark) encodes exactly as the Spark transforms do."""
+    fmap, vocabulary = _fit(spark, _config())
+    names = SCHEMA_NAMES
+    probe = pa.table({name: [row[i] for row in PROBE] for i, name in enumerate(names)})
+    encoded = FeatureEncoder(fmap, pa.Table.from_pandas(vocabulary.toPandas(), preserve_index=False)).encode(probe)
+    label = probe.column("label").to_pylist()
+    rows = [{**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}, "label": float(y)}
+            for row, y in zip(encoded.to_pylist(), label, strict=True)]
+    golden = [row for row in json.loads(GOLDEN.read_text())["rows"] if "label" in row]
+    assert sorted(rows, key=lambda row: json.dumps(row, sort_keys=True)) == golden
+
+
+SCHEMA_NAMES = [part.split()[0] for part in SCHEMA.split(",")]
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--update"]:

@@ -1,0 +1,130 @@
+"""Raw feature values to model inputs without Spark: the training transforms in pyarrow and numpy.
+
+The same encodings as `pipelines/features.py` (tokens, log buckets, vocabulary lookup, hashing,
+dense transforms), for the places where no Spark job runs: the MLflow model that scores a pandas
+frame, and in-process scoring of small batches. `tests/pipelines/test_transforms_golden.py` holds
+both to the same golden file, so the two cannot drift apart without the test failing.
+
+Input values are those the preprocess read step produces: numbers for numeric fields, text for
+categorical ones; an empty string is a missing value, as an empty field is in the raw logs.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from deepfm.feature_map import MISSING_ID, OOV_ID, FeatureField, FeatureMap
+
+MISSING_DENSE_VALUE = 0.0  # the training mean after standardization (pipelines/numeric.py)
+# Spark's xxhash64 and its default seed (pipelines/vocab.py hashes with F.xxhash64).
+_SPARK_XXHASH_SEED = 42
+
+
+class EncodeError(ValueError):
+    """Rows that cannot be encoded: a missing column, or a value of the wrong kind."""
+
+
+class FeatureEncoder:
+    """Encodes Arrow tables of raw feature columns with one model's feature map and vocabulary."""
+
+    def __init__(self, feature_map: FeatureMap, vocabulary: pa.Table | None):
+        """`vocabulary`: the (field, token, id) table; None when every categorical field is hashed."""
+        self.feature_map = feature_map
+        self._lookups: dict[str, tuple[pa.Array, np.ndarray]] = {}
+        for name, table in (_per_field(vocabulary) if vocabulary is not None else {}).items():
+            self._lookups[name] = (table.column("token").combine_chunks(),
+                                   table.column("id").to_numpy().astype(np.int32))
+        # Spark hashes the seed literal (an int) first, then the token with that hash as its seed.
+        self._hash_seed = xxhash.xxh64_intdigest(struct.pack("<i", feature_map.hash_seed), seed=_SPARK_XXHASH_SEED)
+
+    def encode(self, table: pa.Table) -> pa.Table:
+        """int32 ids for categorical fields and float32 values for dense ones, in field order."""
+        missing = [f.name for f in self.feature_map.fields if f.name not in table.column_names]
+        if missing:
+            raise EncodeError(f"the rows lack feature column(s) {missing}")
+        columns = []
+        for f in self.feature_map.fields:
+            raw = table.column(f.name).combine_chunks()
+            try:
+                columns.append(self._categorical(f, raw) if f.kind == "categorical" else _dense(f, raw))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+                raise EncodeError(f"feature column '{f.name}' ({raw.type}): {err}") from None
+        return pa.table(columns, names=[f.name for f in self.feature_map.fields])
+
+    def _categorical(self, f: FeatureField, raw: pa.Array) -> pa.Array:
+        tokens = token(f, raw)
+        missing = tokens.is_null().to_numpy(zero_copy_only=False)
+        if f.hash_buckets:
+            ids = self._hashed(tokens, f.hash_buckets)
+        else:
+            vocab_tokens, vocab_ids = self._lookups.get(f.name, (pa.array([], pa.string()), np.zeros(0, np.int32)))
+            position = pc.index_in(tokens, value_set=vocab_tokens)
+            found = position.is_valid().to_numpy(zero_copy_only=False)
+            ids = np.full(len(tokens), OOV_ID, np.int32)
+            ids[found] = vocab_ids[position.drop_null().to_numpy()]
+        ids[missing] = MISSING_ID
+        return pa.array(ids, pa.int32())
+
+    def _hashed(self, tokens: pa.Array, buckets: int) -> np.ndarray:
+        # A Python loop, but only for hashed fields; pmod on the signed 64-bit hash, as Spark's.
+        ids = np.full(len(tokens), MISSING_ID, np.int32)
+        for i, value in enumerate(tokens.to_pylist()):
+            if value is not None:
+                signed = np.uint64(xxhash.xxh64_intdigest(value.encode(), seed=self._hash_seed)).astype(np.int64)
+                ids[i] = int(signed) % buckets + 2
+        return ids
+
+
+def token(f: FeatureField, raw: pa.Array) -> pa.Array:
+    """The string a categorical field is looked up by; null when missing (pipelines/vocab.token)."""
+    if f.source_role == "numeric":
+        values = _numbers(raw)
+        buckets = log_bucket(clipped(values, f.clip))
+        return pa.array(np.where(np.isnan(buckets), 0, buckets).astype(np.int64).astype(str), pa.string(),
+                        mask=np.isnan(buckets))
+    if pa.types.is_floating(raw.type):
+        raise ValueError("a categorical value must be text or an integer, not a float")
+    text = pc.cast(raw, pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def log_bucket(values: np.ndarray) -> np.ndarray:
+    """v > 2 becomes 3 + floor(ln(v)^2), else floor(v); NaN (missing) stays NaN (pipelines/numeric)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(values > 2, 3 + np.floor(np.log(values) ** 2), np.floor(values))
+
+
+def clipped(values: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+    return values if clip is None else np.clip(values, clip[0], clip[1])  # NaN stays NaN
+
+
+def _dense(f: FeatureField, raw: pa.Array) -> pa.Array:
+    values = clipped(_numbers(raw), f.clip)
+    if f.transform == "log1p_standardize":
+        values = np.sign(values) * np.log1p(np.abs(values))
+    if f.transform in ("log1p_standardize", "standardize"):
+        values = (values - f.mean) / f.std
+    return pa.array(np.where(np.isnan(values), MISSING_DENSE_VALUE, values).astype(np.float32))
+
+
+def _numbers(raw: pa.Array) -> np.ndarray:
+    """float64 values, NaN where missing; numeric text is parsed, as the read step does."""
+    if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
+        raw = pc.if_else(pc.equal(raw, ""), pa.scalar(None, raw.type), raw)
+    if not (pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type) or pa.types.is_null(raw.type)):
+        raw = pc.cast(raw, pa.float64())  # text: "12" parses, "twelve" raises ArrowInvalid
+    values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    if np.isinf(values).any():
+        raise ValueError("values must be finite")
+    return values
+
+
+def _per_field(vocabulary: pa.Table) -> Mapping[str, pa.Table]:
+    fields = vocabulary.column("field").to_numpy(zero_copy_only=False)
+    return {name: vocabulary.filter(pa.array(fields == name)) for name in np.unique(fields)}
