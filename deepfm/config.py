@@ -434,8 +434,34 @@ class SparkConfig(_Strict):
     conf: dict[str, str | int | float | bool] = {}
 
 
+class TrackingConfig(_Strict):
+    """MLflow experiment tracking (deepfm/tracking.py): one run per trained model version."""
+
+    enabled: bool = True
+    # A tracking server (http(s)://), a database (sqlite:///, postgresql://...), `databricks`, or a
+    # directory, which holds an SQLite store (mlflow.db) and the artifacts (a local database keeps
+    # them beside it; a server decides for itself). Unset: MLFLOW_TRACKING_URI
+    # when the environment sets it, else the directory ./mlruns.
+    uri: str | None = None
+    experiment: str = "deepfm"
+    log_model: bool = True  # the pyfunc model that scores raw feature rows
+
+    def destination(self) -> tuple[str, str | None]:
+        """(tracking URI, artifact root of a new experiment: beside a directory store, else the server's)."""
+        where = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
+        if where.startswith("sqlite:///"):  # a local database keeps its artifacts beside it
+            return where, Path(where.removeprefix("sqlite:///")).parent.joinpath("artifacts").as_uri()
+        if _URI.match(where) and not where.startswith("file:"):
+            return where, None
+        # MLflow's own file store is deprecated (it refuses to start by default): a directory holds
+        # an SQLite store instead, which the MLflow UI and client read alike.
+        store = absolute_path(where.removeprefix("file://").removeprefix("file:"))
+        return f"sqlite:///{store}/mlflow.db", Path(store, "artifacts").as_uri()
+
+
 class Config(_Strict):
     spark: SparkConfig = SparkConfig()
+    tracking: TrackingConfig = TrackingConfig()
     dataset: DatasetConfig | None = None
     preprocess: PreprocessConfig | None = None
     generate: GenerateConfig | None = None

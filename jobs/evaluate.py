@@ -13,10 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    from deepfm.tracking import log_report
     from pipelines.evaluate import run_evaluate
     from pipelines.spark import get_spark
 
     cfg.require("evaluate")
     result = run_evaluate(get_spark(cfg.spark, "evaluate"), cfg)
-    print(json.dumps({"report": str(result.report), "overall": result.metrics["overall"]}))
+    mlflow_run = log_report(cfg, result.report, result.metrics)
+    print(json.dumps({"report": str(result.report), "overall": result.metrics["overall"], "mlflow_run": mlflow_run}))
     return 0

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from deepfm.launch import run_training
+    from deepfm.tracking import log_training
 
     train_cfg = cfg.require("train")
     if train_cfg.launcher == "spark":
@@ -25,7 +26,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
         get_spark(cfg.spark, "train")
     result = run_training(train_cfg, resume=args.resume, run_date=args.run_date, force=args.force)
+    mlflow_run = log_training(cfg, result, args.run_date)
     print(json.dumps({"model": result["model"], "version": result["version"], "up_to_date": result["up_to_date"],
+                      "mlflow_run": mlflow_run,
                       "test": result["test"], "valid_auc_best": result["valid_auc_best"],
                       "epochs": result["epochs"], "workers": result["workers"]}))
     return 0

@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ CRITEO_COLUMNS = [
     {"names": ["C{1..26}"], "role": "categorical"},
 ]
 
+
+# Train and evaluate track to MLflow (./mlruns by default): the tests' runs go to a store of their own.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='deepfm-tests-mlflow-')}/mlflow.db")
 
 CLI = [sys.executable, "-m", "jobs.cli"]
 CLI_ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}

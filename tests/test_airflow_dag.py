@@ -25,7 +25,9 @@ def airflow(tmp_path_factory):
     if not AIRFLOW.exists():
         pytest.fail(f"{AIRFLOW} not found: run `make test-airflow` (it installs Airflow first)")
     home, work = tmp_path_factory.mktemp("airflow_home"), tmp_path_factory.mktemp("airflow_work")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+    # Without MLFLOW_TRACKING_URI (the tests' own store), the runs track to the default: ./mlruns.
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {**inherited, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "DEEPFM_HOME": str(REPO_ROOT), "DEEPFM_WORKDIR": str(work),
            "DEEPFM_ARGS": SHORT_TRAINING}
     migrated = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True)
@@ -53,17 +55,44 @@ def _check_dated_outputs(out: Path, run_date: str) -> None:
     assert report["overall"]["auc"] == pytest.approx(record["test"]["auc"], abs=1e-6)  # the same model, same split
 
 
+def _mlflow(out: Path):
+    """The client of the default MLflow store: ./mlruns in the DAG's working directory."""
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{out.parents[1] / 'mlruns' / 'mlflow.db'}")
+
+
+def _tracked_runs(out: Path, run_date: str) -> list:
+    """The MLflow runs of a date's model version."""
+    experiment = _mlflow(out).get_experiment_by_name("deepfm")
+    if experiment is None:
+        return []
+    return _mlflow(out).search_runs([experiment.experiment_id], f"tags.`deepfm.run_date` = '{run_date}'")
+
+
+def _check_tracked(out: Path, run_date: str) -> None:
+    runs = _tracked_runs(out, run_date)
+    assert len(runs) == 1, f"{len(runs)} MLflow runs for {run_date}"
+    run = runs[0]
+    record = json.loads((out / "models" / "criteo" / run_date / "version.json").read_text())
+    assert run.data.metrics["test_auc"] == pytest.approx(record["test"]["auc"])
+    assert run.data.metrics["eval_auc"] == pytest.approx(record["test"]["auc"], abs=1e-6)  # evaluate's report
+    assert "report/report.html" in {a.path for a in _mlflow(out).list_artifacts(run.info.run_id, "report")}
+
+
 def test_daily_runs_write_dated_outputs_and_advance_the_model_version(airflow):
     env, out = airflow
     first = _dags_test(env, "2026-11-27")
     assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
     _check_dated_outputs(out, "2026-11-27")
+    _check_tracked(out, "2026-11-27")
     models = out / "models" / "criteo"
     assert (models / "LATEST").read_text().strip() == "2026-11-27"
 
     second = _dags_test(env, "2026-11-28")
     assert second.returncode == 0, (second.stdout + second.stderr)[-5000:]
     _check_dated_outputs(out, "2026-11-28")
+    _check_tracked(out, "2026-11-28")
     assert (models / "LATEST").read_text().strip() == "2026-11-28"
     assert sorted(p.name for p in models.iterdir()) == ["2026-11-27", "2026-11-28", "LATEST"]
 
@@ -85,10 +114,12 @@ def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun
         _kill_everything_started_with(slow["DEEPFM_WORKDIR"], proc)
     assert (models / "LATEST").read_text().strip() == "2026-11-28"
     assert not (models / "2026-11-29").exists()
+    assert _tracked_runs(out, "2026-11-29") == []  # a run is logged only for a committed version
 
     rerun = _dags_test(env, "2026-11-29")
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
     _check_dated_outputs(out, "2026-11-29")
+    _check_tracked(out, "2026-11-29")
     assert (models / "LATEST").read_text().strip() == "2026-11-29"
     assert not list(models.glob(".building-*"))
 

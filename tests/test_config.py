@@ -159,3 +159,18 @@ def test_the_run_date_fills_every_dated_value(tmp_path):
     with pytest.raises(ConfigError, match=rf"preprocess.output \(set in {daily}\) uses {{run_date}}: pass "
                                           "--run-date YYYY-MM-DD"):
         load_config(files)
+
+
+def test_the_tracking_store_is_a_directory_a_database_or_a_server(tmp_path, monkeypatch):
+    from deepfm.config import TrackingConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert TrackingConfig().destination() == (f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                                              (tmp_path / "mlruns" / "artifacts").as_uri())
+    assert TrackingConfig(uri="file:/srv/ml").destination() == ("sqlite:////srv/ml/mlflow.db", "file:///srv/ml/artifacts")
+    assert TrackingConfig(uri="sqlite:////srv/ml/t.db").destination()[1] == "file:///srv/ml/artifacts"
+    assert TrackingConfig(uri="http://mlflow:5000").destination() == ("http://mlflow:5000", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    assert TrackingConfig().destination()[0] == "http://from-env:5000"
+    assert TrackingConfig(uri="store").destination()[0] == f"sqlite:///{tmp_path}/store/mlflow.db"

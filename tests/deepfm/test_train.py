@@ -137,6 +137,13 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
     auc_full = json.loads(full.stdout.strip().splitlines()[-1])["test"]["auc"]
     auc_resumed = json.loads(resumed.stdout.strip().splitlines()[-1])["test"]["auc"]
     assert abs(auc_full - auc_resumed) < 0.001
+    # Each committed version is one MLflow run (the tests' store, MLFLOW_TRACKING_URI); the killed run logged none.
+    import mlflow
+
+    for run, output in ((full, "full"), (resumed, "cut")):
+        logged = mlflow.MlflowClient().get_run(json.loads(run.stdout.strip().splitlines()[-1])["mlflow_run"])
+        assert logged.data.tags["deepfm.model"] == str(tmp_path / output / "2026-11-27")
+        assert logged.data.params["train.checkpoint_every_steps"] == "40"
 
 
 @pytest.mark.parametrize("backend", ["torch", "horovod"])

@@ -1,0 +1,74 @@
+"""The model as an MLflow pyfunc: a pandas frame of raw feature values in, click probabilities out.
+
+`mlflow.pyfunc.load_model(uri).predict(frame)` applies the model version's own feature map and
+vocabulary (deepfm/encode.py, the Spark transforms without Spark) and then the network, so a
+service or a notebook scores raw rows exactly as the batch score job does. Rows are the values the
+raw logs hold: text for categorical fields, numbers for numeric ones; None, NaN or "" is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deepfm.encode import FeatureEncoder
+from deepfm.feature_map import FIRST_VALUE_ID, FeatureMap
+from deepfm.inference import PROBABILITY, predict_batch
+
+MODEL_ARTIFACT = "model"  # the name of the model directory among the pyfunc's artifacts
+
+
+class DeepFMModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from deepfm.model_dir import open_model_dir
+
+        model_dir = open_model_dir(context.artifacts[MODEL_ARTIFACT])
+        self._model = model_dir.load()
+        self._feature_map = model_dir.feature_map
+        vocabulary = pq.read_table(model_dir.vocabulary.local_path) if model_dir.vocabulary.is_file() else None
+        self._encoder = FeatureEncoder(model_dir.feature_map, vocabulary)
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        fmap = self._feature_map
+        names = [f.name for f in fmap.fields]
+        missing = [name for name in names if name not in model_input.columns]
+        if missing:
+            raise ValueError(f"the rows lack feature column(s) {missing}")
+        encoded = self._encoder.encode(pa.Table.from_pandas(model_input[names], preserve_index=False))
+        if encoded.num_rows == 0:
+            return pd.DataFrame({PROBABILITY: pd.Series([], dtype="float32")})
+        batch = encoded.combine_chunks().to_batches()[0]
+        probability = predict_batch(self._model, batch, tuple(f.name for f in fmap.categorical),
+                                    tuple(f.name for f in fmap.dense))
+        return pd.DataFrame({PROBABILITY: probability})
+
+
+def signature(fmap: FeatureMap) -> mlflow.models.ModelSignature:
+    """Text for categorical fields, doubles for numeric ones (a double holds a missing count as NaN)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = [ColSpec("string" if f.source_role == "categorical" else "double", f.name) for f in fmap.fields]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("float", PROBABILITY)]))
+
+
+def input_example(fmap: FeatureMap, model_dir: Path) -> pd.DataFrame:
+    """Two rows of raw values: each field's most frequent training value, and every value missing."""
+    vocabulary = model_dir / "vocab" / "vocabulary.parquet"
+    frequent: dict[str, str] = {}
+    if vocabulary.is_file():
+        table = pq.read_table(vocabulary, filters=[("id", "=", FIRST_VALUE_ID)])
+        frequent = dict(zip(table.column("field").to_pylist(), table.column("token").to_pylist(), strict=True))
+    rows = {}
+    for f in fmap.fields:
+        if f.source_role == "categorical":
+            rows[f.name] = [frequent.get(f.name, ""), None]
+        else:  # a bucketized field's token is a bucket, not a raw value: any count will do
+            rows[f.name] = [1.0, float("nan")]
+    return pd.DataFrame(rows)

@@ -1,0 +1,178 @@
+"""Experiment tracking with MLflow: one run per trained model version.
+
+train     params (the resolved config, flattened: `train.lr`, `train.model.hidden`, ...), the whole
+          config as `config.json`, per-epoch metrics (step = epoch), test metrics, the training
+          curves, model.json and metrics.json, and the model as a pyfunc that scores a pandas frame
+          of raw feature rows (deepfm/pyfunc.py), with its signature
+evaluate  the report (report.html, PNGs, metrics.json) and its overall metrics, into the run of
+          the model it evaluated (found by the hash of its weights, which reports and scores carry)
+
+The driver logs, after the work is committed: workers on Spark executors may not reach the
+tracking store, and a model is never lost because tracking failed. A store that cannot be reached
+is a warning naming it, and the job still exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from deepfm import checkpoint as ckpt
+from deepfm.config import Config, TrackingConfig
+from deepfm.errors import first_line
+from deepfm.fs import Location
+
+log = logging.getLogger(__name__)
+
+MODEL_TAG, VERSION_TAG, RUN_DATE_TAG = "deepfm.model", "deepfm.version", "deepfm.run_date"
+WEIGHTS_TAG = "deepfm.weights_hash"  # what a score output and an evaluate report name a model by
+PYFUNC = "model"  # the logged model's name within the run
+# What the pyfunc needs where it is loaded; the deepfm code itself travels with the model.
+_PYFUNC_REQUIREMENTS = ("torch", "pyarrow", "numpy", "pandas", "xxhash", "pydantic", "pyyaml")
+_MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # "models from code": nothing pickled
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
+
+
+def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> str | None:
+    """Log a trained (not an up-to-date) model version; the MLflow run id, or None when off or failed."""
+    tracking = cfg.tracking
+    if not tracking.enabled or result.get("up_to_date"):
+        return None
+    try:
+        return _log_training(tracking, cfg, result, run_date)
+    except Exception as err:  # tracking must not fail the job that trained the model  # noqa: BLE001
+        log.warning("MLflow tracking at %s failed, the model version is committed all the same: %s",
+                    tracking.destination()[0], first_line(err))
+        return None
+
+
+def log_report(cfg: Config, report: Location, metrics: dict[str, Any]) -> str | None:
+    """Add an evaluation report (the directory of `report`, its HTML page) to the newest run that
+    logged its model; the run id, or None."""
+    tracking = cfg.tracking
+    weights = metrics.get("model_version")
+    if not tracking.enabled or not weights:
+        return None
+    try:
+        import mlflow
+
+        client = _client(tracking)
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        runs = client.search_runs([experiment.experiment_id], f"tags.`{WEIGHTS_TAG}` = '{weights}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+        if not runs:
+            log.info("no MLflow run in experiment %s logged the model with weights %s: the report is not tracked",
+                     tracking.experiment, weights[:12])
+            return None
+        run_id = runs[0].info.run_id
+        with _local_copy(report.parent) as local:
+            client.log_artifacts(run_id, str(local), "report")
+        overall = metrics.get("overall", {})
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"eval_{k}", float(v), _now_ms(), 0)
+                                          for k, v in overall.items() if _is_number(v)])
+        log.info("report logged to MLflow run %s", run_id)
+        return run_id
+    except Exception as err:  # noqa: BLE001
+        log.warning("MLflow tracking at %s failed, the report is written all the same: %s",
+                    tracking.destination()[0], first_line(err))
+        return None
+
+
+def _log_training(tracking: TrackingConfig, cfg: Config, result: dict[str, Any], run_date: str | None) -> str:
+    import mlflow
+
+    from deepfm.model_dir import open_model_dir
+    from deepfm.pyfunc import MODEL_ARTIFACT, input_example, signature
+
+    start = time.perf_counter()
+    _client(tracking)  # creates the experiment where the configuration says
+    model = open_model_dir(result["model"])
+    with mlflow.start_run(run_name=f"{Location.of(result['model']).name}", tags={
+        MODEL_TAG: result["model"], VERSION_TAG: result["version"], RUN_DATE_TAG: run_date or "",
+        "deepfm.data": cfg.train.data, WEIGHTS_TAG: model.version,
+    }) as run:
+        resolved = cfg.model_dump(mode="json", exclude={"spark"})
+        # The training config the version records is the one that trained it, even on a resumed run.
+        recorded = json.loads((model.path / ckpt.MODEL_CONFIG).read_text()).get("train", resolved["train"])
+        resolved["train"] = {**recorded, "output": resolved["train"]["output"]}
+        mlflow.log_params(_flat_params({k: v for k, v in resolved.items() if k in ("train", "dataset")}))
+        mlflow.log_dict(resolved, "config.json")
+        for epoch in result.get("history", []):
+            mlflow.log_metrics({k: float(v) for k, v in epoch.items() if k not in ("epoch", "step")},
+                               step=int(epoch["epoch"]))
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in result["test"].items() if _is_number(v)})
+        mlflow.log_metric("valid_auc_best", float(result["valid_auc_best"]))
+        with _local_copy(model.path, (ckpt.METRICS, ckpt.MODEL_CONFIG, "training_curves.png")) as local:
+            mlflow.log_artifacts(str(local), "training")
+        if tracking.log_model:
+            with _local_copy(model.path, (ckpt.WEIGHTS, ckpt.MODEL_CONFIG, "vocab/vocabulary.parquet")) as local:
+                mlflow.pyfunc.log_model(
+                    name=PYFUNC, python_model=str(_MODEL_SCRIPT), artifacts={MODEL_ARTIFACT: str(local)},
+                    signature=signature(model.feature_map), input_example=input_example(model.feature_map, local),
+                    code_paths=[str(Path(__file__).parent)],
+                    pip_requirements=[_pinned(name) for name in _PYFUNC_REQUIREMENTS])
+        log.info("MLflow run %s (experiment %s at %s) logged in %.1fs", run.info.run_id, tracking.experiment,
+                 tracking.destination()[0], time.perf_counter() - start)
+        return run.info.run_id
+
+
+def _client(tracking: TrackingConfig):
+    """The client of the configured store, with the experiment created there if it is new."""
+    import mlflow
+
+    uri, artifact_root = tracking.destination()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        client.create_experiment(tracking.experiment, artifact_location=artifact_root)
+    mlflow.set_experiment(tracking.experiment)
+    return client
+
+
+def _flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flat_params(value, f"{name}."))
+        else:
+            text = json.dumps(value) if not isinstance(value, str) else value
+            flat[name] = text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+    return flat
+
+
+@contextmanager
+def _local_copy(source: Location | str, names: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """A temporary local directory holding `names` (every file when None) of a directory that may be remote."""
+    source = Location.of(source)
+    with tempfile.TemporaryDirectory(prefix="deepfm-mlflow-") as tmp:
+        for name in names if names is not None else source.tree():
+            if (source / name).is_file():
+                (source / name).copy_to(Location.of(str(Path(tmp, name))))
+        yield Path(tmp)
+
+
+def _pinned(name: str) -> str:
+    try:
+        return f"{name}=={metadata.version(name).split('+')[0]}"
+    except metadata.PackageNotFoundError:
+        return name
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+

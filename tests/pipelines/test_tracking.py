@@ -1,0 +1,115 @@
+"""MLflow tracking, read back through the MLflow client: a real SQLite store, a real pyfunc model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepfm.checkpoint import METRICS
+from deepfm.config import Config, EvaluateConfig
+from deepfm.tracking import WEIGHTS_TAG, log_report, log_training
+from pipelines.evaluate import run_evaluate
+from tests.pipelines.conftest import COLUMNS
+
+
+def _names() -> list[str]:
+    names = []
+    for spec in COLUMNS:
+        if "names" in spec:
+            prefix, span = spec["names"][0].split("{")
+            low, high = span.rstrip("}").split("..")
+            names += [f"{prefix}{i}" for i in range(int(low), int(high) + 1)]
+        else:
+            names.append(spec["name"])
+    return names
+
+
+def _raw_rows(logs: Path) -> pd.DataFrame:
+    """The raw logs as a service would hold them: text for categorical fields, numbers (NaN when
+    missing) for numeric ones."""
+    frame = pd.concat(pd.read_csv(f, sep="\t", header=None, names=_names(), dtype=str, keep_default_na=False)
+                      for f in sorted(logs.glob("*.tsv")))
+    for name in [n for n in frame.columns if n.startswith("I")]:
+        frame[name] = pd.to_numeric(frame[name].replace("", None)).astype("float64")
+    return frame.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def tracked(trained, tmp_path_factory):
+    store = tmp_path_factory.mktemp("mlruns")
+    cfg = Config.model_validate({**trained["cfg"], "tracking": {"uri": str(store), "experiment": "criteo-test"},
+                                 "train": {"data": str(trained["root"] / "prep"),
+                                           "output": str(trained["root"] / "model")}})
+    version = trained["model"]
+    result = {**json.loads((version / METRICS).read_text()), "model": str(version), "version": version.name,
+              "up_to_date": False}
+    run_id = log_training(cfg, result, "2026-11-27")
+    assert run_id is not None, "tracking failed: see the warning in the log"
+    return cfg, result, run_id, mlflow.MlflowClient(cfg.tracking.destination()[0])
+
+
+def test_a_trained_version_is_one_run_with_its_config_epochs_and_test_metrics(tracked):
+    cfg, result, run_id, client = tracked
+    run = client.get_run(run_id)
+    assert run.data.params["train.epochs"] == "1" and run.data.params["train.model.hidden"] == "[32, 16]"
+    assert run.data.params["train.data"] == cfg.train.data
+    assert run.data.tags["deepfm.run_date"] == "2026-11-27" and run.data.tags["deepfm.model"] == result["model"]
+    history = client.get_metric_history(run_id, "valid_auc")
+    assert [(m.step, m.value) for m in history] == [(h["epoch"], h["valid_auc"]) for h in result["history"]]
+    assert run.data.metrics["test_auc"] == pytest.approx(result["test"]["auc"])
+    assert run.data.metrics["test_logloss"] == pytest.approx(result["test"]["logloss"])
+    training = {a.path for a in client.list_artifacts(run_id, "training")}
+    assert {"training/training_curves.png", "training/metrics.json", "training/model.json"} <= training
+    assert json.loads(Path(client.download_artifacts(run_id, "config.json")).read_text())["train"]["epochs"] == 1
+
+
+def test_the_logged_pyfunc_scores_raw_rows_exactly_as_the_score_job(tracked, trained, scored):
+    _, _, run_id, _ = tracked
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    fields = [c.name for c in model.metadata.get_input_schema().inputs]
+    assert fields == [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    rows = _raw_rows(trained["logs"])  # includes a row of never-seen values and one of missing values
+    predicted = model.predict(rows)["probability"].to_numpy()
+    _, table = scored
+    by_row = dict(zip(table.column("row_id").to_pylist(), table.column("probability").to_pylist(), strict=True))
+    expected = np.array([by_row[int(i)] for i in rows["row_id"]], np.float32)
+    assert len(predicted) == len(rows) == table.num_rows
+    np.testing.assert_allclose(predicted, expected, rtol=0, atol=1e-6)
+
+
+def test_the_evaluation_report_joins_the_run_of_its_model(tracked, trained, scored, spark, tmp_path):
+    cfg, _, run_id, client = tracked
+    result, _ = scored
+    evaluated = run_evaluate(spark, cfg.model_copy(update={"evaluate": EvaluateConfig(
+        predictions=result.partition, output=str(tmp_path / "report"))}))
+    assert evaluated.metrics["model_version"] == client.get_run(run_id).data.tags[WEIGHTS_TAG]
+    assert log_report(cfg, evaluated.report, evaluated.metrics) == run_id
+    report = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/report.html", "report/roc.png", "report/metrics.json"} <= report
+    assert client.get_run(run_id).data.metrics["eval_auc"] == pytest.approx(evaluated.metrics["overall"]["auc"])
+
+
+def test_an_unreachable_tracking_server_is_a_warning_and_the_model_is_kept(tracked, monkeypatch, caplog):
+    import socket
+
+    cfg, result, _, _ = tracked
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    unreachable = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": f"http://127.0.0.1:{port}"})})
+    assert log_training(unreachable, result, "2026-11-27") is None
+    assert f"MLflow tracking at http://127.0.0.1:{port} failed, the model version is committed" in caplog.text
+    assert Path(result["model"], "model.pt").is_file()
+
+
+def test_tracking_off_or_an_up_to_date_train_logs_nothing(tracked):
+    cfg, result, _, _ = tracked
+    off = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    assert log_training(off, result, None) is None
+    assert log_training(cfg, {**result, "up_to_date": True}, None) is None
