@@ -42,7 +42,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, run_date: str | None = 
     """
     root = ModelRoot.of(cfg.output)
     root.check_is_root()
-    with held(root.path, "train"):  # one train at a time per model root; a second one exits 2 naming it
+    # One train at a time per model root: a second one exits 2 naming the first.
+    with held(root.path, "train", key="train.output"):
         return _train_version(cfg, root, resume, run_date, force)
 
 

@@ -118,11 +118,17 @@ def lease_file(output: Where) -> Location:
 
 @contextmanager
 def held(output: Where, job: str, renew_s: float = 30.0, stale_s: float = 120.0,
-         lease: LeaseFile | None = None) -> Iterator[Owner]:
-    """Hold the output's lease for the duration of the block (default file: `lease_file(output)`)."""
+         lease: LeaseFile | None = None, key: str | None = None) -> Iterator[Owner]:
+    """Hold the output's lease for the duration of the block (default file: `lease_file(output)`).
+    `key`, the config key that named the output, is named when the lease cannot be written there."""
     lease = lease or LocationLease(lease_file(output))
     me = Owner(socket.gethostname(), os.getpid(), job, time.time(), time.time())
-    _take(lease, me, output, stale_s)
+    try:
+        _take(lease, me, output, stale_s)
+    except PermissionError as err:  # the first write of a job: a read-only place fails here, in a second
+        where = err.filename or lease
+        raise PermissionError(f"{where}: permission denied: this job may not write beside {output}; choose "
+                              f"another {key or 'output'} or grant write access") from None
     stop = threading.Event()
 
     def renew() -> None:

@@ -143,7 +143,7 @@ class Storage:
             raise outputs.not_ours(dest, key)
         name = dest.rsplit("/", 1)[-1]
         parent = dest[: -len(name) - 1]
-        with lease.held(dest, stage, lease=HadoopLease(self, f"{parent}/.{name}.lease")):
+        with lease.held(dest, stage, lease=HadoopLease(self, f"{parent}/.{name}.lease"), key=key):
             for stale in self.siblings(dest, f".{name}.tmp-"):
                 log.warning("removing leftover temporary output of an earlier failed run: %s", stale)
                 self.delete(stale)
@@ -186,8 +186,13 @@ class HadoopLease:
         try:
             stream = fs.create(self.storage._path(self.path), False)  # exclusive on local and HDFS
         except Py4JJavaError as err:
-            if "FileAlreadyExistsException" in err.java_exception.getClass().getName():
+            java = err.java_exception
+            if "FileAlreadyExistsException" in java.getClass().getName():
                 return False
+            # "Permission denied": a local FileNotFoundException, or HDFS's AccessControlException
+            message = str(java.getMessage() or "")
+            if "AccessControlException" in java.getClass().getName() or "Permission denied" in message:
+                raise PermissionError(13, "Permission denied", self.path) from None
             raise
         try:
             stream.write(bytearray(text.encode("utf-8")))

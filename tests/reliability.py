@@ -16,13 +16,15 @@ OUTPUT = ROOT / "RELIABILITY.md"
 # The tests of what goes wrong, by the part they exercise.
 FAULT_TESTS = {
     "Killed and retried jobs": ["tests/deepfm/test_faults.py", "tests/test_airflow_dag.py",
-                                "tests/deepfm/test_train.py"],
+                                "tests/deepfm/test_train.py", "tests/test_cluster.py"],
     "Outputs: versions, ownership, leases": ["tests/deepfm/test_model_versions.py", "tests/deepfm/test_lease.py"],
     "Errors and exit codes": ["tests/test_exit_codes.py", "tests/test_cli.py", "tests/pipelines/test_score.py"],
     "Remote file systems": ["tests/pipelines/test_object_store.py"],
+    "Experiment tracking": ["tests/pipelines/test_tracking.py"],
 }
 KEYWORDS = ("kill", "resume", "exit", "lease", "not_write", "refused", "version", "latest", "replica", "fail",
-            "non_finite", "missing", "corrupt", "cannot", "up_to_date", "s3", "daily", "object_store", "two_process")
+            "non_finite", "missing", "corrupt", "cannot", "up_to_date", "s3", "daily", "object_store", "two_process",
+            "unreachable")
 
 
 def _tests(path: Path) -> list[tuple[str, str]]:
@@ -41,7 +43,8 @@ def render() -> str:
     lines = ["# Reliability", "",
              "Written by `python -m tests.reliability` from the tests; `tests/test_reliability.py` fails when it is "
              "out of date. Every row is asserted by a test in the default run (`make test`), except those of "
-             "`tests/test_airflow_dag.py` (`make test-airflow`), which CI runs too.", "",
+             "`tests/test_airflow_dag.py` (`make test-airflow`) and `tests/test_cluster.py` (`make test-cluster`), "
+             "which CI runs too.", "",
              "## Bad input (`tests/data/bad/`, asserted by `tests/pipelines/test_bad_inputs.py`)", "",
              "Row cases are read together with the 10,000-line sample in one preprocess run: input rows = accepted + "
              "rejected, and every rejected line is in `rejects/` with its reason, its text, its bytes when not "

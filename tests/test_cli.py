@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CLI, CLI_ENV, CRITEO_SAMPLE, REPO_ROOT, run_cli
 
 QUIET = ["--set", "spark.conf.spark.ui.showConsoleProgress=false", "--set", "spark.master=local[2]"]
@@ -169,3 +171,20 @@ def test_a_second_job_into_a_leased_output_exits_2_naming_the_first(tmp_path):
     (tmp_path / ".models.lease").write_text(json.dumps({**owner, "job": "train"}))
     result = run_cli([*CLI, "train", "--set", f"train.output={tmp_path / 'models'}"])
     assert result.returncode == 2 and f"is being written by train (pid {os.getpid()}" in result.stderr
+
+
+# Root ignores permission bits; without these capabilities it obeys them, as any other user does.
+_NO_OVERRIDE = "-dac_override,-dac_read_search,-fowner"
+
+
+@pytest.mark.parametrize("stage, key", [("preprocess", "preprocess.output"), ("train", "train.output")])
+def test_a_read_only_output_directory_exits_2_naming_it_and_the_key(tmp_path, stage, key):
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    result = run_cli(["setpriv", f"--inh-caps={_NO_OVERRIDE}", f"--bounding-set={_NO_OVERRIDE}", *CLI, stage, *QUIET,
+                      "--set", f"dataset.input.path={CRITEO_SAMPLE}", "--set", f"{key}={readonly / 'out'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{readonly}/.out.lease: permission denied" in last and f"choose another {key}" in last, last
+    assert "Traceback" not in result.stderr
+    assert list(readonly.iterdir()) == []

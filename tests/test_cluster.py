@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import CLI_ENV, CRITEO_SAMPLE, REPO_ROOT, run_cli
@@ -95,3 +99,94 @@ def test_every_stage_runs_on_the_cluster_from_the_shipped_environment(cluster):
         assert "Finished task" in cluster.executor_logs(app["id"]) or "Running task" in cluster.executor_logs(
             app["id"]), stage
     assert len({a["id"] for a in apps.values()}) == len(apps)
+
+
+class ExecutorKiller(threading.Thread):
+    """SIGKILLs the first executor JVM of application `app_name` once its log shows `after_tasks`
+    tasks started: a lost executor, as when a node dies, in the middle of the job."""
+
+    def __init__(self, cluster: StandaloneCluster, app_name: str, after_tasks: int):
+        super().__init__(daemon=True)
+        self.cluster, self.app_name, self.after_tasks = cluster, app_name, after_tasks
+        self.killed: dict | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set() and self.killed is None:
+            for app in self.cluster.state().get("activeapps", []):
+                if app["name"] == self.app_name:
+                    self._maybe_kill(app["id"])
+            time.sleep(0.05)
+
+    def _maybe_kill(self, app_id: str) -> None:
+        started = self.cluster.executor_logs(app_id).count("Running task")
+        if started < self.after_tasks:
+            return
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" in cmdline and app_id.encode() in cmdline:
+                os.kill(int(proc.name), signal.SIGKILL)
+                self.killed = {"app": app_id, "pid": int(proc.name), "tasks_started": started}
+                return
+
+
+def submit_with_a_lost_executor(cluster: StandaloneCluster, app_name: str, after_tasks: int, stage: str,
+                                *args: str) -> dict:
+    killer = ExecutorKiller(cluster, app_name, after_tasks)
+    killer.start()
+    try:
+        summary = submit(cluster, stage, *args)
+    finally:
+        killer.done.set()
+        killer.join()
+    assert killer.killed is not None, f"{stage} finished before {after_tasks} tasks started: nothing was killed"
+    app = finished_app(cluster, app_name)
+    assert app["id"] == killer.killed["app"]
+    # The worker launched a replacement executor, and Spark re-ran the lost executor's work on it.
+    assert len(cluster.executor_dirs(app["id"])) >= 2, cluster.executor_dirs(app["id"])
+    return summary
+
+
+def _rows(path: Path, drop: tuple[str, ...] = ()) -> list[tuple]:
+    table = pq.read_table(path)
+    table = table.drop([c for c in drop if c in table.column_names])
+    return sorted(tuple(row.values()) for row in table.to_pylist())
+
+
+def test_an_executor_killed_mid_job_is_replaced_and_the_output_equals_an_undisturbed_run(cluster):
+    from deepfm.config import TrainConfig
+    from deepfm.launch import run_training
+
+    logs = cluster.work / "logs_lost"
+    logs.mkdir()
+    for part in range(4):  # several input splits: tasks that run before and after the kill
+        shutil.copy(CRITEO_SAMPLE, logs / f"part-{part}.tsv")
+    common = ["--set", f"dataset.input.path={logs}", "--set", "spark.conf.spark.sql.shuffle.partitions=8"]
+    calm, disturbed = cluster.work / "prep_calm", cluster.work / "prep_lost"
+    submit(cluster, "preprocess", *common, "--set", f"preprocess.output={calm}")
+    summary = submit_with_a_lost_executor(cluster, "deepfm-preprocess", 6, "preprocess", *common,
+                                          "--set", f"preprocess.output={disturbed}")
+    assert summary["rows"] == {"input": 40_000, "accepted": 40_000, "rejected": 0}
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (calm, disturbed)]
+    for key in ("feature_map", "rows", "vocab", "vocab_sizes"):
+        assert manifests[0][key] == manifests[1][key], key
+    for split in ("train", "valid", "test", "vocab"):
+        assert _rows(calm / split) == _rows(disturbed / split), split
+
+    model = cluster.work / "model_lost"
+    run_training(TrainConfig(data=str(calm), output=str(model), epochs=1, batch_size=512, threads=1,
+                             model={"embedding_dim": 8, "hidden": [32]}))
+    scores = cluster.work / "scores_lost"
+    score_args = ["--set", f"score.model={model}", "--set", f"score.input_path={logs}",
+                  "--set", f"score.output={scores}", "--set", "score.keep=[label,I1,C1,C2,C3]",
+                  "--set", "score.batch_rows=2000", *common]
+    submit(cluster, "score", "--run-date", "2026-11-27", *score_args)
+    summary = submit_with_a_lost_executor(cluster, "deepfm-score-2026-11-28", 3, "score", "--run-date", "2026-11-28",
+                                          *score_args)
+    assert summary["rows"] == 40_000
+    calm_scores = _rows(scores / "run_date=2026-11-27", drop=("scored_at",))
+    assert len(calm_scores) == 40_000
+    assert calm_scores == _rows(scores / "run_date=2026-11-28", drop=("scored_at",))
