@@ -57,39 +57,50 @@ def finished_app(cluster: StandaloneCluster, name: str) -> dict:
     return apps[-1]
 
 
-def test_every_stage_runs_on_the_cluster_from_the_shipped_environment(cluster):
-    assert not cluster.worker_sees(REPO_ROOT / "pyproject.toml")
-    assert not cluster.worker_sees(VENV / "bin" / "python")
-    assert cluster.worker_sees(cluster.work)
+@pytest.fixture(scope="module")
+def pipeline(cluster):
+    """Every stage once through spark-submit.sh on the cluster: the summaries, applications and paths."""
     logs = cluster.work / "logs_in"
     logs.mkdir()
     shutil.copy(CRITEO_SAMPLE, logs / "part-0.tsv")
     data, run_date = cluster.work / "criteo", "2026-11-27"
-
-    summary = submit(cluster, "preprocess", "--set", f"dataset.input.path={logs}", "--set", f"preprocess.output={data}")
-    assert summary["rows"] == {"input": 10_000, "accepted": 10_000, "rejected": 0}
-    apps = {"preprocess": finished_app(cluster, "deepfm-preprocess")}
-
+    summaries, apps = {}, {}
+    preprocess_args = ["--set", f"dataset.input.path={logs}", "--set", f"preprocess.output={data}"]
+    summaries["preprocess"] = submit(cluster, "preprocess", *preprocess_args)
+    apps["preprocess"] = finished_app(cluster, "deepfm-preprocess")
     for backend in ("torch", "horovod"):
-        summary = submit(cluster, "train", "--set", "train.launcher=spark", "--set", f"train.backend={backend}",
-                         "--set", "train.workers=2", "--set", "train.epochs=2", "--set", f"train.data={data}",
-                         "--set", f"train.output={cluster.work / ('model_' + backend)}")
+        summaries[backend] = submit(cluster, "train", "--set", "train.launcher=spark", "--set",
+                                    f"train.backend={backend}", "--set", "train.workers=2", "--set", "train.epochs=2",
+                                    "--set", f"train.data={data}",
+                                    "--set", f"train.output={cluster.work / ('model_' + backend)}")
+        apps[backend] = finished_app(cluster, "deepfm-train")
+    score_args = ["--set", f"score.model={cluster.work / 'model_torch'}", "--set", f"score.input_path={logs}",
+                  "--set", f"score.output={cluster.work / 'scores'}"]
+    summaries["score"] = submit(cluster, "score", "--run-date", run_date, *score_args)
+    apps["score"] = finished_app(cluster, f"deepfm-score-{run_date}")
+    summaries["evaluate"] = submit(cluster, "evaluate", "--set", f"evaluate.model={cluster.work / 'model_torch'}",
+                                   "--set", f"evaluate.data={data / 'test'}",
+                                   "--set", f"evaluate.output={cluster.work / 'report'}")
+    apps["evaluate"] = finished_app(cluster, "deepfm-evaluate")
+    return {"summaries": summaries, "apps": apps, "data": data, "run_date": run_date,
+            "preprocess_args": preprocess_args, "score_args": score_args}
+
+
+def test_every_stage_runs_on_the_cluster_from_the_shipped_environment(cluster, pipeline):
+    assert not cluster.worker_sees(REPO_ROOT / "pyproject.toml")
+    assert not cluster.worker_sees(VENV / "bin" / "python")
+    assert cluster.worker_sees(cluster.work)
+    summaries, apps = pipeline["summaries"], pipeline["apps"]
+    assert summaries["preprocess"]["rows"] == {"input": 10_000, "accepted": 10_000, "rejected": 0}
+    for backend in ("torch", "horovod"):
+        summary = summaries[backend]
         assert summary["workers"] == 2 and summary["test"]["auc"] > 0.6, summary
         # Rank 0's progress, logged in an executor, reaches the driver's log.
         assert "deepfm.train: epoch 2: train loss" in summary["log"] and "test AUC" in summary["log"]
         assert "Cleared scope" not in summary["log"]  # Horovod's rendezvous chatter is filtered
-        apps[backend] = finished_app(cluster, "deepfm-train")
         assert (cluster.work / f"model_{backend}" / summary["version"] / "model.pt").is_file()
-
-    summary = submit(cluster, "score", "--run-date", run_date, "--set", f"score.model={cluster.work / 'model_torch'}",
-                     "--set", f"score.input_path={logs}", "--set", f"score.output={cluster.work / 'scores'}")
-    assert summary["rows"] == 10_000
-    apps["score"] = finished_app(cluster, f"deepfm-score-{run_date}")
-
-    summary = submit(cluster, "evaluate", "--set", f"evaluate.model={cluster.work / 'model_torch'}",
-                     "--set", f"evaluate.data={data / 'test'}", "--set", f"evaluate.output={cluster.work / 'report'}")
-    assert summary["overall"]["auc"] > 0.6
-    apps["evaluate"] = finished_app(cluster, "deepfm-evaluate")
+    assert summaries["score"]["rows"] == 10_000
+    assert summaries["evaluate"]["overall"]["auc"] > 0.6
 
     # Each application ran executors on the worker, from the unpacked archive's interpreter.
     for stage, app in apps.items():
@@ -151,42 +162,27 @@ def submit_with_a_lost_executor(cluster: StandaloneCluster, app_name: str, after
 
 
 def _rows(path: Path, drop: tuple[str, ...] = ()) -> list[tuple]:
+    """A Parquet directory's rows in a canonical order (Spark keeps none), less `drop`."""
     table = pq.read_table(path)
     table = table.drop([c for c in drop if c in table.column_names])
-    return sorted(tuple(row.values()) for row in table.to_pylist())
+    return sorted((tuple(row.values()) for row in table.to_pylist()), key=repr)
 
 
-def test_an_executor_killed_mid_job_is_replaced_and_the_output_equals_an_undisturbed_run(cluster):
-    from deepfm.config import TrainConfig
-    from deepfm.launch import run_training
-
-    logs = cluster.work / "logs_lost"
-    logs.mkdir()
-    for part in range(4):  # several input splits: tasks that run before and after the kill
-        shutil.copy(CRITEO_SAMPLE, logs / f"part-{part}.tsv")
-    common = ["--set", f"dataset.input.path={logs}", "--set", "spark.conf.spark.sql.shuffle.partitions=8"]
-    calm, disturbed = cluster.work / "prep_calm", cluster.work / "prep_lost"
-    submit(cluster, "preprocess", *common, "--set", f"preprocess.output={calm}")
-    summary = submit_with_a_lost_executor(cluster, "deepfm-preprocess", 6, "preprocess", *common,
-                                          "--set", f"preprocess.output={disturbed}")
-    assert summary["rows"] == {"input": 40_000, "accepted": 40_000, "rejected": 0}
+def test_an_executor_killed_mid_job_is_replaced_and_the_output_equals_an_undisturbed_run(cluster, pipeline):
+    calm, disturbed = pipeline["data"], cluster.work / "criteo_lost"
+    args = [*pipeline["preprocess_args"], "--set", f"preprocess.output={disturbed}"]
+    summary = submit_with_a_lost_executor(cluster, "deepfm-preprocess", 6, "preprocess", *args)
+    assert summary["rows"] == {"input": 10_000, "accepted": 10_000, "rejected": 0}
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (calm, disturbed)]
     for key in ("feature_map", "rows", "vocab", "vocab_sizes"):
         assert manifests[0][key] == manifests[1][key], key
     for split in ("train", "valid", "test", "vocab"):
         assert _rows(calm / split) == _rows(disturbed / split), split
 
-    model = cluster.work / "model_lost"
-    run_training(TrainConfig(data=str(calm), output=str(model), epochs=1, batch_size=512, threads=1,
-                             model={"embedding_dim": 8, "hidden": [32]}))
-    scores = cluster.work / "scores_lost"
-    score_args = ["--set", f"score.model={model}", "--set", f"score.input_path={logs}",
-                  "--set", f"score.output={scores}", "--set", "score.keep=[label,I1,C1,C2,C3]",
-                  "--set", "score.batch_rows=2000", *common]
-    submit(cluster, "score", "--run-date", "2026-11-27", *score_args)
-    summary = submit_with_a_lost_executor(cluster, "deepfm-score-2026-11-28", 3, "score", "--run-date", "2026-11-28",
-                                          *score_args)
-    assert summary["rows"] == 40_000
-    calm_scores = _rows(scores / "run_date=2026-11-27", drop=("scored_at",))
-    assert len(calm_scores) == 40_000
+    summary = submit_with_a_lost_executor(cluster, "deepfm-score-2026-11-28", 2, "score", "--run-date", "2026-11-28",
+                                          *pipeline["score_args"])
+    assert summary["rows"] == 10_000
+    scores = cluster.work / "scores"
+    calm_scores = _rows(scores / f"run_date={pipeline['run_date']}", drop=("scored_at",))
+    assert len(calm_scores) == 10_000
     assert calm_scores == _rows(scores / "run_date=2026-11-28", drop=("scored_at",))
