@@ -19,9 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from deepfm.feature_map import MISSING_ID, OOV_ID, FeatureField, FeatureMap
+from deepfm.feature_map import FIRST_VALUE_ID, MISSING_DENSE_VALUE, MISSING_ID, OOV_ID, FeatureField, FeatureMap
 
-MISSING_DENSE_VALUE = 0.0  # the training mean after standardization (pipelines/numeric.py)
 # Spark's xxhash64 and its default seed (pipelines/vocab.py hashes with F.xxhash64).
 _SPARK_XXHASH_SEED = 42
 
@@ -77,7 +76,7 @@ class FeatureEncoder:
         for i, value in enumerate(tokens.to_pylist()):
             if value is not None:
                 signed = np.uint64(xxhash.xxh64_intdigest(value.encode(), seed=self._hash_seed)).astype(np.int64)
-                ids[i] = int(signed) % buckets + 2
+                ids[i] = int(signed) % buckets + FIRST_VALUE_ID
         return ids
 
 
@@ -117,9 +116,7 @@ def _numbers(raw: pa.Array) -> np.ndarray:
     """float64 values, NaN where missing; numeric text is parsed, as the read step does."""
     if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
         raw = pc.if_else(pc.equal(raw, ""), pa.scalar(None, raw.type), raw)
-    if not (pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type) or pa.types.is_null(raw.type)):
-        raw = pc.cast(raw, pa.float64())  # text: "12" parses, "twelve" raises ArrowInvalid
-    values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+    values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
     if np.isinf(values).any():
         raise ValueError("values must be finite")
     return values

@@ -13,6 +13,8 @@ from typing import Any, Literal
 MISSING_ID = 0  # the field's value was absent
 OOV_ID = 1  # present, but rare in training or never seen
 FIRST_VALUE_ID = 2
+# A missing dense value: 0.0 is the training mean after standardization, so it neither pushes nor pulls.
+MISSING_DENSE_VALUE = 0.0
 
 # The version of the encodings (parsing, tokens, log buckets, hashing, dense transforms) that turn
 # raw values into model inputs. A model applies only to inputs encoded by the same version: bump it

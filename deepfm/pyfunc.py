@@ -19,14 +19,13 @@ import pyarrow.parquet as pq
 from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import FIRST_VALUE_ID, FeatureMap
 from deepfm.inference import PROBABILITY, predict_batch
+from deepfm.model_dir import VOCABULARY, open_model_dir
 
 MODEL_ARTIFACT = "model"  # the name of the model directory among the pyfunc's artifacts
 
 
 class DeepFMModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from deepfm.model_dir import open_model_dir
-
         model_dir = open_model_dir(context.artifacts[MODEL_ARTIFACT])
         self._model = model_dir.load()
         self._feature_map = model_dir.feature_map
@@ -36,11 +35,9 @@ class DeepFMModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         fmap = self._feature_map
-        names = [f.name for f in fmap.fields]
-        missing = [name for name in names if name not in model_input.columns]
-        if missing:
-            raise ValueError(f"the rows lack feature column(s) {missing}")
-        encoded = self._encoder.encode(pa.Table.from_pandas(model_input[names], preserve_index=False))
+        # Only the feature columns are converted; the encoder names any that are missing.
+        features = [c for c in model_input.columns if c in {f.name for f in fmap.fields}]
+        encoded = self._encoder.encode(pa.Table.from_pandas(model_input[features], preserve_index=False))
         if encoded.num_rows == 0:
             return pd.DataFrame({PROBABILITY: pd.Series([], dtype="float32")})
         batch = encoded.combine_chunks().to_batches()[0]
@@ -60,7 +57,7 @@ def signature(fmap: FeatureMap) -> mlflow.models.ModelSignature:
 
 def input_example(fmap: FeatureMap, model_dir: Path) -> pd.DataFrame:
     """Two rows of raw values: each field's most frequent training value, and every value missing."""
-    vocabulary = model_dir / "vocab" / "vocabulary.parquet"
+    vocabulary = model_dir / VOCABULARY
     frequent: dict[str, str] = {}
     if vocabulary.is_file():
         table = pq.read_table(vocabulary, filters=[("id", "=", FIRST_VALUE_ID)])

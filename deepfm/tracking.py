@@ -88,7 +88,7 @@ def log_report(cfg: Config, report: Location, metrics: dict[str, Any]) -> str | 
 def _log_training(tracking: TrackingConfig, cfg: Config, result: dict[str, Any], run_date: str | None) -> str:
     import mlflow
 
-    from deepfm.model_dir import open_model_dir
+    from deepfm.model_dir import CURVES, VOCABULARY, open_model_dir
     from deepfm.pyfunc import MODEL_ARTIFACT, input_example, signature
 
     start = time.perf_counter()
@@ -109,10 +109,10 @@ def _log_training(tracking: TrackingConfig, cfg: Config, result: dict[str, Any],
                                step=int(epoch["epoch"]))
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in result["test"].items() if _is_number(v)})
         mlflow.log_metric("valid_auc_best", float(result["valid_auc_best"]))
-        with _local_copy(model.path, (ckpt.METRICS, ckpt.MODEL_CONFIG, "training_curves.png")) as local:
+        with _local_copy(model.path, (ckpt.METRICS, ckpt.MODEL_CONFIG, CURVES)) as local:
             mlflow.log_artifacts(str(local), "training")
         if tracking.log_model:
-            with _local_copy(model.path, (ckpt.WEIGHTS, ckpt.MODEL_CONFIG, "vocab/vocabulary.parquet")) as local:
+            with _local_copy(model.path, (ckpt.WEIGHTS, ckpt.MODEL_CONFIG, VOCABULARY)) as local:
                 mlflow.pyfunc.log_model(
                     name=PYFUNC, python_model=str(_MODEL_SCRIPT), artifacts={MODEL_ARTIFACT: str(local)},
                     signature=signature(model.feature_map), input_example=input_example(model.feature_map, local),

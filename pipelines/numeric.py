@@ -18,9 +18,7 @@ from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deepfm.feature_map import FeatureField
-
-MISSING_DENSE_VALUE = 0.0
+from deepfm.feature_map import MISSING_DENSE_VALUE, FeatureField
 
 
 def clipped(value: SparkColumn, clip: tuple[float, float] | None) -> SparkColumn:
