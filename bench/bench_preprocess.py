@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
 from procmem import run_measured  # noqa: E402
 from synthetic_data import command, preprocess_args  # noqa: E402
 
@@ -60,6 +61,7 @@ def main() -> None:
         run["linear"] = run["seconds"] / base["seconds"] <= 1.1 * size_ratio
     largest = runs[-1]
     print(json.dumps({
+        "machine": machine(),
         "benchmark": "preprocess",
         "master": args.master,
         "baseline_rows": base["rows"],

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import machine  # noqa: E402
 from synthetic_data import CONF_FILES, generate, preprocess, run_stage, settings  # noqa: E402
 
 from deepfm.config import Config, load_config  # noqa: E402
@@ -101,6 +102,7 @@ def main() -> None:
                 best[name] = result
     base = best["in_process"]["rows_per_s"]
     print(json.dumps({
+        "machine": machine(),
         "model": {"embedding_dim": 16, "hidden": [400, 400, 400], "version": open_model_dir(args.model).version},
         "cores": os.cpu_count(), "batch_rows": args.batch_rows, "rounds": args.rounds, **best,
         "ratio_spark_raw_logs": round(best["spark_raw_logs"]["rows_per_s"] / base, 3),

@@ -4,9 +4,11 @@ Same model (embedding 16, MLP 400-400-400, batch 4096) and the same data: 1M syn
 preprocessed with min_count 1 (about 1M embedding ids). Prints one JSON object with samples/s for
 (a) tensors already in memory, (b) the native pyarrow reader, (c) Petastorm, (d) DeepCTR-Torch's
 DeepFM fit on the same rows; 1 and 2 workers (DDP and Horovod, sparse and dense embedding
-gradients, with the bytes each exchanges per step); the machine's fp32 matmul rate and the
-arithmetic limit = that rate / the model's training FLOPs per sample.
+gradients, with the bytes each exchanges per step); (e) train.precision bf16 in memory where the
+CPU has bf16 units (AMX, AVX512-BF16), or anywhere with --bf16-anyway; the machine's fp32 and bf16
+matmul rates and the arithmetic limit = the fp32 rate / the model's training FLOPs per sample.
     python bench/bench_train.py [--data out/bench/train_1m] [--steps 120] [--rounds 2] [--readers-only]
+                                [--bf16-anyway]
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import machine  # noqa: E402
 from synthetic_data import generate, preprocess  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM  # noqa: E402
+from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
 from deepfm.readers import READERS  # noqa: E402
 from deepfm.train import load_feature_map, make_optimizers, model_config, train_step  # noqa: E402
 
@@ -38,9 +42,9 @@ BATCH = 4096
 WARMUP = 5
 
 
-def matmul_gflops(threads: int) -> float:
+def matmul_gflops(threads: int, dtype: torch.dtype = torch.float32) -> float:
     torch.set_num_threads(threads)
-    a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
+    a, b = torch.randn(4096, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
     for _ in range(3):
         a @ b
     start, n = time.perf_counter(), 30
@@ -90,10 +94,10 @@ def _spawned(rank: int, world: int, port: int, plain: dict, steps: int, path: st
 
 
 def run_case(data: Path, steps: int, reader: str, backend: str = "none", workers: int = 1,
-             sparse: bool = True) -> dict:
+             sparse: bool = True, precision: str = "fp32") -> dict:
     plain = TrainConfig.model_validate({
         "data": str(data), "output": "unused", "reader": reader, "backend": backend, "workers": workers,
-        "batch_size": BATCH, "model": {**MODEL, "sparse_embeddings": sparse},
+        "batch_size": BATCH, "model": {**MODEL, "sparse_embeddings": sparse}, "precision": precision,
     }).model_dump(mode="json")
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         if backend == "none":
@@ -111,7 +115,7 @@ def run_case(data: Path, steps: int, reader: str, backend: str = "none", workers
                         hosts=f"localhost:{workers}")
         result = json.loads(Path(out.name).read_text())
     return {"reader": reader, "backend": backend, "workers": workers, "sparse_gradients": sparse,
-            "samples_per_s": round(result["samples_per_s"])}
+            "precision": precision, "samples_per_s": round(result["samples_per_s"])}
 
 
 def exchange_bytes(fmap, sparse: bool) -> int:
@@ -148,8 +152,15 @@ def main() -> None:
     parser.add_argument("--deepctr-rows", type=int, default=40 * BATCH)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--readers-only", action="store_true",
-                        help="only (a) memory, (b) native, (c) Petastorm with 1 worker: the streaming ratios")
+                        help="only (a) memory, (b) native, (c) Petastorm with 1 worker, and (e) bf16: the "
+                             "streaming ratios")
+    parser.add_argument("--bf16-anyway", action="store_true",
+                        help=f"measure bf16 also where the CPU lacks bf16 units (sets {ALLOW_SLOW_BF16}=1), to "
+                             "see how much slower it is there")
     args = parser.parse_args()
+    if args.bf16_anyway:
+        os.environ[ALLOW_SLOW_BF16] = "1"
+    bf16 = bf16_support("cpu")
     if not (args.data / "_SUCCESS").exists():
         raw = ROOT / "out" / "bench" / "raw_1000000"
         generate(1_000_000, raw)
@@ -157,13 +168,17 @@ def main() -> None:
     fmap, _ = load_feature_map(args.data)
     flops = DeepFM(model_config(fmap, TrainConfig(data="x", output="x", model=MODEL), True)).train_flops_per_sample()
     gflops = matmul_gflops(os.cpu_count() or 1)
+    gflops_bf16 = matmul_gflops(os.cpu_count() or 1, torch.bfloat16)
     limit = gflops * 1e9 / flops
     plan = [("memory", "none", 1, True), ("native", "none", 1, True), ("petastorm", "none", 1, True),
             ("memory", "none", 1, False)]
+    measure_bf16 = bf16.fast or args.bf16_anyway
     if args.readers_only:
         plan = plan[:3]
     else:
         plan += [("native", backend, 2, sparse) for backend in ("torch", "horovod") for sparse in (True, False)]
+    if measure_bf16:
+        plan.append(("memory", "none", 1, True, "bf16"))
     # Rounds interleave the cases and each keeps its best: this shared 2-core machine's speed
     # drifts by +-20% from minute to minute, which would otherwise swamp the comparisons.
     best: dict[tuple, dict] = {}
@@ -179,13 +194,17 @@ def main() -> None:
         cases.append(best[case])
     deepctr = float("nan") if args.readers_only else deepctr_samples_per_s(args.data, args.deepctr_rows)
     rate = {c["reader"]: c["samples_per_s"] for c in cases[:3]}
-    fastest = max(c["samples_per_s"] for c in cases)
+    fastest = max(c["samples_per_s"] for c in cases if c["precision"] == "fp32")
+    bf16_case = next((c for c in cases if c["precision"] == "bf16"), None)
     print(json.dumps({
+        "machine": machine(),
         "rounds": args.rounds,
         "benchmark": "train",
         "model": {**MODEL, "batch_size": BATCH, "train_flops_per_sample": flops},
         "embedding_ids": sum(int(f.vocab_size) for f in fmap.categorical),
         "matmul_gflops_fp32": round(gflops, 1),
+        "matmul_gflops_bf16": round(gflops_bf16, 1),
+        "bf16": bf16.unit + ("" if bf16.fast else ": train.precision bf16 is refused here"),
         "arithmetic_limit_samples_per_s": round(limit),
         "cases": cases,
         "deepctr_torch_samples_per_s": None if args.readers_only else round(deepctr),
@@ -194,6 +213,7 @@ def main() -> None:
             "petastorm_vs_memory": round(rate["petastorm"] / rate["memory"], 3),
             "best_vs_arithmetic_limit": round(fastest / limit, 3),
             "memory_1_worker_vs_deepctr": None if args.readers_only else round(rate["memory"] / deepctr, 2),
+            "bf16_vs_fp32_memory": round(bf16_case["samples_per_s"] / rate["memory"], 3) if bf16_case else None,
         },
     }, indent=2))
 

@@ -3,7 +3,10 @@
 Both read the same preprocessed shards (out/criteo: 80/10/10 split, the same ids), use embedding
 size 16 and MLP 400-400-400, Adam at lr 1e-3, batch 256, and keep the epoch with the best
 validation AUC (at most 10 epochs, patience 2). Prints JSON with both test AUCs and loglosses.
-    python bench/compare_criteo.py [--data out/criteo]
+With --bf16-seeds N it trains ours N times (seeds 2017, 2018, ...) in fp32 and in bf16 instead and
+prints each precision's test AUC as mean and spread with the paired differences: a 989-row test
+split cannot separate two settings on one seed.
+    python bench/compare_criteo.py [--data out/criteo] [--bf16-seeds 5]
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import machine  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.launch import run_training  # noqa: E402
@@ -30,14 +36,29 @@ from deepfm.train import load_feature_map  # noqa: E402
 EMBEDDING, HIDDEN, LR, BATCH, EPOCHS, PATIENCE, SEED = 16, [400, 400, 400], 1e-3, 256, 10, 2, 2017
 
 
-def ours(data: Path, out: Path) -> dict:
+def ours(data: Path, out: Path, seed: int = SEED, precision: str = "fp32") -> dict:
     cfg = TrainConfig.model_validate({
         "data": str(data), "output": str(out), "epochs": EPOCHS, "batch_size": BATCH, "lr": LR,
-        "early_stopping_patience": PATIENCE, "seed": SEED,
+        "early_stopping_patience": PATIENCE, "seed": seed, "precision": precision,
         "model": {"embedding_dim": EMBEDDING, "hidden": HIDDEN},
     })
     result = run_training(cfg)
     return {**result["test"], "epochs": result["epochs"], "valid_auc_best": result["valid_auc_best"]}
+
+
+def bf16_against_fp32(data: Path, seeds: int) -> dict:
+    aucs: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(SEED, SEED + seeds):
+            for precision in aucs:
+                aucs[precision].append(ours(data, Path(tmp) / f"{precision}-{seed}", seed, precision)["auc"])
+    differences = np.array(aucs["bf16"]) - np.array(aucs["fp32"])
+    return {"benchmark": "criteo_sample_bf16", "seeds": seeds, "test_auc": {
+        precision: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v, ddof=1)), 4),
+                    "each": [round(a, 4) for a in v]} for precision, v in aucs.items()},
+        "bf16_minus_fp32": {"mean": round(float(differences.mean()), 4),
+                            "max_abs": round(float(np.abs(differences).max()), 4)},
+        "within_0.002": bool(abs(differences.mean()) <= 0.002)}
 
 
 def _arrays(data: Path, split: str, fmap):
@@ -76,15 +97,21 @@ def deepctr(data: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "out" / "criteo")
+    parser.add_argument("--bf16-seeds", type=int, default=0,
+                        help="train ours in fp32 and bf16 on this many seeds instead of comparing with DeepCTR-Torch")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not (args.data / "_SUCCESS").exists():
         subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess", "--set", f"preprocess.output={args.data}"],
                        cwd=ROOT, check=True)
+    if args.bf16_seeds:
+        print(json.dumps({"machine": machine(), **bf16_against_fp32(args.data, args.bf16_seeds)}, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         mine = ours(args.data, Path(tmp) / "model")
     theirs = deepctr(args.data)
-    print(json.dumps({"benchmark": "criteo_sample_quality", "embedding_dim": EMBEDDING, "hidden": HIDDEN,
+    print(json.dumps({"machine": machine(), "benchmark": "criteo_sample_quality", "embedding_dim": EMBEDDING,
+                      "hidden": HIDDEN,
                       "ours": mine, "deepctr_torch_0.3.0": theirs,
                       "auc_difference": round(mine["auc"] - theirs["auc"], 4),
                       "at_least_as_good": mine["auc"] >= theirs["auc"]}, indent=2))

@@ -7,7 +7,8 @@ at the same global batch, and prints JSON with the gaps. As a reference for what
 it also fits the teacher's own parametric form (its first-order weights, numeric curves and
 4-dim interaction vectors, knowing which values carry signal) on 800k rows of the same teacher.
 Targets: model AUC within 0.005 of the true-probability AUC; 2 workers within 0.002 of 1 worker.
-    python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit]
+--bf16 adds the 1-worker run with train.precision bf16 (target: within 0.002 of fp32).
+    python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit] [--one-worker] [--bf16]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import machine  # noqa: E402
 from synthetic_data import generate, preprocess  # noqa: E402
 
 from deepfm.config import GenerateConfig, TrainConfig  # noqa: E402
@@ -57,13 +59,13 @@ def true_auc(data: Path) -> float:
     return float(roc_auc_score(test.column("label").to_numpy(), test.column("p_true").to_numpy()))
 
 
-def train(data: Path, out: Path, workers: int, backend: str) -> dict:
+def train(data: Path, out: Path, workers: int, backend: str, precision: str = "fp32") -> dict:
     cfg = TrainConfig.model_validate({
         **TRAINING, "data": str(data), "output": str(out), "workers": workers,
-        "backend": backend if workers > 1 else "none", "batch_size": GLOBAL_BATCH // workers,
+        "backend": backend if workers > 1 else "none", "batch_size": GLOBAL_BATCH // workers, "precision": precision,
     })
     result = run_training(cfg)
-    return {"workers": workers, "test_auc": round(result["test"]["auc"], 4),
+    return {"workers": workers, "precision": precision, "test_auc": round(result["test"]["auc"], 4),
             "test_logloss": round(result["test"]["logloss"], 4), "epochs": result["epochs"],
             "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result["history"]]}
 
@@ -126,20 +128,27 @@ def main() -> None:
     parser.add_argument("--backend", default="torch", choices=["torch", "horovod"])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "quality")
     parser.add_argument("--no-teacher-fit", action="store_true", help="skip fitting the teacher's own form")
+    parser.add_argument("--one-worker", action="store_true", help="skip the 2-worker run")
+    parser.add_argument("--bf16", action="store_true", help="also train 1 worker with train.precision bf16")
     args = parser.parse_args()
     data = args.data or prepare(args.out)
     best = true_auc(data)
     one = train(data, args.out / "w1", 1, args.backend)
-    two = train(data, args.out / "w2", 2, args.backend)
+    two = None if args.one_worker else train(data, args.out / "w2", 2, args.backend)
+    bf16 = train(data, args.out / "w1-bf16", 1, args.backend, "bf16") if args.bf16 else None
     print(json.dumps({
+        "machine": machine(),
         "benchmark": "synthetic_quality", "data": str(data), "training": TRAINING,
         "true_probability_test_auc": round(best, 4), "one_worker": one,
-        "two_workers": {**two, "backend": args.backend},
+        "two_workers": two and {**two, "backend": args.backend},
+        "one_worker_bf16": bf16,
         "teacher_form_fitted_on_800k_rows": None if args.no_teacher_fit else fit_teacher_form(),
         "gap_to_true_auc": round(best - one["test_auc"], 4),
-        "two_vs_one_worker_auc": round(two["test_auc"] - one["test_auc"], 4),
+        "two_vs_one_worker_auc": two and round(two["test_auc"] - one["test_auc"], 4),
+        "bf16_vs_fp32_auc": bf16 and round(bf16["test_auc"] - one["test_auc"], 4),
         "within_0.005_of_true": best - one["test_auc"] <= 0.005,
-        "two_workers_within_0.002": abs(two["test_auc"] - one["test_auc"]) <= 0.002,
+        "two_workers_within_0.002": two and abs(two["test_auc"] - one["test_auc"]) <= 0.002,
+        "bf16_within_0.002": bf16 and abs(bf16["test_auc"] - one["test_auc"]) <= 0.002,
     }, indent=2))
 
 

@@ -346,6 +346,9 @@ class TrainConfig(_Strict):
     launcher: Literal["local", "spark"] = "local"
     workers: Annotated[int, Field(ge=1)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: the MLP's matrix products in bfloat16 (fp32 weights, tables, FM and loss), recorded in
+    # the model so scoring computes the same way; refused where the hardware lacks bf16 units.
+    precision: Literal["fp32", "bf16"] = "fp32"
     epochs: Annotated[int, Field(ge=1)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 4096  # per worker
     lr: Annotated[float, Field(gt=0)] = 1e-3

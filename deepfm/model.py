@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from deepfm.precision import PRECISIONS, autocast
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -36,6 +38,7 @@ class DeepFMConfig:
     use_fm: bool = True  # False: DNN only (ablation)
     use_deep: bool = True  # False: FM only (ablation)
     sparse_embeddings: bool = False  # sparse gradients: only the rows in the batch are touched
+    precision: str = "fp32"  # "bf16": the MLP's products in bfloat16 (deepfm/precision.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,8 @@ class DeepFMConfig:
             raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not self.vocab_sizes and not self.num_dense:
             raise ValueError("model: no input fields")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"model.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def num_fields(self) -> int:
@@ -120,10 +125,11 @@ class FactorizationMachine(nn.Module):
 
 
 class DeepNetwork(nn.Module):
-    """y_DNN = MLP(e.flatten()) -> [B]."""
+    """y_DNN = MLP(e.flatten()) -> [B], in fp32 or, with precision bf16, autocast to bfloat16."""
 
     def __init__(self, cfg: DeepFMConfig) -> None:
         super().__init__()
+        self.precision = cfg.precision
         layers: list[nn.Module] = []
         width = cfg.num_fields * cfg.embedding_dim
         for size in cfg.hidden:
@@ -138,7 +144,9 @@ class DeepNetwork(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.mlp(e.flatten(1)).squeeze(-1)
+        with autocast(self.precision, e.device.type):
+            out = self.mlp(e.flatten(1))
+        return out.float().squeeze(-1)
 
 
 class DeepFM(nn.Module):

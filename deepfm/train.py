@@ -32,6 +32,7 @@ from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
+from deepfm.precision import check_precision
 from deepfm.readers import READERS
 from deepfm.regularization import EmbeddingPrior
 from deepfm.report import plot_training_curves
@@ -89,6 +90,7 @@ def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConf
         use_fm=m.use_fm,
         use_deep=m.use_deep,
         sparse_embeddings=sparse,
+        precision=cfg.precision,
     )
 
 
@@ -110,6 +112,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
     torch.set_num_threads(threads)
     data, out = Location.of(cfg.data), Location.of(cfg.output)
     fmap, manifest = load_feature_map(data)
+    check_precision(cfg.precision, backend.device)
     # NCCL has no sparse allreduce: on GPUs under DDP the tables use dense gradients.
     sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
     torch.manual_seed(cfg.seed)

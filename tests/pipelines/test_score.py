@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from deepfm.config import Config
+from deepfm.config import Config, TrainConfig
 from deepfm.feature_map import TransformsVersionError
+from deepfm.launch import run_training
 from deepfm.model_dir import ModelDirError, open_model_dir
+from deepfm.precision import ALLOW_SLOW_BF16
 from deepfm.train import load_feature_map
 from pipelines.read import InputError
 from pipelines.score import run_score
@@ -52,6 +54,23 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
     got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
     assert len(got) == 10_000
     assert np.abs(got - expected).max() < 1e-5
+
+
+def test_a_bf16_model_is_scored_in_bf16_equal_to_in_process(spark, trained, tmp_path, monkeypatch):
+    monkeypatch.setenv(ALLOW_SLOW_BF16, "1")  # the numerics are checked on any CPU
+    model = Path(run_training(TrainConfig.model_validate({
+        "data": str(trained["root"] / "prep"), "output": str(tmp_path / "model"), "epochs": 1, "batch_size": 256,
+        "model": {"embedding_dim": 8, "hidden": [32, 16]}, "threads": 1, "precision": "bf16"}))["model"])
+    result = run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "scores")), "2026-11-27")
+    table = pq.read_table(Path(result.partition.removeprefix("file:")))
+    spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
+    shards = pa.concat_tables(pq.read_table(trained["root"] / "prep" / split) for split in ("train", "valid", "test"))
+    got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
+    assert np.abs(got - in_process_probabilities(model, shards)).max() < 1e-5
+    meta = json.loads((model / "model.json").read_text())
+    meta["model"]["precision"] = "fp32"  # the same weights computed in fp32 score differently
+    (model / "model.json").write_text(json.dumps(meta))
+    assert np.abs(got - in_process_probabilities(model, shards)).max() > 1e-5
 
 
 def test_unseen_values_score_as_oov_and_missing_values_as_missing(trained, scored):
