@@ -401,6 +401,10 @@ class ScoreConfig(_Strict):
     threads: Annotated[int, Field(ge=1)] = 1  # torch threads per Python worker (Spark runs one per core)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # How raw logs become model inputs: `arrow` encodes each batch in the Python worker that scores
+    # it (deepfm/encode.py, the vocabulary shipped once per worker); `spark` in Spark SQL, one
+    # vocabulary join per field. Vocabularies over preprocess.vocab.broadcast_max_entries use `spark`.
+    encode: Literal["arrow", "spark"] = "arrow"
 
     @model_validator(mode="after")
     def _check(self) -> ScoreConfig:

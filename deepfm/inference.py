@@ -18,11 +18,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from deepfm.encode import FeatureEncoder, vocabulary_from_bytes
+from deepfm.feature_map import FeatureMap
 from deepfm.model import DeepFM, DeepFMConfig
 
 PROBABILITY = "probability"
 
 _MODELS: dict[str, DeepFM] = {}
+_ENCODERS: dict[str, FeatureEncoder] = {}
 _LOCK = threading.Lock()
 
 
@@ -31,7 +34,9 @@ class ArrowScorer:
     """A picklable callable for `DataFrame.mapInArrow`: model inputs in, `keep` + probability out.
 
     `weights` returns the serialized state dict (a Spark broadcast's `.value`, or the file's bytes);
-    it is called only by the first batch a process sees for this model version.
+    it is called only by the first batch a process sees for this model version. With `vocabulary`
+    (the Arrow IPC bytes of the model's vocabulary, likewise) and `feature_map`, batches hold raw
+    feature values, and each is encoded here (deepfm/encode.py) before the model sees it.
     """
 
     version: str
@@ -42,11 +47,15 @@ class ArrowScorer:
     weights: Callable[[], bytes]
     threads: int = 1
     device: str = "auto"
+    feature_map: dict[str, Any] | None = None
+    vocabulary: Callable[[], bytes] | None = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model, device = self._model()
+        encoder = self._encoder()
         for batch in batches:
-            probability = predict_batch(model, batch, self.categorical, self.dense, device)
+            inputs = batch if encoder is None else encoder.encode(batch)
+            probability = predict_batch(model, inputs, self.categorical, self.dense, device)
             yield pa.RecordBatch.from_arrays(
                 [*(batch.column(name) for name in self.keep), pa.array(probability, pa.float32())],
                 names=[*self.keep, PROBABILITY],
@@ -63,6 +72,15 @@ class ArrowScorer:
                 _MODELS[key] = load_state(self.model_config, self.weights(), device)
             return _MODELS[key], device
 
+    def _encoder(self) -> FeatureEncoder | None:
+        if self.feature_map is None:
+            return None
+        with _LOCK:
+            if self.version not in _ENCODERS:
+                vocabulary = vocabulary_from_bytes(self.vocabulary()) if self.vocabulary is not None else None
+                _ENCODERS[self.version] = FeatureEncoder(FeatureMap.from_dict(self.feature_map), vocabulary)
+            return _ENCODERS[self.version]
+
 
 def load_state(model_config: dict[str, Any], weights: bytes, device: torch.device | str = "cpu") -> DeepFM:
     """A model in eval mode from a serialized state dict, read with weights_only=True."""
@@ -72,7 +90,7 @@ def load_state(model_config: dict[str, Any], weights: bytes, device: torch.devic
     return model.to(device).eval()
 
 
-def batch_tensors(batch: pa.RecordBatch, categorical: tuple[str, ...], dense: tuple[str, ...]
+def batch_tensors(batch: pa.RecordBatch | pa.Table, categorical: tuple[str, ...], dense: tuple[str, ...]
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, Fc] int32 and dense [B, Fd] float32 from a batch's columns, without per-row Python."""
     rows = batch.num_rows
@@ -83,14 +101,14 @@ def batch_tensors(batch: pa.RecordBatch, categorical: tuple[str, ...], dense: tu
     return torch.from_numpy(ids), torch.from_numpy(values)
 
 
-def predict_batch(model: DeepFM, batch: pa.RecordBatch, categorical: tuple[str, ...], dense: tuple[str, ...],
+def predict_batch(model: DeepFM, batch: pa.RecordBatch | pa.Table, categorical: tuple[str, ...], dense: tuple[str, ...],
                   device: torch.device | str = "cpu") -> np.ndarray:
     ids, values = batch_tensors(batch, categorical, dense)
     with torch.inference_mode():
         return torch.sigmoid(model(ids.to(device), values.to(device))).float().cpu().numpy()
 
 
-def _values(batch: pa.RecordBatch, name: str, dtype) -> np.ndarray:
+def _values(batch: pa.RecordBatch | pa.Table, name: str, dtype) -> np.ndarray:
     column = batch.column(name)
     if column.null_count:
         raise ValueError(f"model input column '{name}' has {column.null_count} nulls; encoded inputs never do")

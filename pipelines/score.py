@@ -3,8 +3,10 @@
 read       raw logs (the data set's layout, or one of their own) or already-encoded Parquet;
            malformed rows are quarantined with a reason and counted, as in preprocess
 transform  the model directory's feature map and vocabulary, never refitted: unseen values map to
-           OOV, missing ones to the missing id, numeric fields use the training statistics; all in
-           Spark SQL (one broadcast join of the vocabulary), no per-row Python
+           OOV, missing ones to the missing id, numeric fields use the training statistics. With
+           score.encode arrow (the default) each Python worker encodes the Arrow batches it scores
+           (deepfm/encode.py, the vocabulary broadcast once); with spark in Spark SQL (one join of
+           the vocabulary per field). Neither runs per-row Python.
 predict    mapInArrow: each Python worker builds the model once, from a broadcast of its weights,
            and scores Arrow batches of score.batch_rows rows
 write      output/run_date=D/ (Parquet, _rejects/, _SUCCESS), swapped in by rename: a rerun for the
@@ -23,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
+from deepfm.encode import vocabulary_to_bytes
 from deepfm.feature_map import parse_manifest
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer
@@ -69,10 +73,12 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     with storage.atomic_output(partition, "score", "score.output") as tmp:
         with step("check the model's vocabulary"):
             vocabulary = checked_vocabulary(spark, model)
+        encoder = _arrow_encoder(spark, cfg, model)
         with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
-            inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
-        with step(f"score with model {model.version}"):
-            predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device)
+            inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging", f"{tmp}/{REJECTS}",
+                                                 encoder is not None)
+        with step(f"score with model {model.version}" + (" (encoding in Arrow)" if encoder is not None else "")):
+            predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device, encoder)
             for name in keep:
                 if name.startswith(_RAW_PREFIX):
                     predictions = predictions.withColumnRenamed(name, name.removeprefix(_RAW_PREFIX))
@@ -123,9 +129,25 @@ def _read_vocabulary(spark: SparkSession, location: Location) -> DataFrame:
         spark.conf.set(arrow, previous)
 
 
+def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelDir) -> Broadcast | None:
+    """The broadcast vocabulary (Arrow IPC bytes) when raw input is encoded in the Python workers."""
+    score: ScoreConfig = cfg.score
+    if score.preprocessed is not None or score.encode != "arrow":
+        return None
+    with model.vocabulary.open() as f:
+        vocabulary = pq.read_table(f)
+    broadcast_max = (cfg.preprocess.vocab if cfg.preprocess else VocabConfig()).broadcast_max_entries
+    if vocabulary.num_rows > broadcast_max:
+        log.info("the vocabulary has %d entries, over preprocess.vocab.broadcast_max_entries (%d): encoding in "
+                 "Spark SQL", vocabulary.num_rows, broadcast_max)
+        return None
+    return spark.sparkContext.broadcast(vocabulary_to_bytes(vocabulary))
+
+
 def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
-            device: str = "auto") -> DataFrame:
-    """`keep` columns plus `probability`, computed in the executors by mapInArrow."""
+            device: str = "auto", vocabulary: Broadcast | None = None) -> DataFrame:
+    """`keep` columns plus `probability`, computed in the executors by mapInArrow; with `vocabulary`
+    (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too."""
     spark = inputs.sparkSession
     weights = spark.sparkContext.broadcast(model.weights.read_bytes())
     fmap = model.feature_map
@@ -138,6 +160,8 @@ def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int
         weights=lambda: weights.value,
         threads=threads,
         device=device,
+        feature_map=fmap.to_dict() if vocabulary is not None else None,
+        vocabulary=(lambda: vocabulary.value) if vocabulary is not None else None,
     )
     schema = T.StructType([inputs.schema[name] for name in keep] + [T.StructField(PROBABILITY, T.FloatType())])
     # mapInArrow hands the function batches of this many rows; the setting is read when the job runs.
@@ -162,7 +186,8 @@ def encoded_split(spark: SparkSession, path: str, model: ModelDir, keep: list[st
 
 # ------------------------------------------------------------------------------------------ inputs
 def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: DataFrame, staging: str,
-                  rejects: str) -> tuple[DataFrame, list[str], dict[str, Any]]:
+                  rejects: str, raw: bool = False) -> tuple[DataFrame, list[str], dict[str, Any]]:
+    """The rows to score: encoded model inputs and `keep`, or with `raw` the raw feature values."""
     score: ScoreConfig = cfg.score
     fmap = model.feature_map
     if score.preprocessed is not None:
@@ -190,15 +215,19 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary:
         quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", score.max_reject_rate,
                                      "score.max_reject_rate")
     frame = quarantine.staged(spark, f"{staging}/input", "ok")
+    for side in dataset.side_tables:
+        side_columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
+        frame = join_side_table(frame, quarantine.staged(spark, f"{staging}/side_{side.name}", "ok")
+                                .select(*side_columns), side)
+    if raw:  # the label as the Spark SQL encoding outputs it; kept feature columns are raw already
+        columns = list(dict.fromkeys([*(f.name for f in fmap.fields), *keep]))
+        return frame.select(*[F.col(f"`{c}`").cast("float").alias(c) if c == fmap.label else F.col(f"`{c}`")
+                              for c in columns]), keep, rows["input"]
     # A kept feature column (a country to slice by, say) is output raw, not as its encoded id.
     features_kept = [k for k in keep if k in {f.name for f in fmap.fields}]
     for name in features_kept:
         frame = frame.withColumn(_RAW_PREFIX + name, F.col(f"`{name}`"))
     keep_in_frame = [_RAW_PREFIX + k if k in features_kept else k for k in keep]
-    for side in dataset.side_tables:
-        side_columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
-        frame = join_side_table(frame, quarantine.staged(spark, f"{staging}/side_{side.name}", "ok")
-                                .select(*side_columns), side)
     broadcast_max = (cfg.preprocess.vocab if cfg.preprocess else VocabConfig()).broadcast_max_entries
     encoded = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max, keep=tuple(keep_in_frame))
     # apply_feature_map puts the label first when the input has one; keep decides what is output.

@@ -5,6 +5,7 @@ runs the model directly, so the Spark job's transforms are checked against train
 """
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,25 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
     got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
     assert len(got) == 10_000
     assert np.abs(got - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("how", ["encode spark", "vocabulary over broadcast_max_entries"])
+def test_spark_sql_encoding_scores_like_the_arrow_encoding(spark, trained, scored, tmp_path, how, caplog):
+    _, arrow = scored
+    cfg = _score_cfg(trained, output=str(tmp_path / "scores"), **({"encode": "spark"} if how == "encode spark" else {}))
+    if how != "encode spark":  # the vocabulary is then too large to ship to every Python worker
+        cfg = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={
+            "vocab": cfg.preprocess.vocab.model_copy(update={"broadcast_max_entries": 10})})})
+    with caplog.at_level(logging.INFO):
+        table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
+    assert "encoding in Arrow" not in caplog.text
+    assert ("over preprocess.vocab.broadcast_max_entries" in caplog.text) is (how != "encode spark")
+    assert table.schema.remove(table.schema.get_field_index("scored_at")) == arrow.schema.remove(
+        arrow.schema.get_field_index("scored_at"))
+    by_row = dict(zip(arrow["row_id"].to_pylist(), arrow["probability"].to_numpy(), strict=True))
+    got = table["probability"].to_numpy()
+    assert len(got) == 10_002
+    assert np.abs(got - np.array([by_row[i] for i in table["row_id"].to_pylist()])).max() < 1e-6
 
 
 def test_a_bf16_model_is_scored_in_bf16_equal_to_in_process(spark, trained, tmp_path, monkeypatch):
