@@ -302,6 +302,10 @@ class PreprocessConfig(_Strict):
     )
     vocab: VocabConfig = VocabConfig()
     shards: ShardConfig = ShardConfig()
+    # How rows are encoded (as score.encode): `arrow` in the Python workers (deepfm/encode.py, the
+    # vocabulary broadcast once), `spark` in Spark SQL (one vocabulary join per field).
+    # Vocabularies over vocab.broadcast_max_entries use `spark`.
+    encode: Literal["arrow", "spark"] = "arrow"
     # The job fails when more than this fraction of input rows is rejected.
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
 

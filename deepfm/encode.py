@@ -13,8 +13,12 @@ categorical ones; an empty string is a missing value, as an empty field is in th
 
 from __future__ import annotations
 
+import json
 import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -126,6 +130,47 @@ def _numbers(raw: pa.Array) -> np.ndarray:
     if np.isinf(values).any():
         raise ValueError("values must be finite")
     return values
+
+
+@dataclass(frozen=True)
+class ArrowEncoding:
+    """A picklable callable for `DataFrame.mapInArrow`: raw rows in; the label (float32, when
+    present), the encoded fields in field order, then the `keep` columns out, as
+    `pipelines.features.apply_feature_map` outputs them.
+
+    `vocabulary` returns the vocabulary's Arrow IPC bytes (a Spark broadcast's `.value`); the encoder
+    is built once per Python process and vocabulary (Spark reuses its Python workers across tasks).
+    """
+
+    feature_map: dict[str, Any]
+    vocabulary: Callable[[], bytes] | None
+    keep: tuple[str, ...] = ()
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        encoder = cached_encoder(self.feature_map, self.vocabulary)
+        label = encoder.feature_map.label
+        for batch in batches:
+            encoded = encoder.encode(batch)
+            names = [label] if label in batch.schema.names else []
+            columns = [pc.cast(batch.column(label), pa.float32())] if names else []
+            names += encoded.column_names
+            columns += [column.combine_chunks() for column in encoded.columns]
+            kept = [name for name in self.keep if name != label]
+            yield pa.RecordBatch.from_arrays([*columns, *(batch.column(name) for name in kept)], names=[*names, *kept])
+
+
+_ENCODERS: dict[str, FeatureEncoder] = {}
+_LOCK = threading.Lock()
+
+
+def cached_encoder(feature_map: dict[str, Any], vocabulary: Callable[[], bytes] | None) -> FeatureEncoder:
+    """One encoder per process and vocabulary (its fingerprint is in the feature map)."""
+    key = json.dumps(feature_map, sort_keys=True)
+    with _LOCK:
+        if key not in _ENCODERS:
+            table = vocabulary_from_bytes(vocabulary()) if vocabulary is not None else None
+            _ENCODERS[key] = FeatureEncoder(FeatureMap.from_dict(feature_map), table)
+        return _ENCODERS[key]
 
 
 def vocabulary_to_bytes(vocabulary: pa.Table) -> bytes:

@@ -18,14 +18,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from deepfm.encode import FeatureEncoder, vocabulary_from_bytes
-from deepfm.feature_map import FeatureMap
+from deepfm.encode import FeatureEncoder, cached_encoder
 from deepfm.model import DeepFM, DeepFMConfig
 
 PROBABILITY = "probability"
 
 _MODELS: dict[str, DeepFM] = {}
-_ENCODERS: dict[str, FeatureEncoder] = {}
 _LOCK = threading.Lock()
 
 
@@ -73,13 +71,7 @@ class ArrowScorer:
             return _MODELS[key], device
 
     def _encoder(self) -> FeatureEncoder | None:
-        if self.feature_map is None:
-            return None
-        with _LOCK:
-            if self.version not in _ENCODERS:
-                vocabulary = vocabulary_from_bytes(self.vocabulary()) if self.vocabulary is not None else None
-                _ENCODERS[self.version] = FeatureEncoder(FeatureMap.from_dict(self.feature_map), vocabulary)
-            return _ENCODERS[self.version]
+        return None if self.feature_map is None else cached_encoder(self.feature_map, self.vocabulary)
 
 
 def load_state(model_config: dict[str, Any], weights: bytes, device: torch.device | str = "cpu") -> DeepFM:

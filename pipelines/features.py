@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
-from pyspark.sql import DataFrame
+import pyarrow.parquet as pq
+from pyspark import Broadcast
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from deepfm.config import Column, DatasetConfig, PreprocessConfig
+from deepfm.encode import ArrowEncoding, vocabulary_to_bytes
 from deepfm.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
+from deepfm.fs import Location
 from pipelines import numeric, vocab
+
+log = logging.getLogger(__name__)
 
 
 def declared_fields(dataset: DatasetConfig, pre: PreprocessConfig) -> list[FeatureField]:
@@ -63,6 +71,34 @@ def fitted_fields(
         else:
             out.append(f)
     return out
+
+
+def broadcast_vocabulary(spark: SparkSession, path: Location, broadcast_max_entries: int) -> Broadcast | None:
+    """The vocabulary as Arrow IPC bytes in a broadcast, for `apply_feature_map_in_arrow`; None when
+    it has more entries than every Python worker should hold (then Spark SQL encodes, with
+    shuffle joins for the large fields)."""
+    with path.open() as f:
+        rows = pq.ParquetFile(f).metadata.num_rows
+    if rows > broadcast_max_entries:
+        log.info("the vocabulary has %d entries, over preprocess.vocab.broadcast_max_entries (%d): encoding in "
+                 "Spark SQL", rows, broadcast_max_entries)
+        return None
+    with path.open() as f:
+        return spark.sparkContext.broadcast(vocabulary_to_bytes(pq.read_table(f)))
+
+
+def apply_feature_map_in_arrow(frame: DataFrame, fmap: FeatureMap, vocabulary: Broadcast,
+                               keep: tuple[str, ...] = ()) -> DataFrame:
+    """What `apply_feature_map` outputs, encoded by deepfm/encode.py in the Python workers with
+    `vocabulary` (from `broadcast_vocabulary`) instead of one join per field."""
+    has_label = fmap.label in frame.columns
+    fields = [T.StructField(fmap.label, T.FloatType())] if has_label else []
+    fields += [T.StructField(f.name, T.IntegerType() if f.kind == "categorical" else T.FloatType(), False)
+               for f in fmap.fields]
+    fields += [frame.schema[name] for name in keep if name != fmap.label]
+    columns = list(dict.fromkeys([*([fmap.label] if has_label else []), *(f.name for f in fmap.fields), *keep]))
+    encoding = ArrowEncoding(fmap.to_dict(), lambda: vocabulary.value, keep)
+    return frame.select(*[F.col(f"`{c}`") for c in columns]).mapInArrow(encoding, T.StructType(fields))
 
 
 def apply_feature_map(

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from deepfm import __version__
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
 from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap, ManifestError, parse_manifest
+from deepfm.fs import Location
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
@@ -233,9 +234,14 @@ def _write_shards(
     file order leaks into training batches), identical on every rerun.
     """
     encoded_path = f"{tmp}/_staging/encoded"
-    features.apply_feature_map(
-        joined, fmap, vocabulary, pre.vocab.broadcast_max_entries, keep=(*keep, ROW_HASH, SPLIT)
-    ).write.partitionBy(SPLIT).parquet(encoded_path)
+    shipped = None if pre.encode == "spark" else features.broadcast_vocabulary(
+        joined.sparkSession, Location.of(f"{tmp}/vocab/vocabulary.parquet"), pre.vocab.broadcast_max_entries)
+    if shipped is not None:
+        encoded = features.apply_feature_map_in_arrow(joined, fmap, shipped, keep=(*keep, ROW_HASH, SPLIT))
+    else:
+        encoded = features.apply_feature_map(joined, fmap, vocabulary, pre.vocab.broadcast_max_entries,
+                                             keep=(*keep, ROW_HASH, SPLIT))
+    encoded.write.partitionBy(SPLIT).parquet(encoded_path)
     encoded = joined.sparkSession.read.parquet(encoded_path)
     # Dictionary encoding off: ids are already dense codes, and plain int32/float32 pages make
     # the row-group size predictable (4 bytes a value) and the fastest to decode.

@@ -31,7 +31,6 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
-from deepfm.encode import vocabulary_to_bytes
 from deepfm.feature_map import parse_manifest
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer
@@ -130,18 +129,12 @@ def _read_vocabulary(spark: SparkSession, location: Location) -> DataFrame:
 
 
 def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelDir) -> Broadcast | None:
-    """The broadcast vocabulary (Arrow IPC bytes) when raw input is encoded in the Python workers."""
+    """The broadcast vocabulary when raw input is encoded in the Python workers that score it."""
     score: ScoreConfig = cfg.score
     if score.preprocessed is not None or score.encode != "arrow":
         return None
-    with model.vocabulary.open() as f:
-        vocabulary = pq.read_table(f)
     broadcast_max = (cfg.preprocess.vocab if cfg.preprocess else VocabConfig()).broadcast_max_entries
-    if vocabulary.num_rows > broadcast_max:
-        log.info("the vocabulary has %d entries, over preprocess.vocab.broadcast_max_entries (%d): encoding in "
-                 "Spark SQL", vocabulary.num_rows, broadcast_max)
-        return None
-    return spark.sparkContext.broadcast(vocabulary_to_bytes(vocabulary))
+    return features.broadcast_vocabulary(spark, model.vocabulary, broadcast_max)
 
 
 def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,

@@ -109,6 +109,24 @@ def test_rerun_is_skipped_then_forced_rerun_is_identical(criteo_run, spark, tmp_
     assert first.manifest["vocab"]["fingerprint"] == second.manifest["vocab"]["fingerprint"]
 
 
+@pytest.mark.parametrize("dataset", ["criteo", "obd"])
+def test_the_spark_sql_encoding_writes_the_same_shards_as_the_arrow_encoding(criteo_run, spark, tmp_path, dataset):
+    if dataset == "criteo":
+        arrow_out, _, cfg = criteo_run
+    else:  # side tables, a time split, dense fields
+        arrow_out, cfg = tmp_path / "arrow", make_config(_obd_dataset(), str(tmp_path / "arrow"))
+        run_preprocess(spark, cfg)
+    sql = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(
+        update={"output": str(tmp_path / "sql"), "encode": "spark"})})
+    run_preprocess(spark, sql)
+    for split in SPLITS:
+        arrow, spark_sql = _table(arrow_out / split), _table(tmp_path / "sql" / split)
+        assert arrow.column_names == spark_sql.column_names and arrow.num_rows == spark_sql.num_rows > 0
+        for name in arrow.column_names:
+            assert arrow.column(name).type == spark_sql.column(name).type, name
+            assert arrow.column(name).to_pylist() == spark_sql.column(name).to_pylist(), name
+
+
 def _with_bad_lines(tmp_path: Path, bad: int) -> Path:
     lines = CRITEO_SAMPLE.read_bytes().splitlines()
     broken = [b"1\tnot-a-number" + b"\t" * 38] * (bad // 2) + [b"0\t1\t2"] * (bad - bad // 2)

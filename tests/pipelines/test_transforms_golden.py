@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import TRANSFORMS_VERSION
+from deepfm.fs import Location
 from pipelines import features, numeric
 from tests.pipelines.test_features import ROWS, SCHEMA, _config, _fit
 
@@ -69,6 +70,18 @@ def test_the_arrow_encoder_matches_the_golden_file_too(spark):
             for row, y in zip(encoded.to_pylist(), label, strict=True)]
     golden = [row for row in json.loads(GOLDEN.read_text())["rows"] if "label" in row]
     assert sorted(rows, key=lambda row: json.dumps(row, sort_keys=True)) == golden
+
+
+def test_the_arrow_encoding_in_spark_matches_the_golden_file_too(spark, tmp_path):
+    """The path preprocess and score take: the vocabulary broadcast, mapInArrow over the encoder."""
+    fmap, vocabulary = _fit(spark, _config())
+    vocabulary.toPandas().to_parquet(tmp_path / "vocabulary.parquet")
+    shipped = features.broadcast_vocabulary(spark, Location.of(tmp_path / "vocabulary.parquet"), 10)
+    probe = spark.createDataFrame(PROBE, SCHEMA)
+    rows = features.apply_feature_map_in_arrow(probe, fmap, shipped).collect()
+    encoded = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.asDict().items()} for r in rows]
+    golden = [row for row in json.loads(GOLDEN.read_text())["rows"] if "label" in row]
+    assert sorted(encoded, key=lambda row: json.dumps(row, sort_keys=True)) == golden
 
 
 SCHEMA_NAMES = [part.split()[0] for part in SCHEMA.split(",")]
