@@ -34,7 +34,7 @@ from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM  # noqa: E402
 from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
-from deepfm.readers import READERS  # noqa: E402
+from deepfm.readers import InMemoryReader, make_reader  # noqa: E402
 from deepfm.train import load_feature_map, make_optimizers, model_config, train_step  # noqa: E402
 
 MODEL = {"embedding_dim": 16, "hidden": [400, 400, 400]}
@@ -63,9 +63,8 @@ def measure(plain: dict, steps: int, result_path: str) -> None:
     model = DeepFM(model_config(fmap, cfg, cfg.model.sparse_embeddings))
     raw = model
     model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr))
-    kwargs = {} if cfg.reader == "memory" else {"shuffle_buffer_rows": cfg.shuffle_buffer_rows}
-    reader = READERS[cfg.reader](Path(cfg.data) / "train", fmap, cfg.batch_size, rank=backend.rank,
-                                 world=backend.world, seed=1, **kwargs)
+    reader = make_reader(cfg.reader, Path(cfg.data) / "train", fmap, cfg.batch_size, rank=backend.rank,
+                         world=backend.world, seed=1, shuffle_buffer_rows=cfg.shuffle_buffer_rows)
     done, rows, start = 0, 0, None
     for batch in reader:
         if done == WARMUP:
@@ -133,7 +132,7 @@ def deepctr_samples_per_s(data: Path, rows: int) -> float:
     from deepctr_torch.models import DeepFM as DeepCTRDeepFM
 
     fmap, _ = load_feature_map(data)
-    reader = READERS["memory"](data / "train", fmap, BATCH, shuffle=False, drop_remainder=False)
+    reader = InMemoryReader(data / "train", fmap, BATCH, shuffle=False, drop_remainder=False)
     ids, label = reader.ids[:rows].numpy().astype(np.int64), reader.label[:rows].numpy()
     columns = [SparseFeat(f.name, f.vocab_size, embedding_dim=MODEL["embedding_dim"]) for f in fmap.categorical]
     feed = {f.name: ids[:, j] for j, f in enumerate(fmap.categorical)}

@@ -25,6 +25,7 @@ import queue
 import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -355,3 +356,28 @@ class PetastormReader:
 
 
 READERS = {"native": NativeReader, "petastorm": PetastormReader, "memory": InMemoryReader}
+
+
+class Reader(Protocol):
+    """What training and evaluation read batches through: a rank's share of a split, in a seeded
+    order that is a function of (seed, epoch) alone, so a resumed epoch replays the same batches."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...  # batches per epoch on this rank (equal on every rank)
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+def make_reader(kind: str, split_dir: Where, fmap: FeatureMap, batch_size: int, *, rank: int = 0, world: int = 1,
+                seed: int = 0, shuffle: bool = True, shuffle_buffer_rows: int = 262_144) -> Reader:
+    """The training reader of `train.reader` (every full batch, in a shuffled order)."""
+    if kind not in READERS:
+        raise ValueError(f"train.reader must be one of {sorted(READERS)}, got {kind!r}")
+    buffer = {} if kind == "memory" else {"shuffle_buffer_rows": shuffle_buffer_rows}
+    return READERS[kind](split_dir, fmap, batch_size, rank=rank, world=world, seed=seed, shuffle=shuffle, **buffer)
+
+
+def evaluation_reader(split_dir: Where, fmap: FeatureMap, batch_size: int, rank: int = 0, world: int = 1) -> Reader:
+    """Every row of the split once, in file order, this rank's share of it."""
+    return NativeReader(split_dir, fmap, batch_size, rank=rank, world=world, shuffle=False, drop_remainder=False)

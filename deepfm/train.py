@@ -2,7 +2,8 @@
 
 Per epoch: train on this rank's share of the shards, evaluate exactly on the whole validation
 split (predictions gathered from all ranks), decay the learning rate on a plateau, stop early
-when validation AUC stops improving. Rank 0 alone logs progress and writes files. With
+when validation AUC (the logloss where a one-class split has no AUC) stops improving. Rank 0
+alone logs progress and writes files. With
 `ema_decay`, the weights evaluated, kept and shipped are the moving average of the trained ones
 (every rank holds the same average: the trained weights are identical on all ranks).
 """
@@ -33,7 +34,7 @@ from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
 from deepfm.precision import check_precision
-from deepfm.readers import READERS
+from deepfm.readers import Reader, evaluation_reader, make_reader
 from deepfm.regularization import EmbeddingPrior
 from deepfm.report import plot_training_curves
 
@@ -53,7 +54,8 @@ class TrainState:
     epoch: int = 0  # the epoch in progress (or next to start)
     step_in_epoch: int = 0  # batches of `epoch` already trained
     global_step: int = 0
-    best_auc: float = -1.0
+    best_auc: float = -math.inf  # the best validation criterion so far (see `monitor`)
+    monitor: str = "auc"  # or "-logloss" where the validation split has one class and no AUC
     epochs_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     replica_fingerprints: list[list[float]] = field(default_factory=list)  # per rank, after the last epoch
@@ -106,88 +108,122 @@ def make_optimizers(model: DeepFM, lr: float, embedding_lr: float | None = None)
                               {"params": model.embedding_parameters(), "lr": embedding_lr}], lr=lr)]
 
 
-def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate on test with the best weights, and (rank 0) write the model directory."""
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world))
-    torch.set_num_threads(threads)
-    data, out = Location.of(cfg.data), Location.of(cfg.output)
-    fmap, manifest = load_feature_map(data)
-    check_precision(cfg.precision, backend.device)
+@dataclass
+class Run:
+    """What one training run is made of, built once before the first step."""
+
+    model: torch.nn.Module  # what the steps run: the model as the backend wrapped it (DDP, Horovod)
+    raw_model: DeepFM  # the same weights, unwrapped
+    evaluated: DeepFM  # validated, kept and shipped: raw_model, or the moving average of its weights
+    averaged: AveragedModel | None
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[torch.optim.lr_scheduler.ReduceLROnPlateau]
+    prior: EmbeddingPrior | None
+
+
+def build_run(cfg: TrainConfig, backend: Backend, fmap: FeatureMap, manifest: dict[str, Any]) -> Run:
     # NCCL has no sparse allreduce: on GPUs under DDP the tables use dense gradients.
     sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
     torch.manual_seed(cfg.seed)
-    model = DeepFM(model_config(fmap, cfg, sparse))
-    raw_model = model
-    model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr, cfg.embedding_lr))
+    raw_model = DeepFM(model_config(fmap, cfg, sparse))
+    model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, cfg.embedding_lr))
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
-        prior = EmbeddingPrior.from_vocabulary(data / manifest["vocab"]["path"], fmap,
+        prior = EmbeddingPrior.from_vocabulary(Location.of(cfg.data) / manifest["vocab"]["path"], fmap,
                                                manifest["rows"]["splits"]["train"]["rows"], cfg.embedding_l2,
                                                backend.device, cfg.embedding_l2_rarity_exponent)
     # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.
     averaged = (AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
                 if cfg.ema_decay else None)
-    evaluated = raw_model if averaged is None else averaged.module
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
+    return Run(model, raw_model, raw_model if averaged is None else averaged.module, averaged, optimizers,
+               schedulers, prior)
+
+
+def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate on test with the best weights, and (rank 0) write the model directory."""
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world)))
+    data, out = Location.of(cfg.data), Location.of(cfg.output)
+    fmap, manifest = load_feature_map(data)
+    check_precision(cfg.precision, backend.device)
+    run = build_run(cfg, backend, fmap, manifest)
     state = TrainState()
     if resume and (out / ckpt.CHECKPOINT).is_file():
-        state = _restore(out / ckpt.CHECKPOINT, raw_model, optimizers, schedulers, backend, averaged)
+        state = _restore(out / ckpt.CHECKPOINT, run, backend)
     elif backend.rank == 0:
         _fresh_output(out)
     backend.barrier()
 
-    reader = READERS[cfg.reader](data / "train", fmap, cfg.batch_size, rank=backend.rank,
-                                 world=backend.world, seed=cfg.seed, shuffle=True,
-                                 **({"shuffle_buffer_rows": cfg.shuffle_buffer_rows} if cfg.reader != "memory" else {}))
+    reader = make_reader(cfg.reader, data / "train", fmap, cfg.batch_size, rank=backend.rank, world=backend.world,
+                         seed=cfg.seed, shuffle_buffer_rows=cfg.shuffle_buffer_rows)
     while state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience:
         reader.set_epoch(state.epoch)
-        train_loss, seconds, samples = _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader,
-                                                     backend, state, prior, averaged)
-        state.replica_fingerprints = check_replicas_identical(raw_model, backend, state.epoch)
-        valid = evaluate(evaluated, data / "valid", fmap, cfg.eval_batch_size, backend)
-        for scheduler in schedulers:
-            scheduler.step(valid["auc"])
-        improved = valid["auc"] > state.best_auc
-        state.best_auc = max(state.best_auc, valid["auc"])
-        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+        train_loss, seconds, samples = _train_epoch(cfg, run, reader, backend, state)
+        state.replica_fingerprints = check_replicas_identical(run.raw_model, backend, state.epoch)
+        valid = evaluate(run.evaluated, data / "valid", fmap, cfg.eval_batch_size, backend)
+        improved = _end_of_epoch(run, state, valid)
         state.history.append({"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss,
                               "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
                               "samples_per_s": samples / seconds if seconds else 0.0,
-                              "lr": optimizers[0].param_groups[0]["lr"]})
+                              "lr": run.optimizers[0].param_groups[0]["lr"]})
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
         if backend.rank == 0:
             log.info("epoch %d: train loss %.4f, valid AUC %.4f logloss %.4f, %.0f samples/s%s",
                      state.epoch, train_loss, valid["auc"], valid["logloss"], samples / max(seconds, 1e-9),
                      " (best)" if improved else "")
             if improved:
-                ckpt.save_torch(evaluated.state_dict(), out / ckpt.WEIGHTS)
-            _save_checkpoint(out, raw_model, optimizers, schedulers, state, averaged)
+                ckpt.save_torch(run.evaluated.state_dict(), out / ckpt.WEIGHTS)
+            _save_checkpoint(out, run, state)
         backend.barrier()
 
-    raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
-    test = evaluate(raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
-    result = {"valid_auc_best": state.best_auc, "test": test, "epochs": state.epoch,
+    run.raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
+    test = evaluate(run.raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
+    result = {"valid_auc_best": state.best_auc if state.monitor == "auc" else float("nan"),
+              "early_stopping_on": state.monitor, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world,
               "replica_fingerprints": state.replica_fingerprints}
     if backend.rank == 0:
-        write_model_dir(out, raw_model, fmap, manifest["vocab"]["fingerprint"], data,
+        write_model_dir(out, run.raw_model, fmap, manifest["vocab"]["fingerprint"], data,
                         cfg.model_dump(mode="json"), result)
         plot_training_curves(result["history"], out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
     return result
 
 
-def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend, state,
-                 prior: EmbeddingPrior | None = None,
-                 averaged: AveragedModel | None = None) -> tuple[float, float, int]:
-    model.train()
+def _end_of_epoch(run: Run, state: TrainState, valid: dict[str, float]) -> bool:
+    """Step the learning-rate schedule and the early-stopping count on validation; True when this
+    epoch's weights are the best so far.
+
+    The criterion is AUC, or minus the logloss when AUC is undefined (a validation split of one
+    class): a NaN criterion would never improve, so no weights would ever be kept.
+    """
+    if state.epoch == 0:  # whether the split has both classes does not change from epoch to epoch
+        state.monitor = "auc" if math.isfinite(valid["auc"]) else "-logloss"
+        if state.monitor != "auc":
+            log.warning("validation AUC is undefined (%d rows, CTR %.4f: one class); early stopping and the "
+                        "learning-rate schedule follow the validation logloss", valid["rows"], valid["ctr_observed"])
+    criterion = valid["auc"] if state.monitor == "auc" else -valid["logloss"]
+    if not math.isfinite(criterion):
+        raise UserError(f"the validation split of {valid['rows']} rows gives no finite AUC or logloss: "
+                        "check train.data's valid/ split")
+    for scheduler in run.schedulers:
+        scheduler.step(criterion)
+    improved = criterion > state.best_auc
+    state.best_auc = max(state.best_auc, criterion)
+    state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+    return improved
+
+
+def _train_epoch(cfg: TrainConfig, run: Run, reader: Reader, backend: Backend,
+                 state: TrainState) -> tuple[float, float, int]:
+    run.model.train()
     progress = _progress(len(reader), state.epoch, backend.rank == 0)
     loss_sum, rows, start = 0.0, 0, time.perf_counter()
     for step, batch in enumerate(reader):
         if step < state.step_in_epoch:  # resuming mid-epoch: the order is the same, skip what was done
             continue
-        totals = train_step(model, raw_model, optimizers, batch, backend, prior)
+        totals = train_step(run.model, run.raw_model, run.optimizers, batch, backend, run.prior)
         if not torch.isfinite(totals[0]):
             saved = Location.of(cfg.output) / ckpt.CHECKPOINT
             kept = f"The last good checkpoint is {saved}." if saved.is_file() else "No checkpoint was written yet."
@@ -195,17 +231,17 @@ def _train_epoch(cfg, model, raw_model, optimizers, schedulers, reader, backend,
                 f"non-finite loss at epoch {state.epoch} step {step}; training stopped before the update. "
                 f"{kept} Lower train.lr, or check the input for NaN or infinite values."
             )
-        for opt in optimizers:
+        for opt in run.optimizers:
             opt.step()
-        if averaged is not None:
-            averaged.update_parameters(raw_model)
+        if run.averaged is not None:
+            run.averaged.update_parameters(run.raw_model)
         loss_sum += float(totals[0])
         rows += int(totals[1])
         state.step_in_epoch = step + 1
         state.global_step += 1
         progress.update(float(totals[0] / totals[1]), int(totals[1]))
         if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0 and backend.rank == 0:
-            _save_checkpoint(Location.of(cfg.output), raw_model, optimizers, schedulers, state, averaged)
+            _save_checkpoint(Location.of(cfg.output), run, state)
     progress.close()
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
 
@@ -258,9 +294,7 @@ def predict(model: DeepFM, reader) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(model: DeepFM, split_dir: Where, fmap: FeatureMap, batch_size: int, backend: Backend) -> dict:
     """Exact metrics over every row of the split: each rank predicts its share, all gather."""
-    reader = READERS["native"](split_dir, fmap, batch_size, rank=backend.rank, world=backend.world,
-                               shuffle=False, drop_remainder=False)
-    labels, probs = predict(model, reader)
+    labels, probs = predict(model, evaluation_reader(split_dir, fmap, batch_size, backend.rank, backend.world))
     labels = backend.allgather(torch.from_numpy(labels)).numpy()
     probs = backend.allgather(torch.from_numpy(probs)).numpy()
     return binary_metrics(labels, probs)
@@ -273,32 +307,14 @@ def _fresh_output(out: Location) -> None:
     out.mkdir()
 
 
-def _save_checkpoint(out: Location, model, optimizers, schedulers, state: TrainState,
-                     averaged: AveragedModel | None = None) -> None:
-    ckpt.save_torch({
-        "model": model.state_dict(),
-        "optimizers": [o.state_dict() for o in optimizers],
-        "schedulers": [s.state_dict() for s in schedulers],
-        "state": json.dumps(state.__dict__),
-        "torch_rng": torch.get_rng_state(),
-        **({"averaged": averaged.state_dict()} if averaged is not None else {}),
-    }, out / ckpt.CHECKPOINT)
+def _save_checkpoint(out: Location, run: Run, state: TrainState) -> None:
+    ckpt.save_checkpoint(out / ckpt.CHECKPOINT, run.raw_model, run.optimizers, run.schedulers, state.__dict__,
+                         run.averaged)
 
 
-def _restore(path: Location, model, optimizers, schedulers, backend,
-             averaged: AveragedModel | None = None) -> TrainState:
-    saved = ckpt.load_torch(path, backend.device)
-    model.load_state_dict(saved["model"])
-    if averaged is not None:
-        if "averaged" not in saved:
-            raise ValueError(f"{path} was written without train.ema_decay: resume with the same training config")
-        averaged.load_state_dict(saved["averaged"])
-    for opt, st in zip(optimizers, saved["optimizers"], strict=True):
-        opt.load_state_dict(st)
-    for sch, st in zip(schedulers, saved["schedulers"], strict=True):
-        sch.load_state_dict(st)
-    torch.set_rng_state(saved["torch_rng"].cpu())
-    state = TrainState(**json.loads(saved["state"]))
+def _restore(path: Location, run: Run, backend: Backend) -> TrainState:
+    state = TrainState(**ckpt.restore_checkpoint(path, run.raw_model, run.optimizers, run.schedulers, run.averaged,
+                                                 backend.device))
     if backend.rank == 0:
         log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     return state

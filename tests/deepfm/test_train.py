@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,20 @@ def test_early_stopping(criteo_shards, tmp_path):
     assert result["epochs"] < 30  # stopped early
     assert aucs[-1] <= max(aucs[:-1])  # ...because the last epoch did not improve
     assert result["valid_auc_best"] == max(aucs)
+
+
+def test_a_validation_split_of_one_class_early_stops_on_logloss(criteo_shards, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(criteo_shards, data)
+    for f in (data / "valid").glob("*.parquet"):  # no clicks in valid: its AUC is undefined
+        table = pq.read_table(f)
+        pq.write_table(table.set_column(table.column_names.index("label"), "label",
+                                        pa.array(np.zeros(table.num_rows, np.float32))), f)
+    result = run_training(_cfg(data, tmp_path / "m", epochs=3))
+    assert result["early_stopping_on"] == "-logloss" and np.isnan(result["valid_auc_best"])
+    assert all(np.isnan(h["valid_auc"]) for h in result["history"])
+    assert (Path(result["model"]) / "model.pt").is_file()  # the best weights by logloss were kept
+    assert 0.62 < result["test"]["auc"] < 0.85
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards, tmp_path):
