@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ROLES = ("label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore")
 NUMERIC_TRANSFORMS = ("log_bucketize", "log1p_standardize", "standardize", "none")
@@ -445,6 +445,100 @@ class SparkConfig(_Strict):
     conf: dict[str, str | int | float | bool] = {}
 
 
+class SearchRange(_Strict):
+    """One dimension of a tuning search: a range (`low`, `high`; log-uniform with `log`; whole
+    numbers with `integer`) or a list of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low and high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError("give low < high, or choices")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """The values that bound the range (or every choice): each must make a valid train config."""
+        if self.choices is not None:
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
+
+
+# Keys a search may not set: they say where and how to run, not what to learn.
+_NOT_SEARCHED = ("data", "output", "backend", "workers", "launcher", "device", "reader", "threads")
+
+
+class TuneConfig(_Strict):
+    """A hyperparameter search on validation AUC (pipelines/tune.py): `space` maps `train.` keys
+    to ranges; every trial trains one process in one Spark task on the same shards."""
+
+    output: PathStr  # trials.csv, best.yaml (usable with --conf), study.journal (the study, resumable)
+    space: dict[str, SearchRange]
+    trials: Annotated[int, Field(ge=1)] = 20  # in all, counting those of earlier runs of this output
+    parallel: Annotated[int, Field(ge=1)] = 2  # trials at once
+    epochs: Annotated[int, Field(ge=1)] | None = None  # per trial, at most; default train.epochs
+    # Stop a trial whose validation AUC after an epoch is below the median of the finished trials'
+    # at that epoch (Optuna's MedianPruner), once `prune_after_trials` have finished.
+    prune: bool = True
+    prune_after_trials: Annotated[int, Field(ge=1)] = 4
+    seed: int = 42
+    # An Optuna storage URL every executor reaches (sqlite:///, postgresql://); default: a journal
+    # file in `output`, which must then be a path the driver and the executors share.
+    storage: str | None = None
+
+    @field_validator("space")
+    @classmethod
+    def _keys(cls, space: dict[str, SearchRange]) -> dict[str, SearchRange]:
+        if not space:
+            raise ValueError("the search space is empty: give at least one train.* key")
+        for key in space:
+            path = key.split(".")
+            if path[0] != "train" or len(path) < 2 or not _is_field(TrainConfig, path[1:]):
+                raise ValueError(f"{key!r} is not a train.* setting (e.g. train.lr, train.model.embedding_dim)")
+            if path[1] in _NOT_SEARCHED:
+                raise ValueError(f"{key!r} says where and how to train, not what: it cannot be searched")
+        return space
+
+    @model_validator(mode="after")
+    def _storage(self) -> TuneConfig:
+        if self.storage is None and _URI.match(self.output) and not self.output.startswith("file:"):
+            raise ValueError(f"tune.output {self.output} is not a local path: set tune.storage to a database "
+                             "URL that the driver and every executor reach")
+        return self
+
+
+def _is_field(model: type[BaseModel], path: list[str]) -> bool:
+    field = model.model_fields.get(path[0])
+    if field is None:
+        return False
+    if len(path) == 1:
+        return True
+    nested = field.annotation
+    return isinstance(nested, type) and issubclass(nested, BaseModel) and _is_field(nested, path[1:])
+
+
+def with_setting(plain: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of a config dict with the dotted `key` (below its section) set to `value`."""
+    out = json.loads(json.dumps(plain))
+    node = out
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return out
+
+
 class TrackingConfig(_Strict):
     """MLflow experiment tracking (deepfm/tracking.py): one run per trained model version."""
 
@@ -479,6 +573,23 @@ class Config(_Strict):
     train: TrainConfig | None = None
     score: ScoreConfig | None = None
     evaluate: EvaluateConfig | None = None
+    tune: TuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _search_space_fits_train(self) -> Config:
+        """Every bound and choice of tune.space makes a valid train config, checked before any trial."""
+        if self.tune is None or self.train is None:
+            return self
+        plain = self.train.model_dump(mode="json")
+        for key, dimension in self.tune.space.items():
+            for value in dimension.candidates():
+                try:
+                    TrainConfig.model_validate(with_setting(plain, key.removeprefix("train."), value))
+                except ValidationError as err:
+                    problem = err.errors()[0]
+                    raise ValueError(f"tune.space.{key}: the value {value!r} is not a valid {key} "
+                                     f"({problem['msg']})") from None
+        return self
 
     def require(self, section: str) -> Any:
         value = getattr(self, section)

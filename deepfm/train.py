@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +142,13 @@ def build_run(cfg: TrainConfig, backend: Backend, fmap: FeatureMap, manifest: di
                schedulers, prior)
 
 
-def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str, Any]:
-    """Train, evaluate on test with the best weights, and (rank 0) write the model directory."""
+def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
+          stop_after_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+    """Train, evaluate on test with the best weights, and (rank 0) write the model directory.
+
+    `stop_after_epoch(epoch, validation metrics)` (one process only: the tuner's pruning) ends
+    training early when it returns True; the result then says `"stopped": True`.
+    """
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world)))
     data, out = Location.of(cfg.data), Location.of(cfg.output)
     fmap, manifest = load_feature_map(data)
@@ -157,7 +163,9 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
 
     reader = make_reader(cfg.reader, data / "train", fmap, cfg.batch_size, rank=backend.rank, world=backend.world,
                          seed=cfg.seed, shuffle_buffer_rows=cfg.shuffle_buffer_rows)
-    while state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience:
+    stopped = False
+    while (state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience
+           and not stopped):
         reader.set_epoch(state.epoch)
         train_loss, seconds, samples = _train_epoch(cfg, run, reader, backend, state)
         state.replica_fingerprints = check_replicas_identical(run.raw_model, backend, state.epoch)
@@ -176,11 +184,12 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False) -> dict[str,
                 ckpt.save_torch(run.evaluated.state_dict(), out / ckpt.WEIGHTS)
             _save_checkpoint(out, run, state)
         backend.barrier()
+        stopped = stop_after_epoch is not None and bool(stop_after_epoch(state.epoch - 1, valid))
 
     run.raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
     test = evaluate(run.raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
     result = {"valid_auc_best": state.best_auc if state.monitor == "auc" else float("nan"),
-              "early_stopping_on": state.monitor, "test": test, "epochs": state.epoch,
+              "early_stopping_on": state.monitor, "stopped": stopped, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world,
               "replica_fingerprints": state.replica_fingerprints}
     if backend.rank == 0:

@@ -24,6 +24,8 @@ STAGES = {
                    _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "train": ("jobs.train", "train DeepFM on the shards (1..N workers, Horovod or torch.distributed)",
               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "tune": ("jobs.tune", "search train settings on validation AUC (Optuna), one Spark task per trial",
+             _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml", "tune.yaml")),
     "score": ("jobs.score", "score click logs with a trained model into Parquet partitioned by run date",
               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "evaluate": ("jobs.evaluate", "AUC, logloss, calibration and slices of predictions, as JSON, PNGs and HTML",

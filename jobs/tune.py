@@ -1,0 +1,22 @@
+"""Entry point of the tune stage: a search over train settings on validation AUC, trials as Spark tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from deepfm.config import Config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options of its own: the search is the `tune:` section (conf/tune.yaml)."""
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines.spark import get_spark
+    from pipelines.tune import run_tune
+
+    result = run_tune(get_spark(cfg.spark, "tune"), cfg)
+    print(json.dumps({"output": result.output, "trials": result.trials, "best_valid_auc": result.best_value,
+                      "best_settings": result.best_settings}))
+    return 0
