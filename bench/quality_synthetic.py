@@ -7,8 +7,12 @@ at the same global batch, and prints JSON with the gaps. As a reference for what
 it also fits the teacher's own parametric form (its first-order weights, numeric curves and
 4-dim interaction vectors, knowing which values carry signal) on 800k rows of the same teacher.
 Targets: model AUC within 0.005 of the true-probability AUC; 2 workers within 0.002 of 1 worker.
+--teacher long_tail uses the generator's long-tail teacher (signal down to values seen ~20 times
+in 1M rows; target: within 0.05 of its AUC), and --defaults trains with the train: defaults of
+conf/base.yaml instead of this benchmark's settings.
 --bf16 adds the 1-worker run with train.precision bf16 (target: within 0.002 of fp32).
     python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit] [--one-worker] [--bf16]
+                                      [--teacher head|long_tail] [--defaults]
 """
 
 from __future__ import annotations
@@ -45,13 +49,21 @@ TRAINING = {"lr": 3e-4, "embedding_lr": 3e-3, "embedding_l2": 0.2, "embedding_l2
             "model": {"embedding_dim": 16, "hidden": [400, 400, 400]}}
 
 
-def prepare(work: Path) -> Path:
-    """1M rows of the current teacher, preprocessed with the synthetic data set's config."""
+def prepare(work: Path, teacher: str) -> Path:
+    """1M rows of the teacher, preprocessed with the synthetic data set's config."""
     raw, shards = work / "raw", work / "shards"
-    generate(ROWS, raw, quiet=True)
+    generate(ROWS, raw, f"generate.teacher={teacher}", quiet=True)
     preprocess(raw, shards, "spark.conf.spark.driver.memory=8g", "spark.conf.spark.ui.showConsoleProgress=false",
                force=True, quiet=True)
     return shards
+
+
+def default_training() -> dict:
+    """conf/base.yaml's train: section, as a user who sets nothing gets it."""
+    from deepfm.config import load_config
+
+    plain = load_config([str(ROOT / "conf" / "base.yaml")]).train.model_dump(mode="json")
+    return {k: v for k, v in plain.items() if k not in ("data", "output", "workers", "backend", "batch_size")}
 
 
 def true_auc(data: Path) -> float:
@@ -59,9 +71,10 @@ def true_auc(data: Path) -> float:
     return float(roc_auc_score(test.column("label").to_numpy(), test.column("p_true").to_numpy()))
 
 
-def train(data: Path, out: Path, workers: int, backend: str, precision: str = "fp32") -> dict:
+def train(data: Path, out: Path, workers: int, backend: str, precision: str = "fp32",
+          training: dict | None = None) -> dict:
     cfg = TrainConfig.model_validate({
-        **TRAINING, "data": str(data), "output": str(out), "workers": workers,
+        **(TRAINING if training is None else training), "data": str(data), "output": str(out), "workers": workers,
         "backend": backend if workers > 1 else "none", "batch_size": GLOBAL_BATCH // workers, "precision": precision,
     })
     result = run_training(cfg)
@@ -70,14 +83,15 @@ def train(data: Path, out: Path, workers: int, backend: str, precision: str = "f
             "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result["history"]]}
 
 
-def fit_teacher_form(seed: int = 7) -> dict:
+def fit_teacher_form(seed: int = 7, kind: str = "head") -> dict:
     """The teacher's own form fitted by Adam on 800k of its rows, early-stopped on 100k, tested on 100k."""
-    teacher = gen.Teacher.create(GenerateConfig(output="unused", seed=seed))
+    teacher = gen.Teacher.create(GenerateConfig(output="unused", seed=seed, teacher=kind))
     rng = np.random.default_rng([seed, 0])
     ints, ranks, logit = teacher.sample(ROWS, rng)
     p_true = 1 / (1 + np.exp(-logit))
     label = torch.from_numpy((rng.random(ROWS) < p_true).astype(np.float32))
-    no_signal = gen.HEAD  # one shared index for tail and missing values, pinned to zero
+    head = teacher.head
+    no_signal = head  # one shared index for tail and missing values, pinned to zero
     idx = torch.from_numpy(np.where((ranks >= 0) & (ranks < teacher.signal_values), ranks, no_signal))
     logs = torch.from_numpy(np.log1p(np.maximum(np.nan_to_num(ints, nan=0.0), 0))).float()
     present = torch.from_numpy(~np.isnan(ints)).float()
@@ -86,11 +100,11 @@ def fit_teacher_form(seed: int = 7) -> dict:
 
     torch.manual_seed(0)
     inter = torch.tensor(gen.INTERACTING)
-    first = torch.zeros(gen.NUM_CAT, gen.HEAD + 1, requires_grad=True)
-    vectors = (0.01 * torch.randn(len(inter), gen.HEAD + 1, gen.INTERACTION_DIM)).requires_grad_()
+    first = torch.zeros(gen.NUM_CAT, head + 1, requires_grad=True)
+    vectors = (0.01 * torch.randn(len(inter), head + 1, gen.INTERACTION_DIM)).requires_grad_()
     scale, center, bias = (torch.zeros(gen.NUM_INT, requires_grad=True),
                            torch.ones(gen.NUM_INT, requires_grad=True), torch.zeros(1, requires_grad=True))
-    signal = (torch.arange(gen.HEAD + 1) < gen.HEAD).float()
+    signal = (torch.arange(head + 1) < head).float()
 
     def model(rows: torch.Tensor) -> torch.Tensor:
         i = idx[rows]
@@ -130,19 +144,23 @@ def main() -> None:
     parser.add_argument("--no-teacher-fit", action="store_true", help="skip fitting the teacher's own form")
     parser.add_argument("--one-worker", action="store_true", help="skip the 2-worker run")
     parser.add_argument("--bf16", action="store_true", help="also train 1 worker with train.precision bf16")
+    parser.add_argument("--teacher", choices=["head", "long_tail"], default="head")
+    parser.add_argument("--defaults", action="store_true", help="train with conf/base.yaml's train: settings")
     args = parser.parse_args()
-    data = args.data or prepare(args.out)
+    out = args.out if args.teacher == "head" else args.out.with_name(f"{args.out.name}_{args.teacher}")
+    data = args.data or prepare(out, args.teacher)
+    training = default_training() if args.defaults else TRAINING
     best = true_auc(data)
-    one = train(data, args.out / "w1", 1, args.backend)
-    two = None if args.one_worker else train(data, args.out / "w2", 2, args.backend)
-    bf16 = train(data, args.out / "w1-bf16", 1, args.backend, "bf16") if args.bf16 else None
+    one = train(data, out / "w1", 1, args.backend, training=training)
+    two = None if args.one_worker else train(data, out / "w2", 2, args.backend, training=training)
+    bf16 = train(data, out / "w1-bf16", 1, args.backend, "bf16", training) if args.bf16 else None
     print(json.dumps({
         "machine": machine(),
-        "benchmark": "synthetic_quality", "data": str(data), "training": TRAINING,
+        "benchmark": "synthetic_quality", "teacher": args.teacher, "data": str(data), "training": training,
         "true_probability_test_auc": round(best, 4), "one_worker": one,
         "two_workers": two and {**two, "backend": args.backend},
         "one_worker_bf16": bf16,
-        "teacher_form_fitted_on_800k_rows": None if args.no_teacher_fit else fit_teacher_form(),
+        "teacher_form_fitted_on_800k_rows": None if args.no_teacher_fit else fit_teacher_form(kind=args.teacher),
         "gap_to_true_auc": round(best - one["test_auc"], 4),
         "two_vs_one_worker_auc": two and round(two["test_auc"] - one["test_auc"], 4),
         "bf16_vs_fp32_auc": bf16 and round(bf16["test_auc"] - one["test_auc"], 4),

@@ -25,8 +25,8 @@ def settings(*pairs: str) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
-def generate(rows: int, raw: Path, quiet: bool = False) -> None:
-    run_stage("generate", "--rows", str(rows), "--output", str(raw), quiet=quiet)
+def generate(rows: int, raw: Path, *overrides: str, quiet: bool = False) -> None:
+    run_stage("generate", "--rows", str(rows), "--output", str(raw), *settings(*overrides), quiet=quiet)
 
 
 def preprocess_args(raw: Path, out: Path, *overrides: str, force: bool = False) -> list[str]:

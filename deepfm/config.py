@@ -319,6 +319,10 @@ class GenerateConfig(_Strict):
     base_ctr: Annotated[float, Field(gt=0, lt=1)] = 0.22
     # Scales every categorical cardinality (1.0 = Criteo-like, tens to ~10M values).
     cardinality_scale: Annotated[float, Field(gt=0)] = 1.0
+    # Which values carry click signal: `head`, a field's popular ones (at least 1 row in 1,000);
+    # `long_tail`, also the rare ones down to 2 rows in 100,000 (about 20 in 1M rows), in fields
+    # of at most 1M values, as in real logs (pipelines/generate.py).
+    teacher: Literal["head", "long_tail"] = "head"
     gzip: bool = False
 
 

@@ -15,9 +15,13 @@ follow a truncated Zipf law over cardinalities from a few to ~10M. Only a field'
 carry signal (at most its top 400, and only those in at least 1 row in 1,000); the long tail
 carries none, as in real logs. So the planted signal can be learned from ~1M rows: the teacher's
 own parametric form, fitted on 800k rows, comes within 0.004 AUC of the teacher (with every top-400
-value carrying signal it stayed 0.009 short, too few rows per value). Rows are
-made in seeded chunks: any chunk can be regenerated alone, and 45M rows stream through in bounded
-memory.
+value carrying signal it stayed 0.009 short, too few rows per value).
+
+The `long_tail` teacher (generate.teacher) is the harder case real logs pose: every value seen in
+at least 2 rows in 100,000 (about 20 in 1M rows, up to 20,000 values a field) carries signal of the
+same strength as a popular one, in fields of at most 1M values, so a model must learn thousands of
+values per field from tens of rows each. Rows are made in seeded chunks: any chunk can be
+regenerated alone, and 45M rows stream through in bounded memory.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ INT_MISSING = (.45, 0, .21, .22, .03, .22, .04, 0, .04, .45, .04, .77, .22)
 NUM_INT, NUM_CAT = 13, 26
 HEAD = 400  # at most this many values of a field carry signal: its most popular ones
 SIGNAL_MIN_SHARE = 1e-3  # ... and only those in at least this share of rows
+# The long-tail teacher's: up to 20,000 values a field, down to ~20 rows in 1M, fields <= 1M values.
+LONG_TAIL_HEAD, LONG_TAIL_MIN_SHARE, LONG_TAIL_MAX_CARDINALITY = 20_000, 2e-5, 1_000_000
 INTERACTION_DIM = 4
 INTERACTING = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 18, 19, 22, 24)
 INTERACTION_SCALE = 0.26  # the interactions' logit spread is then ~1.6, like the first-order terms'
@@ -67,8 +73,8 @@ class Teacher:
     cardinalities: np.ndarray
     zipf_cdfs: list[np.ndarray]
     signal_values: np.ndarray  # (NUM_CAT,) how many of each field's top values carry signal
-    first_order: np.ndarray  # (NUM_CAT, HEAD)
-    vectors: np.ndarray  # (len(INTERACTING), HEAD, INTERACTION_DIM)
+    first_order: np.ndarray  # (NUM_CAT, head)
+    vectors: np.ndarray  # (len(INTERACTING), head, INTERACTION_DIM)
     int_scale: np.ndarray
     int_center: np.ndarray
     int_mu: np.ndarray
@@ -76,10 +82,19 @@ class Teacher:
     item_weights: tuple[np.ndarray, np.ndarray]
     bias: float = 0.0
 
+    @property
+    def head(self) -> int:
+        """The most values a field has that carry signal (the size of the weight tables)."""
+        return self.first_order.shape[1]
+
     @classmethod
     def create(cls, cfg: GenerateConfig) -> Teacher:
         rng = np.random.default_rng([cfg.seed, 0xC0FFEE])
         cards = np.maximum(2, np.round(np.array(CRITEO_CARDINALITIES) * cfg.cardinality_scale)).astype(np.int64)
+        head, min_share = HEAD, SIGNAL_MIN_SHARE
+        if cfg.teacher == "long_tail":
+            head, min_share = LONG_TAIL_HEAD, LONG_TAIL_MIN_SHARE
+            cards = np.minimum(cards, LONG_TAIL_MAX_CARDINALITY)
         # Big fields have long flat tails, small ones a few dominant values (as in the real data).
         exponents = np.clip(1.05 + 0.2 * np.maximum(0, 6 - np.log10(cards)), 1.05, 1.9)
         exponents += rng.uniform(-0.03, 0.03, NUM_CAT)
@@ -88,10 +103,10 @@ class Teacher:
         teacher = cls(
             cardinalities=cards,
             zipf_cdfs=cdfs,
-            signal_values=np.array([min(HEAD, int((np.diff(cdf, prepend=0.0) >= SIGNAL_MIN_SHARE).sum()))
+            signal_values=np.array([min(head, int((np.diff(cdf, prepend=0.0) >= min_share).sum()))
                                     for cdf in cdfs]),
-            first_order=rng.standard_normal((NUM_CAT, HEAD)) * spread,
-            vectors=rng.standard_normal((len(INTERACTING), HEAD, INTERACTION_DIM)) * INTERACTION_SCALE,
+            first_order=rng.standard_normal((NUM_CAT, head)) * spread,
+            vectors=rng.standard_normal((len(INTERACTING), head, INTERACTION_DIM)) * INTERACTION_SCALE,
             int_scale=rng.uniform(0.1, 0.5, NUM_INT) * rng.choice([-1, 1], NUM_INT),
             int_center=rng.uniform(0.5, 3.0, NUM_INT),
             int_mu=rng.uniform(0.3, 3.5, NUM_INT),

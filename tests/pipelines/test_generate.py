@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from deepfm.config import GenerateConfig
-from pipelines.generate import CRITEO_COLUMNS, generate
+from pipelines.generate import CRITEO_COLUMNS, Teacher, generate
 
 
 def _read(path):
@@ -85,3 +85,21 @@ def test_joined_mode_writes_three_tables(tmp_path):
     header = (out / "impressions" / "part-00000.tsv").read_text().splitlines()[0].split("\t")
     assert header[:3] == ["impression_id", "ts", "item_id"] and header[-1] == "p_true"
     assert (out / "clicks" / "part-00000.tsv").read_text().startswith("impression_id\tclick_ts\n")
+
+
+def test_the_long_tail_teacher_puts_signal_into_values_seen_20_to_1000_times_in_1m_rows():
+    rng = np.random.default_rng(0)
+    for kind, rare_values in (("head", 0), ("long_tail", 20_000)):
+        teacher = Teacher.create(GenerateConfig(output="unused", teacher=kind))
+        shares = [np.diff(cdf, prepend=0.0) for cdf in teacher.zipf_cdfs]
+        with_signal = [s[:n] for s, n in zip(shares, teacher.signal_values, strict=True)]
+        rare = sum(int(((s >= 2e-5) & (s < 1e-3)).sum()) for s in with_signal)  # 20-1,000 rows in 1M
+        assert (rare > rare_values) if rare_values else rare == 0
+        ints, ranks, logit = teacher.sample(50_000, rng)
+        share = np.stack([np.where(ranks[:, f] >= 0, shares[f][np.maximum(ranks[:, f], 0)], 1.0)
+                          for f in range(ranks.shape[1])], 1)
+        without_rare = teacher.logit(ints, np.where(share >= 1e-3, ranks, -1))
+        unexplained = 1 - np.corrcoef(logit, without_rare)[0, 1] ** 2
+        # the head teacher's rare values carry nothing; the long-tail teacher's over a tenth of the logit
+        assert unexplained > 0.1 if rare_values else unexplained < 1e-9
+    assert teacher.cardinalities.max() <= 1_000_000
