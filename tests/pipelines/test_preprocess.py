@@ -109,7 +109,7 @@ def test_rerun_is_skipped_then_forced_rerun_is_identical(criteo_run, spark, tmp_
     assert first.manifest["vocab"]["fingerprint"] == second.manifest["vocab"]["fingerprint"]
 
 
-@pytest.mark.parametrize("dataset", ["criteo", "obd"])
+@pytest.mark.parametrize("dataset", ["criteo", pytest.param("obd", marks=pytest.mark.slow)])
 def test_the_spark_sql_encoding_writes_the_same_shards_as_the_arrow_encoding(criteo_run, spark, tmp_path, dataset):
     if dataset == "criteo":
         arrow_out, _, cfg = criteo_run
