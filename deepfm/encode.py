@@ -139,7 +139,8 @@ def _numbers(raw: pa.Array) -> np.ndarray:
     """float64 values, NaN where missing; numeric text is parsed, as the read step does."""
     if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
         raw = pc.if_else(pc.equal(raw, ""), pa.scalar(None, raw.type), raw)
-    values = pc.cast(raw, pa.float64()).to_numpy(zero_copy_only=False)
+    # Unsafe: a 64-bit integer beyond 2^53 rounds to the nearest double, as Spark casts it.
+    values = pc.cast(raw, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     if np.isinf(values).any():
         raise ValueError("values must be finite")
     return values
