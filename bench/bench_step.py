@@ -2,7 +2,7 @@
 
 The real model, optimizers and `train_step` on Criteo-shaped batches (39 categorical fields,
 Zipf-distributed ids over about 1M embedding rows; embedding 16, MLP 400-400-400 unless told),
-staged in host memory as the readers hand them over (pinned on a GPU), so the figures are the
+staged in host memory as the readers hand them over (`deepfm.readers.Batch`) (pinned on a GPU), so the figures are the
 step's and the host-to-device copy's, not the file reader's (`bench_train.py` measures those).
 
 For every batch size x precision x embedding-gradient case:
@@ -40,26 +40,13 @@ from machine import machine  # noqa: E402
 from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM, DeepFMConfig  # noqa: E402
 from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
+from deepfm.readers import Batch  # noqa: E402
 from deepfm.train import make_optimizers, train_step  # noqa: E402
 
 # Criteo-shaped: 13 bucketized numeric fields (tens of buckets) and 26 categorical ones.
 VOCAB_SIZES = (*([64] * 13), 1_460, 580, 300_000, 200_000, 310, 24, 12_500, 630, 3, 93_000, 5_700, 250_000,
                3_200, 27, 14_900, 150_000, 10, 5_600, 2_170, 4, 200_000, 18, 15, 100_000, 105, 84_000)
 WARMUP = 5
-
-
-class Batch:
-    """What the readers yield (ids int32 [B, F], dense float32 [B, 0], label float32 [B])."""
-
-    def __init__(self, ids: torch.Tensor, dense: torch.Tensor, label: torch.Tensor) -> None:
-        self.ids, self.dense, self.label = ids, dense, label
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(self.ids.to(device, non_blocking=True), self.dense.to(device, non_blocking=True),
-                     self.label.to(device, non_blocking=True))
 
 
 def batches(batch_size: int, count: int, pin: bool, seed: int = 0) -> list[Batch]:

@@ -532,14 +532,15 @@ def _is_field(model: type[BaseModel], path: list[str]) -> bool:
     return isinstance(nested, type) and issubclass(nested, BaseModel) and _is_field(nested, path[1:])
 
 
-def with_setting(plain: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """A copy of a config dict with the dotted `key` (below its section) set to `value`."""
+def with_settings(plain: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict with each dotted key of `settings` (below its section) set."""
     out = json.loads(json.dumps(plain))
-    node = out
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
+    for key, value in settings.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
     return out
 
 
@@ -588,7 +589,7 @@ class Config(_Strict):
         for key, dimension in self.tune.space.items():
             for value in dimension.candidates():
                 try:
-                    TrainConfig.model_validate(with_setting(plain, key.removeprefix("train."), value))
+                    TrainConfig.model_validate(with_settings(plain, {key.removeprefix("train."): value}))
                 except ValidationError as err:
                     problem = err.errors()[0]
                     raise ValueError(f"tune.space.{key}: the value {value!r} is not a valid {key} "

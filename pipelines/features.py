@@ -78,13 +78,13 @@ def broadcast_vocabulary(spark: SparkSession, path: Location, broadcast_max_entr
     it has more entries than every Python worker should hold (then Spark SQL encodes, with
     shuffle joins for the large fields)."""
     with path.open() as f:
-        rows = pq.ParquetFile(f).metadata.num_rows
-    if rows > broadcast_max_entries:
-        log.info("the vocabulary has %d entries, over preprocess.vocab.broadcast_max_entries (%d): encoding in "
-                 "Spark SQL", rows, broadcast_max_entries)
-        return None
-    with path.open() as f:
-        return spark.sparkContext.broadcast(vocabulary_to_bytes(pq.read_table(f)))
+        parquet = pq.ParquetFile(f)
+        rows = parquet.metadata.num_rows
+        if rows > broadcast_max_entries:
+            log.info("the vocabulary has %d entries, over preprocess.vocab.broadcast_max_entries (%d): encoding "
+                     "in Spark SQL", rows, broadcast_max_entries)
+            return None
+        return spark.sparkContext.broadcast(vocabulary_to_bytes(parquet.read()))
 
 
 def apply_feature_map_in_arrow(frame: DataFrame, fmap: FeatureMap, vocabulary: Broadcast,

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pyspark.sql import SparkSession
 
-from deepfm.config import Config, SearchRange, TrainConfig, TuneConfig, with_setting
+from deepfm.config import Config, SearchRange, TrainConfig, TuneConfig, with_settings
 from deepfm.errors import first_line, is_expected
 from deepfm.fs import Location
 from deepfm.lease import held
@@ -66,7 +66,7 @@ def run_tune(spark: SparkSession, cfg: Config) -> TuneResult:
             asked = [study.ask(distributions) for _ in range(min(tune.parallel, tune.trials - done))]
             specs = [{"number": t.number, "trial_id": t._trial_id, "settings": t.params, "prune": tune.prune,
                       "prune_after_trials": tune.prune_after_trials, "storage": _storage_spec(tune),
-                      "train": _trial_config(base, t.params)} for t in asked]
+                      "train": with_settings(base, _below_train(t.params))} for t in asked]
             first, last = asked[0].number, asked[-1].number
             with step(f"tune: trials {first}-{last} ({done} of {tune.trials} done)"):
                 outcomes = spark.sparkContext.parallelize(specs, len(specs)).map(run_trial).collect()
@@ -171,19 +171,15 @@ def _write_results(study, tune: TuneConfig, out: Location) -> None:
     best = _best(study)
     if best is None:
         return
-    train: dict[str, Any] = {}
-    for key, value in best.params.items():
-        train = with_setting(train, key.removeprefix("train."), value)
+    train = with_settings({}, _below_train(best.params))
     header = (f"# The best of {len(_counted(study))} tuning trials (trial {best.number}): validation AUC "
               f"{best.value:.4f}.\n# Use it after the other configuration files: --conf {out / BEST}\n")
     (out / BEST).write_text(header + yaml.safe_dump({"train": train}, sort_keys=True))
 
 
-def _trial_config(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    plain = base
-    for key, value in settings.items():
-        plain = with_setting(plain, key.removeprefix("train."), value)
-    return plain
+def _below_train(settings: dict[str, Any]) -> dict[str, Any]:
+    """`train.lr` -> `lr`: the keys within the train section."""
+    return {key.removeprefix("train."): value for key, value in settings.items()}
 
 
 def _pruner(after_trials: int):
