@@ -73,7 +73,7 @@ def run_case(backend, batch_size: int, precision: str, sparse: bool, steps: int,
     torch.manual_seed(0)
     config = DeepFMConfig(vocab_sizes=VOCAB_SIZES, precision=precision, sparse_embeddings=sparse, **model_shape)
     raw = DeepFM(config)
-    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3))
+    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-3))
     model.train()
     staged = batches(batch_size, min(steps + WARMUP, 16), pin=device.type == "cuda")
 

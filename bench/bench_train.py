@@ -62,7 +62,7 @@ def measure(plain: dict, steps: int, result_path: str) -> None:
     torch.manual_seed(0)
     model = DeepFM(model_config(fmap, cfg, cfg.model.sparse_embeddings))
     raw = model
-    model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr))
+    model, optimizers = backend.prepare(model, make_optimizers(model, cfg.lr, cfg.lr))
     reader = make_reader(cfg.reader, Path(cfg.data) / "train", fmap, cfg.batch_size, rank=backend.rank,
                          world=backend.world, seed=1, shuffle_buffer_rows=cfg.shuffle_buffer_rows)
     done, rows, start = 0, 0, None

@@ -6,7 +6,12 @@ validation AUC (at most 10 epochs, patience 2). Prints JSON with both test AUCs 
 With --bf16-seeds N it trains ours N times (seeds 2017, 2018, ...) in fp32 and in bf16 instead and
 prints each precision's test AUC as mean and spread with the paired differences: a 989-row test
 split cannot separate two settings on one seed.
-    python bench/compare_criteo.py [--data out/criteo] [--bf16-seeds 5]
+With --splits N it instead re-splits the sample N times (dataset.split.seed 2017, 2018, ...: N
+different 80/10/10 train/valid/test splits, preprocessed anew) and trains on each with the
+project's default train: settings (conf/base.yaml + conf/datasets/criteo.yaml) and with the
+previous defaults (plain Adam at lr 1e-3, no prior, no averaging), printing each one's test AUC as
+mean and spread and the paired differences. --set key=value changes the defaults' run (exploring).
+    python bench/compare_criteo.py [--data out/criteo] [--bf16-seeds 5] [--splits 5 [--set train.lr=1e-3]]
 """
 
 from __future__ import annotations
@@ -61,6 +66,35 @@ def bf16_against_fp32(data: Path, seeds: int) -> dict:
         "within_0.002": bool(abs(differences.mean()) <= 0.002)}
 
 
+PLAIN = {"lr": 1e-3, "embedding_lr": 1e-3, "embedding_l2": 0.0, "embedding_l2_rarity_exponent": 0.0, "ema_decay": 0.0}
+CRITEO_CONF = [str(ROOT / "conf" / name) for name in ("base.yaml", "datasets/criteo.yaml")]
+
+
+def defaults_over_splits(splits: int, overrides: list[str]) -> dict:
+    from deepfm.config import load_config
+
+    aucs: dict[str, list[float]] = {"defaults": [], "plain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(SEED, SEED + splits):
+            data = Path(tmp) / f"split-{seed}"
+            conf = [arg for path in CRITEO_CONF for arg in ("--conf", path)]
+            subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess", *conf,
+                            "--set", f"dataset.split.seed={seed}", "--set", f"preprocess.output={data}"],
+                           cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            defaults = load_config(CRITEO_CONF, [f"train.data={data}", f"train.output={tmp}/d-{seed}",
+                                                 "tracking.enabled=false", *overrides]).train
+            plain = defaults.model_copy(update={**PLAIN, "output": f"{tmp}/p-{seed}"})
+            for name, cfg in (("defaults", defaults), ("plain", plain)):
+                aucs[name].append(run_training(cfg)["test"]["auc"])
+    differences = np.array(aucs["defaults"]) - np.array(aucs["plain"])
+    return {"benchmark": "criteo_sample_defaults_over_splits", "splits": splits, "overrides": overrides,
+            "test_auc": {name: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v, ddof=1)), 4),
+                                "each": [round(a, 4) for a in v]} for name, v in aucs.items()},
+            "defaults_minus_plain": {"mean": round(float(differences.mean()), 4),
+                                     "standard_error": round(float(differences.std(ddof=1) / np.sqrt(splits)), 4),
+                                     "each": [round(float(d), 4) for d in differences]}}
+
+
 def _arrays(data: Path, split: str, fmap):
     reader = InMemoryReader(data / split, fmap, 1 << 30, shuffle=False, drop_remainder=False)
     return reader.ids.numpy().astype(np.int64), reader.label.numpy()
@@ -99,8 +133,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "out" / "criteo")
     parser.add_argument("--bf16-seeds", type=int, default=0,
                         help="train ours in fp32 and bf16 on this many seeds instead of comparing with DeepCTR-Torch")
+    parser.add_argument("--splits", type=int, default=0,
+                        help="train the defaults and plain Adam on this many re-splits of the sample instead")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --splits: a setting for the defaults' run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.splits:
+        print(json.dumps({"machine": machine(), **defaults_over_splits(args.splits, args.set)}, indent=2))
+        return
     if not (args.data / "_SUCCESS").exists():
         subprocess.run([sys.executable, "-m", "jobs.cli", "preprocess", "--set", f"preprocess.output={args.data}"],
                        cwd=ROOT, check=True)

@@ -359,20 +359,25 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     epochs: Annotated[int, Field(ge=1)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 4096  # per worker
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    # The embedding tables' own learning rate (default: lr). Adam moves a parameter at most about
+    # The defaults below were chosen on two synthetic teachers and the Criteo sample together (README
+    # "Default training settings"); none of them needs tuning per data set.
+    lr: Annotated[float, Field(gt=0)] = 3e-4
+    # The embedding tables' own learning rate (default: 10x lr). Adam moves a parameter at most about
     # lr per step, and a value's row steps only when the value occurs: rows need a larger one.
     embedding_lr: Annotated[float, Field(gt=0)] | None = None
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
     # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/regularization.py).
-    embedding_l2: Annotated[float, Field(ge=0)] = 0.0
+    # Being in rows, it needs no scaling with data size: evidence grows with the rows, the prior not.
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.2
     # The prior of a value seen in c of N training rows is embedding_l2 * (N / c)^exponent: 0 holds
     # every value alike; 0.5 holds one seen 100x less often 10x tighter.
-    embedding_l2_rarity_exponent: Annotated[float, Field(ge=0)] = 0.0
+    embedding_l2_rarity_exponent: Annotated[float, Field(ge=0)] = 0.75
     # Evaluate, keep and ship an exponential moving average of the weights, updated after every
     # step (0: off, the raw weights). Adam's last steps leave noise in every row; averaging over
-    # about 1 / (1 - ema_decay) steps removes it. 0.99: the last ~100 steps.
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # about 1 / (1 - ema_decay) steps removes it. auto: over the last half epoch of steps (off
+    # below 8 steps per epoch), so the horizon follows the data size and batch; the value used is
+    # in metrics.json (`regularization`).
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = "auto"
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5  # on a validation-AUC plateau
     lr_patience: Annotated[int, Field(ge=0)] = 0
     early_stopping_patience: Annotated[int, Field(ge=0)] = 2
@@ -413,6 +418,11 @@ class ScoreConfig(_Strict):
     # it (deepfm/encode.py, the vocabulary shipped once per worker); `spark` in Spark SQL, one
     # vocabulary join per field. Vocabularies over preprocess.vocab.broadcast_max_entries use `spark`.
     encode: Literal["arrow", "spark"] = "arrow"
+    # How raw text logs are split and validated: `arrow` in the scoring Python workers (deepfm/parse.py),
+    # which then receive one string per line; `spark` in Spark SQL (pipelines/read.py), as preprocess
+    # does. Both reject the same rows for the same reasons. Arrow parsing needs encode arrow, and
+    # input without side tables or timestamp columns; otherwise Spark parses.
+    parse: Literal["arrow", "spark"] = "arrow"
 
     @model_validator(mode="after")
     def _check(self) -> ScoreConfig:

@@ -28,9 +28,17 @@ from deepfm.model import DeepFM
 
 
 class EmbeddingPrior:
-    def __init__(self, inverse_counts: torch.Tensor, strength: float) -> None:
+    def __init__(self, inverse_counts: torch.Tensor, strength: float, rarity_exponent: float = 0.0) -> None:
         self.inverse_counts = inverse_counts  # [total rows of the table], times the rarity factor
         self.strength = strength
+        self.rarity_exponent = rarity_exponent
+
+    def describe(self, train_rows: int) -> dict[str, float]:
+        """The prior, in training rows, that values of a few frequencies pay: what it amounts to on this data."""
+        def rows(count: float) -> float:
+            return round(self.strength * (max(train_rows, 1) / count) ** self.rarity_exponent, 3)
+        return {"value_seen_10_times": rows(10), "value_seen_1000_times": rows(1000),
+                "value_in_1_percent_of_rows": rows(max(train_rows / 100, 1))}
 
     @classmethod
     def from_vocabulary(cls, vocabulary: Where, fmap: FeatureMap, train_rows: int, strength: float,
@@ -46,7 +54,7 @@ class EmbeddingPrior:
             rows = fields == name
             counts[offset + ids[rows]] = np.maximum(seen[rows], 1)
         rarity = (max(train_rows, 1) / counts) ** rarity_exponent
-        return cls(torch.from_numpy(rarity / counts).float().to(device), strength)
+        return cls(torch.from_numpy(rarity / counts).float().to(device), strength, rarity_exponent)
 
     def penalty(self, model: DeepFM, ids: torch.Tensor) -> torch.Tensor:
         """This batch's share of the epoch's prior: add it to the mean loss of the batch."""

@@ -97,9 +97,8 @@ def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConf
     )
 
 
-def make_optimizers(model: DeepFM, lr: float, embedding_lr: float | None = None) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: DeepFM, lr: float, embedding_lr: float) -> list[torch.optim.Optimizer]:
     """Sparse tables get SparseAdam (lazy: only the rows in the batch move); the rest Adam."""
-    embedding_lr = embedding_lr or lr
     if model.config.sparse_embeddings and model.embedding_parameters():
         return [torch.optim.Adam(model.dense_parameters(), lr=lr),
                 torch.optim.SparseAdam(model.embedding_parameters(), lr=embedding_lr)]
@@ -120,6 +119,27 @@ class Run:
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[torch.optim.lr_scheduler.ReduceLROnPlateau]
     prior: EmbeddingPrior | None
+    regularization: dict[str, Any]  # the strengths as resolved for this data and batch, for metrics.json
+
+
+# The moving average spans half an epoch: long enough to smooth Adam's last steps, short enough
+# that the weights it ships are this epoch's. Below this many steps per epoch it is left off.
+EMA_EPOCH_FRACTION, EMA_MIN_STEPS_PER_EPOCH = 0.5, 8
+
+
+def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dict[str, Any]:
+    """The learning-rate split, prior and averaging that this run uses, with `auto` worked out
+    from the training rows and the global batch."""
+    steps_per_epoch = max(1, train_rows // (cfg.batch_size * world))
+    if cfg.ema_decay == "auto":
+        horizon = EMA_EPOCH_FRACTION * steps_per_epoch
+        ema_decay = 1.0 - 1.0 / horizon if steps_per_epoch >= EMA_MIN_STEPS_PER_EPOCH else 0.0
+    else:
+        ema_decay = float(cfg.ema_decay)
+    return {"lr": cfg.lr, "embedding_lr": cfg.embedding_lr or float(f"{10 * cfg.lr:.6g}"), "train_rows": train_rows,
+            "steps_per_epoch": steps_per_epoch, "ema_decay": round(ema_decay, 6), "ema_setting": cfg.ema_decay,
+            "ema_horizon_steps": round(1 / (1 - ema_decay), 1) if ema_decay else 0,
+            "embedding_l2": cfg.embedding_l2, "embedding_l2_rarity_exponent": cfg.embedding_l2_rarity_exponent}
 
 
 def build_run(cfg: TrainConfig, backend: Backend, fmap: FeatureMap, manifest: dict[str, Any]) -> Run:
@@ -127,19 +147,22 @@ def build_run(cfg: TrainConfig, backend: Backend, fmap: FeatureMap, manifest: di
     sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
     torch.manual_seed(cfg.seed)
     raw_model = DeepFM(model_config(fmap, cfg, sparse))
-    model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, cfg.embedding_lr))
+    train_rows = manifest["rows"]["splits"]["train"]["rows"]
+    settings = resolve_regularization(cfg, train_rows, backend.world)
+    model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, settings["embedding_lr"]))
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
         prior = EmbeddingPrior.from_vocabulary(Location.of(cfg.data) / manifest["vocab"]["path"], fmap,
-                                               manifest["rows"]["splits"]["train"]["rows"], cfg.embedding_l2,
-                                               backend.device, cfg.embedding_l2_rarity_exponent)
+                                               train_rows, cfg.embedding_l2, backend.device,
+                                               cfg.embedding_l2_rarity_exponent)
+        settings["prior_rows"] = prior.describe(train_rows)
     # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.
-    averaged = (AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-                if cfg.ema_decay else None)
+    averaged = (AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(settings["ema_decay"]))
+                if settings["ema_decay"] else None)
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
     return Run(model, raw_model, raw_model if averaged is None else averaged.module, averaged, optimizers,
-               schedulers, prior)
+               schedulers, prior, settings)
 
 
 def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
@@ -191,6 +214,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
     result = {"valid_auc_best": state.best_auc if state.monitor == "auc" else float("nan"),
               "early_stopping_on": state.monitor, "stopped": stopped, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world,
+              "regularization": run.regularization,
               "replica_fingerprints": state.replica_fingerprints}
     if backend.rank == 0:
         write_model_dir(out, run.raw_model, fmap, manifest["vocab"]["fingerprint"], data,

@@ -100,6 +100,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards,
     assert json.loads(saved["state"])["global_step"] > 0
 
 
+def test_auto_averaging_follows_the_steps_per_epoch_and_is_recorded_in_metrics(criteo_shards, tmp_path):
+    train_rows = json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"]["train"]["rows"]
+    result = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=1, batch_size=256))
+    recorded = json.loads((tmp_path / "m" / result["version"] / "metrics.json").read_text())["regularization"]
+    steps = train_rows // 256
+    assert recorded["steps_per_epoch"] == steps and recorded["ema_setting"] == "auto"
+    assert recorded["ema_decay"] == pytest.approx(1 - 2 / steps, abs=1e-6)  # half an epoch of steps
+    assert recorded["embedding_lr"] == pytest.approx(10 * recorded["lr"])
+    prior = recorded["prior_rows"]  # the rarer the value, the tighter its prior
+    assert prior["value_seen_10_times"] > prior["value_in_1_percent_of_rows"] > prior["value_seen_1000_times"] > 0
+    # A batch so large an epoch is a few steps: no averaging, rather than one spanning epochs.
+    few = run_training(_cfg(criteo_shards, tmp_path / "big", epochs=1, batch_size=4096))
+    assert json.loads((tmp_path / "big" / few["version"] / "metrics.json").read_text())["regularization"][
+        "ema_decay"] == 0.0
+
+
 def test_the_moving_average_of_the_weights_is_evaluated_and_shipped(criteo_shards, tmp_path):
     # The training loop itself, which leaves its checkpoint (a committed version drops it).
     result = train(_cfg(criteo_shards, tmp_path / "m", epochs=1, ema_decay=0.9), make_backend("none"))
