@@ -4,8 +4,10 @@ Same model (embedding 16, MLP 400-400-400, trained one epoch) and the same 1M sy
 (a) in-process: the encoded rows already in memory as tensors, the model run in batches of
     --batch-rows on every core (the ceiling: no I/O, no transforms);
 (b) the Spark job (local[2]) on the raw TSV logs: parse, quarantine, encode, score, write, with
-    the batches encoded in the scoring Python workers (score.encode arrow, the default);
-(b') the same with the encoding in Spark SQL (score.encode spark: one vocabulary join per field);
+    the lines parsed and encoded in the scoring Python workers (score.parse and encode arrow, the
+    defaults);
+(b') the same with the parsing in Spark SQL (score.parse spark), the encoding in Arrow;
+(b'') the same with the encoding in Spark SQL too (score.encode spark: one vocabulary join per field);
 (c) the Spark job on the same rows already encoded (preprocessed Parquet): read, score, write.
 Prints one JSON object; ratios are Spark rows/s over in-process rows/s.
     python bench/bench_score.py [--data out/bench/train_1m] [--rounds 2]
@@ -66,11 +68,11 @@ def in_process_rate(model_dir: Path, data: Path, batch_rows: int) -> dict:
 
 
 def spark_rate(spark, model_dir: Path, raw: Path, data: Path, preprocessed: bool, batch_rows: int,
-               encode: str = "arrow") -> dict:
+               encode: str = "arrow", parse: str = "arrow") -> dict:
     from pipelines.score import run_score
 
     with tempfile.TemporaryDirectory() as out:
-        score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows, "encode": encode}
+        score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows, "encode": encode, "parse": parse}
         score |= {"preprocessed": f"{data}/{{train,valid,test}}"} if preprocessed else {"input_path": str(raw)}
         cfg = Config.model_validate({**load_config(CONF_FILES).model_dump(), "score": score})
         result = run_score(spark, cfg, "2026-01-01")
@@ -98,8 +100,10 @@ def main() -> None:
         for name, run in (("in_process", lambda: in_process_rate(args.model, args.data, args.batch_rows)),
                           ("spark_raw_logs", lambda: spark_rate(spark, args.model, args.raw, args.data, False,
                                                                 args.batch_rows)),
+                          ("spark_raw_logs_sql_parsing", lambda: spark_rate(spark, args.model, args.raw, args.data,
+                                                                            False, args.batch_rows, parse="spark")),
                           ("spark_raw_logs_sql_encoding", lambda: spark_rate(spark, args.model, args.raw, args.data,
-                                                                             False, args.batch_rows, "spark")),
+                                                                             False, args.batch_rows, "spark", "spark")),
                           ("spark_preprocessed", lambda: spark_rate(spark, args.model, args.raw, args.data, True,
                                                                     args.batch_rows))):
             result = run()
@@ -111,6 +115,7 @@ def main() -> None:
         "model": {"embedding_dim": 16, "hidden": [400, 400, 400], "version": open_model_dir(args.model).version},
         "cores": os.cpu_count(), "batch_rows": args.batch_rows, "rounds": args.rounds, **best,
         "ratio_spark_raw_logs": round(best["spark_raw_logs"]["rows_per_s"] / base, 3),
+        "ratio_spark_raw_logs_sql_parsing": round(best["spark_raw_logs_sql_parsing"]["rows_per_s"] / base, 3),
         "ratio_spark_raw_logs_sql_encoding": round(best["spark_raw_logs_sql_encoding"]["rows_per_s"] / base, 3),
         "ratio_spark_preprocessed": round(best["spark_preprocessed"]["rows_per_s"] / base, 3),
         "target_ratio": 0.7,

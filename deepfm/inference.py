@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from deepfm.encode import FeatureEncoder, cached_encoder
 from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.parse import LineParser
 
 PROBABILITY = "probability"
 
@@ -49,15 +51,17 @@ class ArrowScorer:
     vocabulary: Callable[[], bytes] | None = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model, device = self._model()
-        encoder = self._encoder()
         for batch in batches:
-            inputs = batch if encoder is None else encoder.encode(batch)
-            probability = predict_batch(model, inputs, self.categorical, self.dense, device)
             yield pa.RecordBatch.from_arrays(
-                [*(batch.column(name) for name in self.keep), pa.array(probability, pa.float32())],
+                [*(batch.column(name) for name in self.keep), pa.array(self.probabilities(batch), pa.float32())],
                 names=[*self.keep, PROBABILITY],
             )
+
+    def probabilities(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        model, device = self._model()
+        encoder = self._encoder()
+        inputs = batch if encoder is None else encoder.encode(batch)
+        return predict_batch(model, inputs, self.categorical, self.dense, device)
 
     def _model(self) -> tuple[DeepFM, torch.device]:
         device = torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -72,6 +76,40 @@ class ArrowScorer:
 
     def _encoder(self) -> FeatureEncoder | None:
         return None if self.feature_map is None else cached_encoder(self.feature_map, self.vocabulary)
+
+
+@dataclass(frozen=True)
+class LineScorer:
+    """A picklable callable for `DataFrame.mapInArrow` over raw text lines (`pipelines.read.raw_lines`):
+    each batch parsed in Arrow (deepfm/parse.py), its good rows encoded and scored by `scorer`.
+
+    Out: the `keep` columns (the label as float32), `probability`, and the reason, raw line, raw
+    bytes and source of the rejected rows (null for good ones; their probability is null).
+    """
+
+    parser: LineParser
+    scorer: ArrowScorer  # with a feature map and vocabulary: it encodes raw values
+    keep: tuple[str, ...]
+    label: str | None
+    bookkeeping: tuple[str, str, str, str, str]  # the names: reason, raw, raw bytes, source, bad UTF-8
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        reason_name, raw, raw_bytes, source, bad_utf8 = self.bookkeeping
+        for batch in batches:
+            typed, reason = self.parser.parse(batch.column(raw), batch.column(bad_utf8))
+            good = pc.is_null(reason)
+            rows = pa.table(typed).filter(good)
+            probability = np.full(batch.num_rows, np.nan, np.float32)
+            if rows.num_rows:
+                probability[good.to_numpy(zero_copy_only=False)] = self.scorer.probabilities(rows)
+            kept = [pc.cast(typed[name], pa.float32()) if name == self.label else typed[name] for name in self.keep]
+            rejected = pc.is_valid(reason)
+            yield pa.RecordBatch.from_arrays(
+                [*kept, pa.array(probability, pa.float32(), mask=~good.to_numpy(zero_copy_only=False)), reason,
+                 pc.if_else(rejected, batch.column(raw), pa.scalar(None, pa.string())),
+                 pc.if_else(rejected, batch.column(raw_bytes), pa.scalar(None, pa.binary())),
+                 batch.column(source)],
+                names=[*self.keep, PROBABILITY, reason_name, raw, raw_bytes, source])
 
 
 def load_state(model_config: dict[str, Any], weights: bytes, device: torch.device | str = "cpu") -> DeepFM:

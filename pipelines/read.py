@@ -20,15 +20,12 @@ from pyspark.sql import functions as F
 
 from deepfm.config import Column, TableSpec
 from deepfm.fs import Location
+from deepfm.parse import FLOAT_PATTERN, INT_PATTERN
 from pipelines.storage import Storage
 
 REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
 BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
-
-# Plain decimal literals only, the same rule for ints and floats: no surrounding spaces (Spark's
-# casts would trim them for floats only), no Java suffixes (`1d`, `3f`), no words (NaN, Infinity).
-_INT_PATTERN = r"^[+-]?[0-9]+$"
-_FLOAT_PATTERN = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
+BAD_UTF8 = "_bad_utf8"
 
 
 class InputError(ValueError):
@@ -44,8 +41,8 @@ def read_table(spark: SparkSession, spec: TableSpec, table: str = "input") -> Da
     Raises:
         InputError: the path has no files, or a header lacks a configured column.
     """
-    _check_input_exists(spark, spec.path, table)
     if spec.format == "parquet":
+        _check_input_exists(spark, spec.path, table)
         tokens, lines = _parquet_tokens(spark, spec, table)
         structural = None
     else:
@@ -108,7 +105,11 @@ def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:
         raise InputError(f"{table}: every input file at {path} is empty")
 
 
-def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
+def raw_lines(spark: SparkSession, spec: TableSpec,
+              table: str = "input") -> tuple[DataFrame, list[str], dict[str, int]]:
+    """A text table's data lines (RAW, BAD_UTF8, RAW_BYTES, SOURCE), its header, and each configured
+    column's field index; the header line itself is dropped."""
+    _check_input_exists(spark, spec.path, table)
     # The text source keeps a line's bytes as they are; Java's decoder replaces invalid UTF-8
     # with U+FFFD, so a line that changes when decoded again was not valid UTF-8. The decoded
     # form is stored as text, so that rejects stay readable by any Parquet reader, and such a
@@ -117,20 +118,24 @@ def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
         F.col("value"), F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW)
     )
     bad_utf8 = F.col(RAW) != F.col("value")
-    lines = text.select(RAW, bad_utf8.alias("_bad_utf8"),
+    lines = text.select(RAW, bad_utf8.alias(BAD_UTF8),
                         F.when(bad_utf8, F.col("value").cast("binary")).alias(RAW_BYTES),
                         F.input_file_name().alias(SOURCE))
-    delimiter = spec.field_delimiter
     if spec.header:
         header_line = lines.where(F.length(RAW) > 0).first()
         if header_line is None:
             raise InputError(f"{table}: {spec.path} has no header line")
-        header = header_line[RAW].split(delimiter)
+        header = header_line[RAW].split(spec.field_delimiter)
         # Every file repeats the header; it is structure, not data.
         lines = lines.where(F.col(RAW) != header_line[RAW])
     else:
         header = [c.name for c in spec.resolved_columns]
-    positions = _column_positions(spec, header, table)
+    return lines, header, _column_positions(spec, header, table)
+
+
+def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
+    lines, header, positions = raw_lines(spark, spec, table)
+    delimiter = spec.field_delimiter
     # Split once into a column of its own: referenced by every field, it must not be re-split
     # per reference (Spark keeps the projection apart because `_parts` is used many times).
     lines = lines.withColumn("_parts", F.split(F.col(RAW), re.escape(delimiter), -1))
@@ -139,7 +144,7 @@ def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
     expected = len(header)
     structural = (
         F.when(F.col(RAW) == "", F.lit("empty line"))
-        .when(F.col("_bad_utf8"), F.lit("invalid UTF-8"))
+        .when(F.col(BAD_UTF8), F.lit("invalid UTF-8"))
         .when(
             F.size(parts) != expected,
             F.format_string(f"expected {expected} fields, found %d", F.size(parts)),
@@ -186,13 +191,13 @@ def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:
             ~token.isin("0", "1"), F.concat(F.lit(f"{col.name}: label must be 0 or 1, got "), quoted)
         )
     if kind == "int":
-        return (F.when(token.isNotNull() & ~token.rlike(_INT_PATTERN),
+        return (F.when(token.isNotNull() & ~token.rlike(INT_PATTERN),
                        F.concat(F.lit(f"{col.name}: not an integer: "), quoted))
                 .when(token.isNotNull() & token.cast("long").isNull(),  # beyond the 64-bit range
                       F.concat(F.lit(f"{col.name}: integer out of the 64-bit range: "), quoted)))
     if kind == "float":
         value = token.cast("double")
-        bad = token.isNotNull() & (~token.rlike(_FLOAT_PATTERN) | value.isNull() | (F.abs(value) == float("inf")))
+        bad = token.isNotNull() & (~token.rlike(FLOAT_PATTERN) | value.isNull() | (F.abs(value) == float("inf")))
         return F.when(bad, F.concat(F.lit(f"{col.name}: not a finite number: "), quoted))
     if kind == "timestamp":
         return F.when(token.isNull(), F.lit(f"{col.name}: missing timestamp")).when(

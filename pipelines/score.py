@@ -31,10 +31,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
-from deepfm.feature_map import parse_manifest
+from deepfm.feature_map import FeatureMap, parse_manifest
 from deepfm.fs import Location
-from deepfm.inference import PROBABILITY, ArrowScorer
+from deepfm.inference import PROBABILITY, ArrowScorer, LineScorer
 from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
+from deepfm.parse import LineParser, ParsedColumn
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table
 from pipelines.steps import step
@@ -73,14 +74,20 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
         with step("check the model's vocabulary"):
             vocabulary = checked_vocabulary(spark, model)
         encoder = _arrow_encoder(spark, cfg, model)
-        with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
-            inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging", f"{tmp}/{REJECTS}",
-                                                 encoder is not None)
-        with step(f"score with model {model.version}" + (" (encoding in Arrow)" if encoder is not None else "")):
+        scoring = f"score with model {model.version}" + (" (encoding in Arrow)" if encoder is not None else "")
+        if encoder is not None and _arrow_parses(cfg):
+            with step(f"read, quarantine and {scoring.replace('encoding', 'parsing and encoding')}"):
+                predictions, counts = _score_lines(spark, cfg, model, encoder, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
+            scoring = "write the scores"
+        else:
+            with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
+                inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging",
+                                                     f"{tmp}/{REJECTS}", encoder is not None)
             predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device, encoder)
             for name in keep:
                 if name.startswith(_RAW_PREFIX):
                     predictions = predictions.withColumnRenamed(name, name.removeprefix(_RAW_PREFIX))
+        with step(scoring):
             (predictions.withColumn(MODEL_VERSION, F.lit(model.version))
              .withColumn(SCORED_AT, F.lit(scored_at).cast("timestamp"))
              .write.mode("append").parquet(tmp))
@@ -137,25 +144,70 @@ def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelDir) -> Broadca
     return features.broadcast_vocabulary(spark, model.vocabulary, broadcast_max)
 
 
-def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
-            device: str = "auto", vocabulary: Broadcast | None = None) -> DataFrame:
-    """`keep` columns plus `probability`, computed in the executors by mapInArrow; with `vocabulary`
-    (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too."""
-    spark = inputs.sparkSession
+def _arrow_parses(cfg: Config) -> bool:
+    """Whether the raw input can be parsed in the scoring Python workers (ScoreConfig.parse)."""
+    score: ScoreConfig = cfg.score
+    if score.parse != "arrow" or score.preprocessed is not None:
+        return False
+    dataset = cfg.require("dataset")
+    spec = score.input or dataset.input
+    return (spec.format != "parquet" and not dataset.side_tables
+            and all(c.parse_type != "timestamp" for c in spec.resolved_columns))
+
+
+def _scorer(model: ModelDir, keep: list[str], score: ScoreConfig, vocabulary: Broadcast | None,
+            spark: SparkSession) -> ArrowScorer:
     weights = spark.sparkContext.broadcast(model.weights.read_bytes())
     fmap = model.feature_map
-    scorer = ArrowScorer(
+    return ArrowScorer(
         version=model.version,
         model_config=model.config.to_dict(),
         categorical=tuple(f.name for f in fmap.categorical),
         dense=tuple(f.name for f in fmap.dense),
         keep=tuple(keep),
         weights=lambda: weights.value,
-        threads=threads,
-        device=device,
+        threads=score.threads,
+        device=score.device,
         feature_map=fmap.to_dict() if vocabulary is not None else None,
         vocabulary=(lambda: vocabulary.value) if vocabulary is not None else None,
     )
+
+
+def _score_lines(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: Broadcast, staging: str,
+                 rejects: str) -> tuple[DataFrame, dict[str, Any]]:
+    """Raw text logs scored in one pass: the lines go to the Python workers, which parse, encode and
+    score them; good rows' scores and rejected rows' reasons are staged together (a few narrow
+    columns), then split into the predictions and the rejects."""
+    score: ScoreConfig = cfg.score
+    spec = _input_spec(cfg)
+    keep = _raw_keep(cfg, model.feature_map)
+    lines, header, positions = read.raw_lines(spark, spec, "input")
+    columns = tuple(ParsedColumn(c.name, positions[c.name], c.parse_type, c.role == "label")
+                    for c in spec.resolved_columns)
+    scorer = LineScorer(LineParser(columns, len(header), spec.field_delimiter),
+                        _scorer(model, [], score, vocabulary, spark), tuple(keep), model.feature_map.label,
+                        (read.REASON, read.RAW, read.RAW_BYTES, read.SOURCE, read.BAD_UTF8))
+    types = {c.name: T.FloatType() if c.role == "label" else _SPARK_TYPES[c.parse_type] for c in spec.resolved_columns}
+    schema = T.StructType([T.StructField(name, types[name]) for name in keep] + [
+        T.StructField(PROBABILITY, T.FloatType()), T.StructField(read.REASON, T.StringType()),
+        T.StructField(read.RAW, T.StringType()), T.StructField(read.RAW_BYTES, T.BinaryType()),
+        T.StructField(read.SOURCE, T.StringType())])
+    spark.conf.set(_ARROW_BATCH, str(score.batch_rows))
+    rows = _stage(spark, {"input": (lines.mapInArrow(scorer, schema), spec.path)}, staging, rejects,
+                  score.max_reject_rate)
+    return quarantine.staged(spark, f"{staging}/input", "ok"), rows["input"]
+
+
+_SPARK_TYPES = {"int": T.LongType(), "float": T.DoubleType(), "string": T.StringType()}
+
+
+def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
+            device: str = "auto", vocabulary: Broadcast | None = None) -> DataFrame:
+    """`keep` columns plus `probability`, computed in the executors by mapInArrow; with `vocabulary`
+    (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too."""
+    spark = inputs.sparkSession
+    scorer = _scorer(model, keep, ScoreConfig(model="-", output="-", threads=threads, device=device), vocabulary,
+                     spark)
     schema = T.StructType([inputs.schema[name] for name in keep] + [T.StructField(PROBABILITY, T.FloatType())])
     # mapInArrow hands the function batches of this many rows; the setting is read when the job runs.
     spark.conf.set(_ARROW_BATCH, str(batch_rows))
@@ -190,23 +242,11 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary:
         return frame, keep, {"accepted": frame.count(), "rejected": 0}
 
     dataset = cfg.require("dataset")
-    spec = score.input or dataset.input
-    if score.input_path is not None:
-        spec = spec.model_copy(update={"path": score.input_path})
+    spec = _input_spec(cfg)
+    keep = _raw_keep(cfg, fmap)
     tables: dict[str, TableSpec] = {"input": spec, **{f"side_{s.name}": s.table for s in dataset.side_tables}}
-    provided = {c.name for c in spec.resolved_columns}
-    provided |= {c.name for s in dataset.side_tables for c in s.table.resolved_columns}
-    _require_columns(sorted(provided), [f.name for f in fmap.fields], f"score input {spec.path}", "the model's inputs")
-    declared_keep = [c.name for c in dataset.all_columns if c.role in ("id", "passthrough")]
-    keep = score.keep if score.keep is not None else _default_keep(sorted(provided), declared_keep, fmap.label)
-    _require_columns(sorted(provided), keep, f"score input {spec.path}", "score.keep")
-
-    rows = {name: quarantine.stage(read.read_table(spark, table, name), f"{staging}/{name}", table.path)
-            for name, table in tables.items()}
-    quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, rejects, rows)
-    for name, counts in rows.items():
-        quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", score.max_reject_rate,
-                                     "score.max_reject_rate")
+    rows = _stage(spark, {name: (read.read_table(spark, table, name), table.path) for name, table in tables.items()},
+                  staging, rejects, score.max_reject_rate)
     frame = quarantine.staged(spark, f"{staging}/input", "ok")
     for side in dataset.side_tables:
         side_columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]
@@ -225,6 +265,35 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary:
     encoded = features.apply_feature_map(frame, fmap, vocabulary, broadcast_max, keep=tuple(keep_in_frame))
     # apply_feature_map puts the label first when the input has one; keep decides what is output.
     return encoded.select(*[f.name for f in fmap.fields], *keep_in_frame), keep_in_frame, rows["input"]
+
+
+def _input_spec(cfg: Config) -> TableSpec:
+    score: ScoreConfig = cfg.score
+    spec = score.input or cfg.require("dataset").input
+    return spec.model_copy(update={"path": score.input_path}) if score.input_path is not None else spec
+
+
+def _raw_keep(cfg: Config, fmap: FeatureMap) -> list[str]:
+    """The columns copied to the output from raw input, after checking the input has the model's."""
+    dataset, spec = cfg.require("dataset"), _input_spec(cfg)
+    provided = {c.name for c in spec.resolved_columns}
+    provided |= {c.name for s in dataset.side_tables for c in s.table.resolved_columns}
+    _require_columns(sorted(provided), [f.name for f in fmap.fields], f"score input {spec.path}", "the model's inputs")
+    declared_keep = [c.name for c in dataset.all_columns if c.role in ("id", "passthrough")]
+    keep = cfg.score.keep if cfg.score.keep is not None else _default_keep(sorted(provided), declared_keep, fmap.label)
+    _require_columns(sorted(provided), keep, f"score input {spec.path}", "score.keep")
+    return keep
+
+
+def _stage(spark: SparkSession, parsed: dict[str, tuple[DataFrame, str]], staging: str, rejects: str,
+           max_reject_rate: float) -> dict[str, dict[str, Any]]:
+    """Each parsed table (with the input path it came from) staged by status, the rejects written,
+    and the reject rate checked; the row counts per table."""
+    rows = {name: quarantine.stage(frame, f"{staging}/{name}", source) for name, (frame, source) in parsed.items()}
+    quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in parsed}, rejects, rows)
+    for name, counts in rows.items():
+        quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", max_reject_rate, "score.max_reject_rate")
+    return rows
 
 
 def _default_keep(columns: list[str], declared: list[str], label: str) -> list[str]:

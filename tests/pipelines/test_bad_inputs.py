@@ -7,13 +7,19 @@ is encoded. File cases stop the job with exit 2 and a message naming what to fix
 """
 
 import json
+import logging
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from deepfm.config import ScoreConfig, TrainConfig
 from deepfm.errors import exit_code
+from deepfm.launch import run_training
 from pipelines.preprocess import run_preprocess
+from pipelines.score import run_score
 from tests.conftest import CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config
 
 BAD = REPO_ROOT / "tests" / "data" / "bad"
@@ -34,12 +40,12 @@ def row_run(spark, tmp_path_factory):
     out = logs.parent / "prep"
     result = run_preprocess(spark, make_config(criteo_dataset(logs), str(out), max_reject_rate=0.05))
     rejects = pq.read_table(out / "rejects").to_pylist()
-    return result.manifest["rows"], rejects
+    return result.manifest["rows"], rejects, logs
 
 
 @pytest.mark.parametrize("name", sorted(ROW_CASES))
 def test_each_bad_row_is_quarantined_with_its_reason_or_accepted(row_run, name):
-    _, rejects = row_run
+    _, rejects, _ = row_run
     mine = [r for r in rejects if r["source"].endswith(f"/{name}.tsv")]
     expected = ROW_CASES[name]
     if expected == "accepted":
@@ -53,7 +59,7 @@ def test_each_bad_row_is_quarantined_with_its_reason_or_accepted(row_run, name):
 
 
 def test_no_row_is_lost(row_run):
-    rows, rejects = row_run
+    rows, rejects, _ = row_run
     lines = sum(1 for _ in CRITEO_SAMPLE.open("rb")) + len(ROW_CASES)
     rejected = sum(1 for expected in ROW_CASES.values() if expected != "accepted")
     assert rows["input"] == lines
@@ -71,3 +77,32 @@ def test_each_bad_input_stops_the_job_with_exit_2_naming_it(spark, tmp_path, nam
     assert exit_code(err.value) == expected["exit"], repr(err.value)
     assert expected["message"] in str(err.value)
     assert not (tmp_path / "prep").exists()  # nothing half-written
+
+
+def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parses(spark, row_run, tmp_path,
+                                                                                 caplog):
+    """The score job's two parsers (deepfm/parse.py in the Python workers, pipelines/read.py in
+    Spark SQL) on the whole corpus: the same rejects with the same reasons, raw text and bytes,
+    and the same score for every accepted row."""
+    rows, preprocess_rejects, logs = row_run
+    model = run_training(TrainConfig.model_validate({
+        "data": str(logs.parent / "prep"), "output": str(tmp_path / "model"), "epochs": 1, "batch_size": 512,
+        "model": {"embedding_dim": 4, "hidden": [16]}, "threads": 1}))["model"]
+    runs = {}
+    for parse in ("arrow", "spark"):
+        cfg = make_config(criteo_dataset(logs), str(tmp_path / "prep")).model_copy(update={"score": ScoreConfig(
+            model=model, output=str(tmp_path / parse), parse=parse, max_reject_rate=0.05, batch_rows=700)})
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            result = run_score(spark, cfg, "2026-11-28")
+        assert ("parsing and encoding in Arrow" in caplog.text) is (parse == "arrow")
+        partition = Path(result.partition.removeprefix("file:"))
+        rejects = sorted((r["reason"], r["raw"], r["raw_bytes"], Path(r["source"]).name)
+                         for r in pq.read_table(partition / "_rejects").to_pylist())
+        runs[parse] = result, pq.read_table(partition).column("probability").to_numpy(), rejects
+    (arrow, arrow_scores, arrow_rejects), (sql, sql_scores, sql_rejects) = runs["arrow"], runs["spark"]
+    assert arrow_rejects == sql_rejects and len(arrow_rejects) == rows["rejected"] == len(preprocess_rejects)
+    assert sorted(r[0] for r in arrow_rejects) == sorted(r["reason"] for r in preprocess_rejects)
+    assert arrow.rows == sql.rows == rows["accepted"]
+    # The corpus has no id column to pair rows by: the same scores, sorted.
+    assert np.abs(np.sort(arrow_scores) - np.sort(sql_scores)).max() < 1e-6

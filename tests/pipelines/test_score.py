@@ -57,17 +57,19 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
     assert np.abs(got - expected).max() < 1e-5
 
 
-@pytest.mark.parametrize("how", ["encode spark", "vocabulary over broadcast_max_entries"])
+@pytest.mark.parametrize("how", ["encode spark", "vocabulary over broadcast_max_entries", "parse spark"])
 def test_spark_sql_encoding_scores_like_the_arrow_encoding(spark, trained, scored, tmp_path, how, caplog):
     _, arrow = scored
-    cfg = _score_cfg(trained, output=str(tmp_path / "scores"), **({"encode": "spark"} if how == "encode spark" else {}))
-    if how != "encode spark":  # the vocabulary is then too large to ship to every Python worker
+    cfg = _score_cfg(trained, output=str(tmp_path / "scores"), **({how.split()[0]: "spark"} if how.endswith("spark")
+                                                                    else {}))
+    if how.startswith("vocabulary"):  # the vocabulary is then too large to ship to every Python worker
         cfg = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={
             "vocab": cfg.preprocess.vocab.model_copy(update={"broadcast_max_entries": 10})})})
     with caplog.at_level(logging.INFO):
         table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
-    assert "encoding in Arrow" not in caplog.text
-    assert ("over preprocess.vocab.broadcast_max_entries" in caplog.text) is (how != "encode spark")
+    assert "parsing and encoding in Arrow" not in caplog.text
+    assert ("encoding in Arrow" in caplog.text) is (how == "parse spark")
+    assert ("over preprocess.vocab.broadcast_max_entries" in caplog.text) is (how.startswith("vocabulary"))
     assert table.schema.remove(table.schema.get_field_index("scored_at")) == arrow.schema.remove(
         arrow.schema.get_field_index("scored_at"))
     by_row = dict(zip(arrow["row_id"].to_pylist(), arrow["probability"].to_numpy(), strict=True))
