@@ -72,32 +72,36 @@ class LineParser:
 def _typed(column: ParsedColumn, token: pa.Array) -> tuple[pa.Array, pa.Array]:
     """The column's values and its problem per row, worded as pipelines/read.py words them."""
     present = pc.is_valid(token)
-    quoted = pc.binary_join_element_wise("'", pc.utf8_slice_codeunits(token, 0, _QUOTED_CHARACTERS), "'", "")
     none = pa.scalar(None, pa.string())
     if column.label:
-        bad = pc.invert(pc.is_in(token, pa.array(["0", "1"])))
-        problem = pc.if_else(present, pc.if_else(bad, _said(f"{column.name}: label must be 0 or 1, got ", quoted),
-                                                 none), f"{column.name}: missing label")
+        bad = pc.and_(present, pc.invert(pc.is_in(token, pa.array(["0", "1"]))))
+        problem = pc.if_else(present, _said(f"{column.name}: label must be 0 or 1, got ", token, bad),
+                             f"{column.name}: missing label")
         return _cast_int(pc.if_else(bad, none, token)), problem
     if column.kind == "int":
         literal = pc.fill_null(pc.match_substring_regex(token, INT_PATTERN), False)
         values = _cast_int(pc.if_else(literal, token, none))
-        problem = pc.if_else(pc.and_(present, pc.invert(literal)), _said(f"{column.name}: not an integer: ", quoted),
-                             pc.if_else(pc.and_(literal, pc.is_null(values)),
-                                        _said(f"{column.name}: integer out of the 64-bit range: ", quoted), none))
-        return values, problem
+        not_literal = pc.and_(present, pc.invert(literal))
+        out_of_range = pc.and_(literal, pc.is_null(values))
+        return values, pc.coalesce(_said(f"{column.name}: not an integer: ", token, not_literal),
+                                   _said(f"{column.name}: integer out of the 64-bit range: ", token, out_of_range))
     if column.kind == "float":
         literal = pc.fill_null(pc.match_substring_regex(token, FLOAT_PATTERN), False)
         values = _cast_float(pc.if_else(literal, token, none))
         finite = pc.fill_null(pc.is_finite(values), False)
         bad = pc.and_(present, pc.invert(pc.and_(literal, finite)))
         return (pc.if_else(bad, pa.scalar(None, pa.float64()), values),
-                pc.if_else(bad, _said(f"{column.name}: not a finite number: ", quoted), none))
+                _said(f"{column.name}: not a finite number: ", token, bad))
     return token, pa.nulls(len(token), pa.string())
 
 
-def _said(prefix: str, quoted: pa.Array) -> pa.Array:
-    return pc.binary_join_element_wise(prefix, quoted, "")
+def _said(prefix: str, token: pa.Array, where: pa.Array) -> pa.Array:
+    """`prefix` and the quoted start of the value where `where` holds, else null. Nearly every batch
+    has no bad value: the strings are then not built at all."""
+    if not pc.any(where).as_py():
+        return pa.nulls(len(token), pa.string())
+    quoted = pc.binary_join_element_wise("'", pc.utf8_slice_codeunits(token, 0, _QUOTED_CHARACTERS), "'", "")
+    return pc.if_else(where, pc.binary_join_element_wise(prefix, quoted, ""), pa.scalar(None, pa.string()))
 
 
 def _cast_int(token: pa.Array) -> pa.Array:
