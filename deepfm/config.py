@@ -306,6 +306,10 @@ class PreprocessConfig(_Strict):
     # vocabulary broadcast once), `spark` in Spark SQL (one vocabulary join per field).
     # Vocabularies over vocab.broadcast_max_entries use `spark`.
     encode: Literal["arrow", "spark"] = "arrow"
+    # How text input is split and validated (as score.parse): `arrow` in the Python workers
+    # (deepfm/parse.py), `spark` in Spark SQL; the same rows, values and reasons. Tables with
+    # timestamp columns, and Parquet input, are parsed by Spark.
+    parse: Literal["arrow", "spark"] = "arrow"
     # The job fails when more than this fraction of input rows is rejected.
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
 
@@ -418,10 +422,10 @@ class ScoreConfig(_Strict):
     # it (deepfm/encode.py, the vocabulary shipped once per worker); `spark` in Spark SQL, one
     # vocabulary join per field. Vocabularies over preprocess.vocab.broadcast_max_entries use `spark`.
     encode: Literal["arrow", "spark"] = "arrow"
-    # How raw text logs are split and validated: `arrow` in the scoring Python workers (deepfm/parse.py),
-    # which then receive one string per line; `spark` in Spark SQL (pipelines/read.py), as preprocess
-    # does. Both reject the same rows for the same reasons. Arrow parsing needs encode arrow, and
-    # input without side tables or timestamp columns; otherwise Spark parses.
+    # How raw text logs are split and validated: `arrow` in the Python workers (deepfm/parse.py);
+    # with encode arrow and no side tables, in the very workers that score them, which receive one
+    # string per line. `spark` in Spark SQL (pipelines/read.py). Both reject the same rows for the
+    # same reasons. Tables with timestamp columns, and Parquet input, are parsed by Spark.
     parse: Literal["arrow", "spark"] = "arrow"
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ import torch
 
 from deepfm.encode import FeatureEncoder, cached_encoder
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.parse import LineParser
+from deepfm.parse import ParseLines
 
 PROBABILITY = "probability"
 
@@ -87,29 +87,23 @@ class LineScorer:
     bytes and source of the rejected rows (null for good ones; their probability is null).
     """
 
-    parser: LineParser
+    parse: ParseLines
     scorer: ArrowScorer  # with a feature map and vocabulary: it encodes raw values
     keep: tuple[str, ...]
     label: str | None
-    bookkeeping: tuple[str, str, str, str, str]  # the names: reason, raw, raw bytes, source, bad UTF-8
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        reason_name, raw, raw_bytes, source, bad_utf8 = self.bookkeeping
-        for batch in batches:
-            typed, reason = self.parser.parse(batch.column(raw), batch.column(bad_utf8))
-            good = pc.is_null(reason)
-            rows = pa.table(typed).filter(good)
-            probability = np.full(batch.num_rows, np.nan, np.float32)
-            if rows.num_rows:
-                probability[good.to_numpy(zero_copy_only=False)] = self.scorer.probabilities(rows)
-            kept = [pc.cast(typed[name], pa.float32()) if name == self.label else typed[name] for name in self.keep]
-            rejected = pc.is_valid(reason)
+        bookkeeping = list(self.parse.bookkeeping[:4])
+        for parsed in self.parse(batches):
+            good = pc.is_null(parsed.column(bookkeeping[0])).to_numpy(zero_copy_only=False)
+            probability = np.full(parsed.num_rows, np.nan, np.float32)
+            if good.any():
+                probability[good] = self.scorer.probabilities(parsed.filter(pa.array(good)))
+            kept = [pc.cast(parsed.column(name), pa.float32()) if name == self.label else parsed.column(name)
+                    for name in self.keep]
             yield pa.RecordBatch.from_arrays(
-                [*kept, pa.array(probability, pa.float32(), mask=~good.to_numpy(zero_copy_only=False)), reason,
-                 pc.if_else(rejected, batch.column(raw), pa.scalar(None, pa.string())),
-                 pc.if_else(rejected, batch.column(raw_bytes), pa.scalar(None, pa.binary())),
-                 batch.column(source)],
-                names=[*self.keep, PROBABILITY, reason_name, raw, raw_bytes, source])
+                [*kept, pa.array(probability, pa.float32(), mask=~good), *map(parsed.column, bookkeeping)],
+                names=[*self.keep, PROBABILITY, *bookkeeping])
 
 
 def load_state(model_config: dict[str, Any], weights: bytes, device: torch.device | str = "cpu") -> DeepFM:

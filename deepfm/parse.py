@@ -12,6 +12,7 @@ number of fields), then each column's value in column order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,26 @@ class LineParser:
         reasons[bad_utf8.to_numpy(zero_copy_only=False)] = "invalid UTF-8"
         reasons[pc.equal(lines, "").to_numpy(zero_copy_only=False)] = "empty line"
         return pa.array(reasons, pa.string())
+
+
+@dataclass(frozen=True)
+class ParseLines:
+    """A picklable callable for `DataFrame.mapInArrow` over raw lines (`pipelines.read.raw_lines`):
+    the typed columns, then the reason, raw line and raw bytes (null for good rows) and the source;
+    `pipelines.read.read_table`'s output, computed in Arrow."""
+
+    parser: LineParser
+    bookkeeping: tuple[str, str, str, str, str]  # the names: reason, raw, raw bytes, source, bad UTF-8
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        reason_name, raw, raw_bytes, source, bad_utf8 = self.bookkeeping
+        for batch in batches:
+            typed, reason = self.parser.parse(batch.column(raw), batch.column(bad_utf8))
+            rejected = pc.is_valid(reason)
+            yield pa.RecordBatch.from_arrays(
+                [*typed.values(), reason, pc.if_else(rejected, batch.column(raw), pa.scalar(None, pa.string())),
+                 pc.if_else(rejected, batch.column(raw_bytes), pa.scalar(None, pa.binary())), batch.column(source)],
+                names=[*typed, reason_name, raw, raw_bytes, source])
 
 
 def _typed(column: ParsedColumn, token: pa.Array) -> tuple[pa.Array, pa.Array]:

@@ -65,7 +65,8 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         staging = f"{tmp}/_staging"
         with step("parse inputs and quarantine malformed rows"):
             rows = {
-                name: _stage_parsed(spark, spec, name, f"{staging}/{name}", dataset if name == "input" else None)
+                name: _stage_parsed(spark, spec, name, f"{staging}/{name}", dataset if name == "input" else None,
+                                    pre.parse)
                 for name, spec in tables.items()
             }
             quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, f"{tmp}/rejects", rows)
@@ -124,11 +125,11 @@ def _describe_input(storage: Storage, spec: TableSpec) -> dict[str, Any]:
 
 
 def _stage_parsed(
-    spark: SparkSession, spec: TableSpec, name: str, path: str, dataset: DatasetConfig | None
+    spark: SparkSession, spec: TableSpec, name: str, path: str, dataset: DatasetConfig | None, parse: str
 ) -> dict[str, int]:
     """Parse once into typed Parquet. The main input also gets its split here: the split depends
     on input columns only, so a data set without joins needs no second pass before fitting."""
-    parsed = read.read_table(spark, spec, name)
+    parsed = read.read_table(spark, spec, name, parse)
     if dataset is not None:
         parsed = assign_split(parsed, dataset.split, [c.name for c in spec.resolved_columns])
     return quarantine.stage(parsed, path, spec.path)

@@ -17,30 +17,42 @@ from contextlib import contextmanager
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from deepfm.config import Column, TableSpec
 from deepfm.fs import Location
-from deepfm.parse import FLOAT_PATTERN, INT_PATTERN
+from deepfm.parse import FLOAT_PATTERN, INT_PATTERN, LineParser, ParsedColumn, ParseLines
 from pipelines.storage import Storage
 
 REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
 BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
 BAD_UTF8 = "_bad_utf8"
+# The names deepfm/parse.py is given, in its order, and the types of the bookkeeping columns.
+ARROW_BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE, BAD_UTF8)
+BOOKKEEPING_FIELDS = (T.StructField(REASON, T.StringType()), T.StructField(RAW, T.StringType()),
+                      T.StructField(RAW_BYTES, T.BinaryType()), T.StructField(SOURCE, T.StringType()))
 
 
 class InputError(ValueError):
     """The input itself is unusable (missing, empty, wrong header): nothing to quarantine."""
 
 
-def read_table(spark: SparkSession, spec: TableSpec, table: str = "input") -> DataFrame:
+def read_table(spark: SparkSession, spec: TableSpec, table: str = "input", parse: str = "arrow") -> DataFrame:
     """Parse a table described by config.
 
     Args:
         table: a name used in error messages ("input", "clicks", a side table's name).
+        parse: `arrow` splits and validates text lines in the Python workers (deepfm/parse.py),
+            where the table allows it (`arrow_parses`); `spark` in Spark SQL. The same rows and reasons.
 
     Raises:
         InputError: the path has no files, or a header lacks a configured column.
     """
+    if parse == "arrow" and arrow_parses(spec):
+        lines, header, positions = raw_lines(spark, spec, table)
+        return lines.mapInArrow(ParseLines(line_parser(spec, header, positions), ARROW_BOOKKEEPING),
+                                T.StructType([*(T.StructField(c.name, spark_type(c)) for c in spec.resolved_columns),
+                                              *BOOKKEEPING_FIELDS]))
     if spec.format == "parquet":
         _check_input_exists(spark, spec.path, table)
         tokens, lines = _parquet_tokens(spark, spec, table)
@@ -58,6 +70,24 @@ def read_table(spark: SparkSession, spec: TableSpec, table: str = "input") -> Da
         F.when(reason.isNotNull(), F.col(RAW_BYTES)).alias(RAW_BYTES),
         F.col(SOURCE),
     )
+
+
+def arrow_parses(spec: TableSpec) -> bool:
+    """Text tables without timestamp columns: Spark's date patterns have no Arrow equivalent."""
+    return spec.format != "parquet" and all(c.parse_type != "timestamp" for c in spec.resolved_columns)
+
+
+def line_parser(spec: TableSpec, header: list[str], positions: dict[str, int]) -> LineParser:
+    return LineParser(tuple(ParsedColumn(c.name, positions[c.name], c.parse_type, c.role == "label")
+                            for c in spec.resolved_columns), len(header), spec.field_delimiter)
+
+
+def spark_type(column: Column) -> T.DataType:
+    """What `read_table` types a column as."""
+    return _SPARK_TYPES[column.parse_type]
+
+
+_SPARK_TYPES = {"int": T.LongType(), "float": T.DoubleType(), "string": T.StringType(), "timestamp": T.TimestampType()}
 
 
 def accepted(parsed: DataFrame) -> DataFrame:

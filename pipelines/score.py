@@ -35,7 +35,7 @@ from deepfm.feature_map import FeatureMap, parse_manifest
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer, LineScorer
 from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
-from deepfm.parse import LineParser, ParsedColumn
+from deepfm.parse import ParseLines
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table
 from pipelines.steps import step
@@ -149,10 +149,7 @@ def _arrow_parses(cfg: Config) -> bool:
     score: ScoreConfig = cfg.score
     if score.parse != "arrow" or score.preprocessed is not None:
         return False
-    dataset = cfg.require("dataset")
-    spec = score.input or dataset.input
-    return (spec.format != "parquet" and not dataset.side_tables
-            and all(c.parse_type != "timestamp" for c in spec.resolved_columns))
+    return not cfg.require("dataset").side_tables and read.arrow_parses(_input_spec(cfg))
 
 
 def _scorer(model: ModelDir, keep: list[str], score: ScoreConfig, vocabulary: Broadcast | None,
@@ -182,23 +179,17 @@ def _score_lines(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: 
     spec = _input_spec(cfg)
     keep = _raw_keep(cfg, model.feature_map)
     lines, header, positions = read.raw_lines(spark, spec, "input")
-    columns = tuple(ParsedColumn(c.name, positions[c.name], c.parse_type, c.role == "label")
-                    for c in spec.resolved_columns)
-    scorer = LineScorer(LineParser(columns, len(header), spec.field_delimiter),
-                        _scorer(model, [], score, vocabulary, spark), tuple(keep), model.feature_map.label,
-                        (read.REASON, read.RAW, read.RAW_BYTES, read.SOURCE, read.BAD_UTF8))
-    types = {c.name: T.FloatType() if c.role == "label" else _SPARK_TYPES[c.parse_type] for c in spec.resolved_columns}
-    schema = T.StructType([T.StructField(name, types[name]) for name in keep] + [
-        T.StructField(PROBABILITY, T.FloatType()), T.StructField(read.REASON, T.StringType()),
-        T.StructField(read.RAW, T.StringType()), T.StructField(read.RAW_BYTES, T.BinaryType()),
-        T.StructField(read.SOURCE, T.StringType())])
+    scorer = LineScorer(ParseLines(read.line_parser(spec, header, positions), read.ARROW_BOOKKEEPING),
+                        _scorer(model, [], score, vocabulary, spark), tuple(keep), model.feature_map.label)
+    columns = {c.name: c for c in spec.resolved_columns}
+    schema = T.StructType([
+        *(T.StructField(name, T.FloatType() if columns[name].role == "label" else read.spark_type(columns[name]))
+          for name in keep),
+        T.StructField(PROBABILITY, T.FloatType()), *read.BOOKKEEPING_FIELDS])
     spark.conf.set(_ARROW_BATCH, str(score.batch_rows))
     rows = _stage(spark, {"input": (lines.mapInArrow(scorer, schema), spec.path)}, staging, rejects,
                   score.max_reject_rate)
     return quarantine.staged(spark, f"{staging}/input", "ok"), rows["input"]
-
-
-_SPARK_TYPES = {"int": T.LongType(), "float": T.DoubleType(), "string": T.StringType()}
 
 
 def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
@@ -245,8 +236,8 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary:
     spec = _input_spec(cfg)
     keep = _raw_keep(cfg, fmap)
     tables: dict[str, TableSpec] = {"input": spec, **{f"side_{s.name}": s.table for s in dataset.side_tables}}
-    rows = _stage(spark, {name: (read.read_table(spark, table, name), table.path) for name, table in tables.items()},
-                  staging, rejects, score.max_reject_rate)
+    rows = _stage(spark, {name: (read.read_table(spark, table, name, score.parse), table.path)
+                          for name, table in tables.items()}, staging, rejects, score.max_reject_rate)
     frame = quarantine.staged(spark, f"{staging}/input", "ok")
     for side in dataset.side_tables:
         side_columns = [c.name for c in side.table.resolved_columns if c.role != "ignore"]

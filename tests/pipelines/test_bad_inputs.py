@@ -43,6 +43,22 @@ def row_run(spark, tmp_path_factory):
     return result.manifest["rows"], rejects, logs
 
 
+def test_the_corpus_is_parsed_alike_by_arrow_and_spark_sql(spark, row_run, tmp_path):
+    """row_run parses in Arrow (preprocess.parse's default); Spark SQL must reject the same lines
+    for the same reasons, keep the same raw text and bytes, and encode the same rows."""
+    rows, rejects, logs = row_run
+    result = run_preprocess(spark, make_config(criteo_dataset(logs), str(tmp_path / "sql"), max_reject_rate=0.05,
+                                               parse="spark"))
+    assert result.manifest["rows"] == rows
+    assert _sorted(pq.read_table(tmp_path / "sql" / "rejects").to_pylist()) == _sorted(rejects)
+    for split in ("train", "valid", "test"):
+        assert pq.read_table(tmp_path / "sql" / split).equals(pq.read_table(logs.parent / "prep" / split))
+
+
+def _sorted(rejects: list[dict]) -> list[tuple]:
+    return sorted((r["reason"], r["raw"], r["raw_bytes"] or b"", r["source"]) for r in rejects)
+
+
 @pytest.mark.parametrize("name", sorted(ROW_CASES))
 def test_each_bad_row_is_quarantined_with_its_reason_or_accepted(row_run, name):
     _, rejects, _ = row_run

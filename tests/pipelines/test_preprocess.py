@@ -109,15 +109,16 @@ def test_rerun_is_skipped_then_forced_rerun_is_identical(criteo_run, spark, tmp_
     assert first.manifest["vocab"]["fingerprint"] == second.manifest["vocab"]["fingerprint"]
 
 
+@pytest.mark.parametrize("step", ["encode", "parse"])
 @pytest.mark.parametrize("dataset", ["criteo", pytest.param("obd", marks=pytest.mark.slow)])
-def test_the_spark_sql_encoding_writes_the_same_shards_as_the_arrow_encoding(criteo_run, spark, tmp_path, dataset):
+def test_spark_sql_encoding_or_parsing_writes_the_same_shards_as_arrow(criteo_run, spark, tmp_path, dataset, step):
     if dataset == "criteo":
         arrow_out, _, cfg = criteo_run
     else:  # side tables, a time split, dense fields
         arrow_out, cfg = tmp_path / "arrow", make_config(_obd_dataset(), str(tmp_path / "arrow"))
         run_preprocess(spark, cfg)
     sql = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(
-        update={"output": str(tmp_path / "sql"), "encode": "spark"})})
+        update={"output": str(tmp_path / "sql"), step: "spark"})})
     run_preprocess(spark, sql)
     for split in SPLITS:
         arrow, spark_sql = _table(arrow_out / split), _table(tmp_path / "sql" / split)
