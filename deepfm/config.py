@@ -20,10 +20,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deepfm.transforms import TransformName, transform
+
 ROLES = ("label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore")
-NUMERIC_TRANSFORMS = ("log_bucketize", "log1p_standardize", "standardize", "none")
-# Numeric transforms whose result is a category id rather than a float.
-BUCKETIZING_TRANSFORMS = ("log_bucketize",)
 
 
 class ConfigError(ValueError):
@@ -62,7 +61,7 @@ class ColumnSpec(_Strict):
     role: Literal["label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore"]
     dtype: Literal["int", "float", "string"] | None = None
     # numeric fields
-    transform: Literal["log_bucketize", "log1p_standardize", "standardize", "none"] | None = None
+    transform: TransformName | None = None
     clip: tuple[float, float] | None = None
     # categorical (and bucketized numeric) fields; None means "use preprocess.vocab"
     min_count: Annotated[int, Field(ge=1)] | None = None
@@ -131,14 +130,12 @@ class Column(_Strict):
     @property
     def is_categorical_feature(self) -> bool:
         """True when the model sees this column as an embedding id."""
-        return self.role == "categorical" or (
-            self.role == "numeric" and self.transform in BUCKETIZING_TRANSFORMS
-        )
+        return self.role == "categorical" or (self.role == "numeric" and transform(self.transform).bucketizes)
 
     @property
     def is_dense_feature(self) -> bool:
         """True when the model sees this column as a float (a value-scaled embedding)."""
-        return self.role == "numeric" and self.transform not in BUCKETIZING_TRANSFORMS
+        return self.role == "numeric" and not transform(self.transform).bucketizes
 
 
 class TableSpec(_Strict):
@@ -297,9 +294,7 @@ class ShardConfig(_Strict):
 
 class PreprocessConfig(_Strict):
     output: PathStr
-    numeric_transform: Literal["log_bucketize", "log1p_standardize", "standardize", "none"] = (
-        "log_bucketize"
-    )
+    numeric_transform: TransformName = "log_bucketize"
     vocab: VocabConfig = VocabConfig()
     shards: ShardConfig = ShardConfig()
     # How rows are encoded (as score.encode): `arrow` in the Python workers (deepfm/encode.py, the

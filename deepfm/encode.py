@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from deepfm.feature_map import FIRST_VALUE_ID, MISSING_DENSE_VALUE, MISSING_ID, OOV_ID, FeatureField, FeatureMap
+from deepfm.transforms import transform
 
 # Spark's xxhash64 and its default seed (pipelines/vocab.py hashes with F.xxhash64).
 _SPARK_XXHASH_SEED = 42
@@ -79,7 +80,7 @@ class FeatureEncoder:
             missing = tokens.is_null().to_numpy(zero_copy_only=False)
         else:
             if f.source_role == "numeric":
-                buckets = log_bucket(clipped(_numbers(raw), f.clip))
+                buckets = transform(f.transform).numpy(clipped(_numbers(raw), f.clip))
                 missing = np.isnan(buckets)
                 keys = np.where(missing, 0, buckets).astype(np.int64)
             else:
@@ -106,8 +107,7 @@ class FeatureEncoder:
 def token(f: FeatureField, raw: pa.Array) -> pa.Array:
     """The string a categorical field is looked up by; null when missing (pipelines/vocab.token)."""
     if f.source_role == "numeric":
-        values = _numbers(raw)
-        buckets = log_bucket(clipped(values, f.clip))
+        buckets = transform(f.transform).numpy(clipped(_numbers(raw), f.clip))
         return pa.array(np.where(np.isnan(buckets), 0, buckets).astype(np.int64).astype(str), pa.string(),
                         mask=np.isnan(buckets))
     if pa.types.is_floating(raw.type):
@@ -116,21 +116,13 @@ def token(f: FeatureField, raw: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
-def log_bucket(values: np.ndarray) -> np.ndarray:
-    """v > 2 becomes 3 + floor(ln(v)^2), else floor(v); NaN (missing) stays NaN (pipelines/numeric)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(values > 2, 3 + np.floor(np.log(values) ** 2), np.floor(values))
-
-
 def clipped(values: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
     return values if clip is None else np.clip(values, clip[0], clip[1])  # NaN stays NaN
 
 
 def _dense(f: FeatureField, raw: pa.Array) -> pa.Array:
-    values = clipped(_numbers(raw), f.clip)
-    if f.transform == "log1p_standardize":
-        values = np.sign(values) * np.log1p(np.abs(values))
-    if f.transform in ("log1p_standardize", "standardize"):
+    values = transform(f.transform).numpy(clipped(_numbers(raw), f.clip))
+    if transform(f.transform).standardized:
         values = (values - f.mean) / f.std
     return pa.array(np.where(np.isnan(values), MISSING_DENSE_VALUE, values).astype(np.float32))
 

@@ -15,7 +15,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from deepfm.feature_map import FIRST_VALUE_ID, MISSING_ID, OOV_ID, FeatureField
-from pipelines.numeric import clipped, log_bucket
+from deepfm.transforms import transform
+from pipelines.numeric import clipped
 
 FIELD, TOKEN, ID, COUNT = "field", "token", "id", "count"
 VOCAB_SCHEMA = f"{FIELD} string, {TOKEN} string, {ID} int, {COUNT} long"
@@ -23,8 +24,8 @@ VOCAB_SCHEMA = f"{FIELD} string, {TOKEN} string, {ID} int, {COUNT} long"
 
 def token(frame_column: SparkColumn, f: FeatureField) -> SparkColumn:
     """The string a categorical field is looked up by; null when the value is missing."""
-    if f.source_role == "numeric":
-        return log_bucket(clipped(frame_column, f.clip)).cast("string")
+    if f.source_role == "numeric":  # a bucketizing transform's bucket
+        return transform(f.transform).spark(clipped(frame_column, f.clip)).cast("string")
     return frame_column.cast("string")
 
 

@@ -1,11 +1,13 @@
 import math
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from deepfm.config import Config
 from deepfm.feature_map import FeatureMap
-from pipelines import features, numeric, vocab
+from deepfm.transforms import TRANSFORMS
+from pipelines import features, vocab
 
 ROWS = [
     # label, colour, size, clicks (count), price
@@ -87,12 +89,22 @@ def test_hashed_field(spark):
 def test_log_bucketize_values(spark):
     values = [-5, 0, 1, 2, 3, 10, 100, 1000]
     frame = spark.createDataFrame([(v,) for v in values], "v long")
-    got = [r[0] for r in frame.select(numeric.log_bucket(F.col("v"))).collect()]
+    got = [r[0] for r in frame.select(TRANSFORMS["log_bucketize"].spark(F.col("v"))).collect()]
     expected = [v if v <= 2 else 3 + math.floor(math.log(v) ** 2) for v in values]
     assert got == expected == [-5, 0, 1, 2, 4, 8, 24, 50]
     fmap, vocabulary = _fit(spark, _config())
     clicks = {r["token"] for r in vocabulary.where("field = 'clicks'").collect()}
     assert clicks == {"0", "1", "2", "4", "24", "-5"}  # 3 -> 4, its own bucket, not 1's; 100 -> 24
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_each_transform_computes_the_same_in_spark_and_numpy(spark, name):
+    values = [None, -1e6, -5.0, -0.5, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 10.0, 1e6, 2.0**60]
+    frame = spark.createDataFrame([(v,) for v in values], "v double")
+    in_spark = [r[0] for r in frame.select(TRANSFORMS[name].spark(F.col("v"))).collect()]
+    in_numpy = TRANSFORMS[name].numpy(np.array([np.nan if v is None else v for v in values]))
+    assert in_spark[0] is None and np.isnan(in_numpy[0])  # missing stays missing
+    np.testing.assert_allclose(np.array(in_spark[1:], dtype=float), in_numpy[1:], rtol=1e-12)
 
 
 def test_log1p_standardize_uses_train_statistics_and_clip(spark):

@@ -18,7 +18,8 @@ from pyspark.sql import functions as F
 from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import TRANSFORMS_VERSION
 from deepfm.fs import Location
-from pipelines import features, numeric
+from deepfm.transforms import TRANSFORMS
+from pipelines import features
 from tests.pipelines.test_features import ROWS, SCHEMA, _config, _fit
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "transforms.json"
@@ -43,7 +44,8 @@ def encodings(spark) -> list[dict]:
     rows = features.apply_feature_map(probe, fmap, vocabulary, broadcast_max_entries=10).collect()
     encoded = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.asDict().items()} for r in rows]
     entries = [{"vocabulary": r.asDict()} for r in vocabulary.orderBy("field", "id").collect()]
-    buckets = probe.select("clicks", numeric.log_bucket(F.col("clicks")).alias("bucket")).distinct().collect()
+    bucket = TRANSFORMS["log_bucketize"].spark(F.col("clicks")).alias("bucket")
+    buckets = probe.select("clicks", bucket).distinct().collect()
     in_order = sorted(buckets, key=lambda r: (r["clicks"] is None, r["clicks"] or 0))
     entries += [{"log_bucket": r.asDict()} for r in in_order]
     return entries + sorted(encoded, key=lambda row: json.dumps(row, sort_keys=True))  # Spark keeps no row order
