@@ -84,10 +84,13 @@ class ParseLines:
         for batch in batches:
             typed, reason = self.parser.parse(batch.column(raw), batch.column(bad_utf8))
             rejected = pc.is_valid(reason)
-            yield pa.RecordBatch.from_arrays(
-                [*typed.values(), reason, pc.if_else(rejected, batch.column(raw), pa.scalar(None, pa.string())),
-                 pc.if_else(rejected, batch.column(raw_bytes), pa.scalar(None, pa.binary())), batch.column(source)],
-                names=[*typed, reason_name, raw, raw_bytes, source])
+            if reason.null_count == len(reason):  # the usual batch: nothing to keep of its lines
+                lines = pa.nulls(len(reason), pa.string()), pa.nulls(len(reason), pa.binary())
+            else:
+                lines = (pc.if_else(rejected, batch.column(raw), pa.scalar(None, pa.string())),
+                         pc.if_else(rejected, batch.column(raw_bytes), pa.scalar(None, pa.binary())))
+            yield pa.RecordBatch.from_arrays([*typed.values(), reason, *lines, batch.column(source)],
+                                             names=[*typed, reason_name, raw, raw_bytes, source])
 
 
 def _typed(column: ParsedColumn, token: pa.Array) -> tuple[pa.Array, pa.Array]:
