@@ -152,8 +152,8 @@ def _arrow_parses(cfg: Config) -> bool:
     return not cfg.require("dataset").side_tables and read.arrow_parses(_input_spec(cfg))
 
 
-def _scorer(model: ModelDir, keep: list[str], score: ScoreConfig, vocabulary: Broadcast | None,
-            spark: SparkSession) -> ArrowScorer:
+def _scorer(spark: SparkSession, model: ModelDir, keep: list[str], threads: int, device: str,
+            vocabulary: Broadcast | None) -> ArrowScorer:
     weights = spark.sparkContext.broadcast(model.weights.read_bytes())
     fmap = model.feature_map
     return ArrowScorer(
@@ -163,8 +163,8 @@ def _scorer(model: ModelDir, keep: list[str], score: ScoreConfig, vocabulary: Br
         dense=tuple(f.name for f in fmap.dense),
         keep=tuple(keep),
         weights=lambda: weights.value,
-        threads=score.threads,
-        device=score.device,
+        threads=threads,
+        device=device,
         feature_map=fmap.to_dict() if vocabulary is not None else None,
         vocabulary=(lambda: vocabulary.value) if vocabulary is not None else None,
     )
@@ -180,7 +180,8 @@ def _score_lines(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: 
     keep = _raw_keep(cfg, model.feature_map)
     lines, header, positions = read.raw_lines(spark, spec, "input")
     scorer = LineScorer(ParseLines(read.line_parser(spec, header, positions), read.ARROW_BOOKKEEPING),
-                        _scorer(model, [], score, vocabulary, spark), tuple(keep), model.feature_map.label)
+                        _scorer(spark, model, [], score.threads, score.device, vocabulary), tuple(keep),
+                        model.feature_map.label)
     columns = {c.name: c for c in spec.resolved_columns}
     schema = T.StructType([
         *(T.StructField(name, T.FloatType() if columns[name].role == "label" else read.spark_type(columns[name]))
@@ -197,8 +198,7 @@ def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int
     """`keep` columns plus `probability`, computed in the executors by mapInArrow; with `vocabulary`
     (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too."""
     spark = inputs.sparkSession
-    scorer = _scorer(model, keep, ScoreConfig(model="-", output="-", threads=threads, device=device), vocabulary,
-                     spark)
+    scorer = _scorer(spark, model, keep, threads, device, vocabulary)
     schema = T.StructType([inputs.schema[name] for name in keep] + [T.StructField(PROBABILITY, T.FloatType())])
     # mapInArrow hands the function batches of this many rows; the setting is read when the job runs.
     spark.conf.set(_ARROW_BATCH, str(batch_rows))
