@@ -96,11 +96,12 @@ class LineScorer:
         bookkeeping = list(self.parse.bookkeeping[:4])
         for parsed in self.parse(batches):
             good = pc.is_null(parsed.column(bookkeeping[0])).to_numpy(zero_copy_only=False)
-            probability = np.full(parsed.num_rows, np.nan, np.float32)
             if good.all():  # the usual batch: no copy of its rows
-                probability = self.scorer.probabilities(parsed).astype(np.float32, copy=False)
-            elif good.any():
-                probability[good] = self.scorer.probabilities(parsed.filter(pa.array(good)))
+                probability = self.scorer.probabilities(parsed)
+            else:
+                probability = np.full(parsed.num_rows, np.nan, np.float32)
+                if good.any():
+                    probability[good] = self.scorer.probabilities(parsed.filter(pa.array(good)))
             kept = [pc.cast(parsed.column(name), pa.float32()) if name == self.label else parsed.column(name)
                     for name in self.keep]
             yield pa.RecordBatch.from_arrays(

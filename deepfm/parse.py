@@ -23,9 +23,7 @@ import pyarrow.compute as pc
 # casts would trim them for floats only), no Java suffixes (`1d`, `3f`), no words (NaN, Infinity).
 INT_PATTERN = r"^[+-]?[0-9]+$"
 FLOAT_PATTERN = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
-# What each parse type becomes: the types Spark's casts give.
-ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
-_QUOTED_CHARACTERS = 40  # of a bad value, in its reason
+QUOTED_CHARACTERS = 40  # of a bad value, in its reason
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,7 @@ def _said(prefix: str, token: pa.Array, where: pa.Array) -> pa.Array:
     has no bad value: the strings are then not built at all."""
     if not pc.any(where).as_py():
         return pa.nulls(len(token), pa.string())
-    quoted = pc.binary_join_element_wise("'", pc.utf8_slice_codeunits(token, 0, _QUOTED_CHARACTERS), "'", "")
+    quoted = pc.binary_join_element_wise("'", pc.utf8_slice_codeunits(token, 0, QUOTED_CHARACTERS), "'", "")
     return pc.if_else(where, pc.binary_join_element_wise(prefix, quoted, ""), pa.scalar(None, pa.string()))
 
 

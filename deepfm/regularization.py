@@ -36,7 +36,7 @@ class EmbeddingPrior:
     def describe(self, train_rows: int) -> dict[str, float]:
         """The prior, in training rows, that values of a few frequencies pay: what it amounts to on this data."""
         def rows(count: float) -> float:
-            return round(self.strength * (max(train_rows, 1) / count) ** self.rarity_exponent, 3)
+            return round(self.strength * _rarity(train_rows, count, self.rarity_exponent), 3)
         return {"value_seen_10_times": rows(10), "value_seen_1000_times": rows(1000),
                 "value_in_1_percent_of_rows": rows(max(train_rows / 100, 1))}
 
@@ -53,7 +53,7 @@ class EmbeddingPrior:
         for name, offset in offsets.items():
             rows = fields == name
             counts[offset + ids[rows]] = np.maximum(seen[rows], 1)
-        rarity = (max(train_rows, 1) / counts) ** rarity_exponent
+        rarity = _rarity(train_rows, counts, rarity_exponent)
         return cls(torch.from_numpy(rarity / counts).float().to(device), strength, rarity_exponent)
 
     def penalty(self, model: DeepFM, ids: torch.Tensor) -> torch.Tensor:
@@ -62,3 +62,8 @@ class EmbeddingPrior:
         unique, occurrences = torch.unique(rows, return_counts=True)
         weight = occurrences * self.inverse_counts[unique]
         return self.strength * (weight * model.embeddings.table(unique).pow(2).sum(1)).sum() / len(ids)
+
+
+def _rarity(train_rows: int, counts: np.ndarray | float, exponent: float) -> np.ndarray | float:
+    """How much tighter than `strength` the prior of a value seen `counts` times is: (N / c)^exponent."""
+    return (max(train_rows, 1) / counts) ** exponent

@@ -21,7 +21,7 @@ from pyspark.sql import types as T
 
 from deepfm.config import Column, TableSpec
 from deepfm.fs import Location
-from deepfm.parse import FLOAT_PATTERN, INT_PATTERN, LineParser, ParsedColumn, ParseLines
+from deepfm.parse import FLOAT_PATTERN, INT_PATTERN, QUOTED_CHARACTERS, LineParser, ParsedColumn, ParseLines
 from pipelines.storage import Storage
 
 REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
@@ -215,7 +215,7 @@ def _parquet_tokens(spark: SparkSession, spec: TableSpec, table: str):
 def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:
     """A reason string when the token does not parse as the column's type, else null."""
     kind = col.parse_type
-    quoted = F.concat(F.lit("'"), F.substring(token, 1, 40), F.lit("'"))
+    quoted = F.concat(F.lit("'"), F.substring(token, 1, QUOTED_CHARACTERS), F.lit("'"))
     if col.role == "label":
         return F.when(token.isNull(), F.lit(f"{col.name}: missing label")).when(
             ~token.isin("0", "1"), F.concat(F.lit(f"{col.name}: label must be 0 or 1, got "), quoted)
