@@ -95,7 +95,13 @@ def _launch(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
 
 def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
     """Runs in every worker process: build the backend, train, shut down."""
+    import faulthandler
+
     from deepfm.distributed import make_backend
+
+    # A crash in native code (gloo, pyarrow, a kernel) then leaves every thread's Python stack in
+    # the worker's stderr, not only the launcher's "terminated with signal SIGSEGV".
+    faulthandler.enable()
     from deepfm.train import train
 
     logs.configure(logging.INFO)
