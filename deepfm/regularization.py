@@ -7,8 +7,9 @@ charges every row `strength * ||row||^2` per epoch in total, whatever its freque
 Gaussian prior per value, in units of training rows): evidence outweighs it for frequent values,
 rare ones stay near zero unless their few rows insist. The row is the value's vector and its
 first-order weight. Counts are the ones the preprocess job counted on the training split (bucketized
-numeric fields included: their buckets are vocabulary entries); rows without a count (missing, OOV,
-hashed fields) are treated as seen on every row, which leaves them practically unpenalised.
+numeric fields included: their buckets are vocabulary entries; oov_buckets have their tail's count);
+rows without a count (missing, the shared OOV id, hashed fields) are treated as seen on every row,
+which leaves them practically unpenalised.
 
 With `rarity_exponent` a > 0 the prior of a value seen c times in N rows is `strength * (N / c)^a`:
 tighter for rare values, looser for popular ones (a prior variance growing with c^a). Popular
@@ -19,12 +20,12 @@ either over-shrinks them or leaves the rare ones noisy.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Location, Where
+from deepfm.fs import Where
 from deepfm.model import DeepFM
+from deepfm.vocabulary import row_counts
 
 
 class EmbeddingPrior:
@@ -43,16 +44,8 @@ class EmbeddingPrior:
     @classmethod
     def from_vocabulary(cls, vocabulary: Where, fmap: FeatureMap, train_rows: int, strength: float,
                         device: torch.device, rarity_exponent: float = 0.0) -> EmbeddingPrior:
-        sizes = [int(f.vocab_size) for f in fmap.categorical]
-        offsets = dict(zip((f.name for f in fmap.categorical), np.cumsum([0, *sizes[:-1]]), strict=True))
-        counts = np.full(sum(sizes), float(max(train_rows, 1)))
-        with Location.of(vocabulary).open() as f:
-            table = pq.read_table(f, columns=["field", "id", "count"])
-        fields = table.column("field").to_numpy(zero_copy_only=False)
-        ids, seen = table.column("id").to_numpy(), table.column("count").to_numpy()
-        for name, offset in offsets.items():
-            rows = fields == name
-            counts[offset + ids[rows]] = np.maximum(seen[rows], 1)
+        counted = row_counts(vocabulary, fmap)
+        counts = np.where(np.isnan(counted), float(max(train_rows, 1)), np.maximum(counted, 1))
         rarity = _rarity(train_rows, counts, rarity_exponent)
         return cls(torch.from_numpy(rarity / counts).float().to(device), strength, rarity_exponent)
 
