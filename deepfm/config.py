@@ -282,6 +282,10 @@ class VocabConfig(_Strict):
     # Vocabularies up to this size are broadcast to executors for encoding; larger ones shuffle-join.
     broadcast_max_entries: Annotated[int, Field(ge=0)] = 2_000_000
     hash_seed: int = 0
+    # Values below min_count (or beyond top_k), and values never seen in training, hashed into this
+    # many ids per text field instead of the one out-of-vocabulary id (TensorFlow's num_oov_buckets):
+    # a tail value then shares its row with ~1/oov_buckets of the tail, not with all of it.
+    oov_buckets: Annotated[int, Field(ge=0)] = 0
 
 
 class ShardConfig(_Strict):

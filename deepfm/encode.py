@@ -50,6 +50,7 @@ class FeatureEncoder:
         self._lookups: dict[str, tuple[pd.Index, np.ndarray]] = {}
         numeric = {f.name for f in feature_map.categorical if f.source_role == "numeric"}
         for name, table in (_per_field(vocabulary) if vocabulary is not None else {}).items():
+            table = table.filter(pc.is_valid(table.column("token")))  # a tail bucket's count, not a value
             tokens = table.column("token")
             self._lookups[name] = (pd.Index(pc.cast(tokens, pa.int64()).to_numpy() if name in numeric
                                             else tokens.to_numpy(zero_copy_only=False)),
@@ -91,6 +92,10 @@ class FeatureEncoder:
             position = index.get_indexer(keys)  # -1: not in the vocabulary
             ids = (np.where(position >= 0, vocab_ids[np.maximum(position, 0)], OOV_ID) if len(vocab_ids)
                    else np.full(len(keys), OOV_ID)).astype(np.int32)
+            if f.oov_buckets:
+                unseen = np.flatnonzero((position < 0) & ~missing)
+                tail = self._hashed(tokens.take(pa.array(unseen)), f.oov_buckets)
+                ids[unseen] = tail + (f.first_oov_bucket - FIRST_VALUE_ID)
         ids[missing] = MISSING_ID
         return pa.array(ids, pa.int32())
 

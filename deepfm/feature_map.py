@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 MISSING_ID = 0  # the field's value was absent
-OOV_ID = 1  # present, but rare in training or never seen
+OOV_ID = 1  # present, but rare in training or never seen (unless the field has oov_buckets)
 FIRST_VALUE_ID = 2
 # A missing dense value: 0.0 is the training mean after standardization, so it neither pushes nor pulls.
 MISSING_DENSE_VALUE = 0.0
@@ -61,9 +61,16 @@ class FeatureField:
     hash_buckets: int | None = None
     min_count: int | None = None
     top_k: int | None = None
+    # the last oov_buckets ids of a looked-up field: its tail values, hashed (pipelines/vocab.py)
+    oov_buckets: int | None = None
     # dense: statistics of the transformed training values
     mean: float | None = None
     std: float | None = None
+
+    @property
+    def first_oov_bucket(self) -> int:
+        """The id of the first tail bucket: the vocabulary's values come before the buckets."""
+        return int(self.vocab_size or 0) - int(self.oov_buckets or 0)
 
 
 @dataclass(frozen=True)

@@ -40,15 +40,17 @@ def _declared(col: Column, pre: PreprocessConfig) -> FeatureField:
         hash_buckets=col.hash_buckets,
         min_count=col.min_count or pre.vocab.min_count,
         top_k=col.top_k or pre.vocab.top_k,
+        # bucketized numbers have no tail worth hashing: their buckets are few
+        oov_buckets=(pre.vocab.oov_buckets or None) if col.role == "categorical" and not col.hash_buckets else None,
     )
 
 
-def fit_vocabulary(train: DataFrame, fields: list[FeatureField]) -> DataFrame:
+def fit_vocabulary(train: DataFrame, fields: list[FeatureField], hash_seed: int) -> DataFrame:
     """The (field, token, id, count) table for the fields that are not hashed."""
     looked_up = [f for f in fields if f.kind == "categorical" and not f.hash_buckets]
     if not looked_up:
         return train.sparkSession.createDataFrame([], vocab.VOCAB_SCHEMA)
-    return vocab.build_vocabulary(vocab.count_tokens(train, looked_up), looked_up)
+    return vocab.build_vocabulary(vocab.count_tokens(train, looked_up), looked_up, hash_seed)
 
 
 def fitted_fields(
@@ -57,13 +59,14 @@ def fitted_fields(
     """Fill in vocabulary sizes (from the saved table) and dense statistics (from train)."""
     sizes = {
         row[vocab.FIELD]: row["entries"]
-        for row in vocabulary.groupBy(vocab.FIELD).agg(F.count(F.lit(1)).alias("entries")).collect()
+        for row in vocabulary.where(F.col(vocab.TOKEN).isNotNull())  # a tail bucket's row has no token
+        .groupBy(vocab.FIELD).agg(F.count(F.lit(1)).alias("entries")).collect()
     }
     stats = numeric.fit_dense_stats(train, [f for f in fields if f.kind == "dense"])
     out = []
     for f in fields:
         if f.kind == "categorical":
-            entries = f.hash_buckets if f.hash_buckets else sizes.get(f.name, 0)
+            entries = f.hash_buckets if f.hash_buckets else sizes.get(f.name, 0) + (f.oov_buckets or 0)
             out.append(replace(f, vocab_size=FIRST_VALUE_ID + entries))
         elif f.name in stats:
             mean, std = stats[f.name]

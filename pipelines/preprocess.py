@@ -186,7 +186,7 @@ def _fit(
 ) -> tuple[FeatureMap, DataFrame]:
     declared = features.declared_fields(dataset, pre)
     vocab_dir = f"{tmp}/vocab"
-    _write_single_parquet(storage, features.fit_vocabulary(train, declared).orderBy(FIELD, ID),
+    _write_single_parquet(storage, features.fit_vocabulary(train, declared, pre.vocab.hash_seed).orderBy(FIELD, ID),
                           vocab_dir, "vocabulary.parquet")
     vocabulary = spark.read.parquet(vocab_dir)
     fitted = features.fitted_fields(train, declared, vocabulary)
@@ -199,7 +199,8 @@ def _fit(
         transforms_version=TRANSFORMS_VERSION,
     )
     summary = {
-        f.name: {"size": f.vocab_size, "hashed": bool(f.hash_buckets), "min_count": f.min_count, "top_k": f.top_k}
+        f.name: {"size": f.vocab_size, "hashed": bool(f.hash_buckets), "min_count": f.min_count, "top_k": f.top_k,
+                 "oov_buckets": f.oov_buckets or 0}
         for f in fmap.categorical
     }
     storage.write_text(f"{tmp}/vocab_summary.json", json.dumps(summary, indent=2, sort_keys=True))

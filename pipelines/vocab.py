@@ -3,6 +3,11 @@
 Ids: 0 = missing, 1 = out-of-vocabulary, then 2, 3, ... by count descending and value ascending,
 so that a rerun on the same data assigns identical ids. A field may instead be hashed into N
 buckets (ids 2 .. N+1), which needs no table.
+
+With `oov_buckets` B, the values left out (below min_count, beyond top_k, or never seen) are hashed
+into the B ids after the kept ones instead of sharing id 1. The table then also holds one row per
+bucket with no token: the training rows its tail values account for (what the prior and the
+summary read); no value is looked up by it.
 """
 
 from __future__ import annotations
@@ -43,25 +48,41 @@ def count_tokens(train: DataFrame, fields: list[FeatureField]) -> DataFrame:
     )
 
 
-def build_vocabulary(counts: DataFrame, fields: list[FeatureField]) -> DataFrame:
-    """Keep tokens seen at least min_count times (and within top_k), and number them."""
+def build_vocabulary(counts: DataFrame, fields: list[FeatureField], hash_seed: int) -> DataFrame:
+    """Keep tokens seen at least min_count times (and within top_k), and number them; with
+    oov_buckets, add each tail bucket's count."""
     spark = counts.sparkSession
     thresholds = spark.createDataFrame(
-        [(f.name, f.min_count or 1, f.top_k) for f in fields],
-        f"{FIELD} string, _min long, _top long",
+        [(f.name, f.min_count or 1, f.top_k, f.oov_buckets or 0) for f in fields],
+        f"{FIELD} string, _min long, _top long, _buckets long",
     )
     rank = F.row_number().over(Window.partitionBy(FIELD).orderBy(F.desc(COUNT), F.asc(TOKEN)))
-    return (
-        counts.join(F.broadcast(thresholds), FIELD)
-        .where(F.col(COUNT) >= F.col("_min"))
-        .withColumn("_rank", rank)
-        .where(F.col("_top").isNull() | (F.col("_rank") <= F.col("_top")))
-        .select(FIELD, TOKEN, (F.col("_rank") + FIRST_VALUE_ID - 1).cast("int").alias(ID), COUNT)
+    counted = counts.join(F.broadcast(thresholds), FIELD)
+    frequent = counted.where(F.col(COUNT) >= F.col("_min")).withColumn("_rank", rank)
+    in_top = F.col("_top").isNull() | (F.col("_rank") <= F.col("_top"))
+    kept = frequent.where(in_top).select(FIELD, TOKEN, (F.col("_rank") + FIRST_VALUE_ID - 1).cast("int").alias(ID),
+                                         COUNT)
+    if not any(f.oov_buckets for f in fields):
+        return kept
+    left_out = (counted.where(F.col(COUNT) < F.col("_min")).select(FIELD, TOKEN, COUNT, "_buckets")
+                .unionByName(frequent.where(~in_top).select(FIELD, TOKEN, COUNT, "_buckets")))
+    kept_values = kept.groupBy(FIELD).agg(F.count(F.lit(1)).alias("_kept"))
+    tail = (
+        left_out.where(F.col("_buckets") > 0)
+        .join(F.broadcast(kept_values), FIELD, "left")
+        # the buckets follow the field's kept values
+        .withColumn(ID, (hashed_id(F.col(TOKEN), F.col("_buckets"), hash_seed)
+                         + F.coalesce(F.col("_kept"), F.lit(0))).cast("int"))
+        .groupBy(FIELD, ID)
+        .agg(F.sum(COUNT).alias(COUNT))
+        .select(FIELD, F.lit(None).cast("string").alias(TOKEN), ID, COUNT)
     )
+    return kept.unionByName(tail)
 
 
-def hashed_id(tok: SparkColumn, buckets: int, seed: int) -> SparkColumn:
-    return F.pmod(F.xxhash64(F.lit(seed), tok), F.lit(buckets)) + FIRST_VALUE_ID
+def hashed_id(tok: SparkColumn, buckets: int | SparkColumn, seed: int) -> SparkColumn:
+    buckets = buckets if isinstance(buckets, SparkColumn) else F.lit(buckets)
+    return F.pmod(F.xxhash64(F.lit(seed), tok), buckets) + FIRST_VALUE_ID
 
 
 def encode(
@@ -77,7 +98,7 @@ def encode(
     Spark reuses that broadcast for every field, so the job ships the vocabulary once instead of
     once per field. Fields above `broadcast_max_entries` fall back to a shuffle join.
     """
-    small = {f.name for f in fields if (f.vocab_size or 0) - FIRST_VALUE_ID <= broadcast_max_entries}
+    small = {f.name for f in fields if f.first_oov_bucket - FIRST_VALUE_ID <= broadcast_max_entries}
     shared = F.broadcast(vocabulary.where(F.col(FIELD).isin(sorted(small))).select(FIELD, TOKEN, ID))
     for f in fields:
         column = f"`{f.name}`"
@@ -88,12 +109,14 @@ def encode(
             continue
         lookup = shared if f.name in small else vocabulary.where(F.col(FIELD) == f.name)
         lookup = lookup.select(F.col(FIELD).alias("_vf"), F.col(TOKEN).alias("_vt"), F.col(ID).alias("_vid"))
+        unseen = (hashed_id(F.col("_tok"), f.oov_buckets, hash_seed) + (f.first_oov_bucket - FIRST_VALUE_ID)
+                  if f.oov_buckets else F.lit(OOV_ID))
         frame = (
             frame.withColumn("_tok", tok)
             .join(lookup, (F.col("_vf") == F.lit(f.name)) & (F.col("_vt") == F.col("_tok")), "left")
             .withColumn(
                 f.name,
-                F.when(F.col("_tok").isNull(), MISSING_ID).otherwise(F.coalesce("_vid", F.lit(OOV_ID))).cast("int"),
+                F.when(F.col("_tok").isNull(), MISSING_ID).otherwise(F.coalesce("_vid", unseen)).cast("int"),
             )
             .drop("_tok", "_vf", "_vt", "_vid")
         )
@@ -112,5 +135,6 @@ def fingerprint(vocabulary: DataFrame, fields: list[FeatureField]) -> str:
         )
         .collect()
     }
-    layout = {f.name: [f.vocab_size, f.hash_buckets, per_field.get(f.name)] for f in fields}
+    layout = {f.name: [f.vocab_size, f.hash_buckets, per_field.get(f.name)] + ([f.oov_buckets] if f.oov_buckets else [])
+              for f in fields}
     return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()

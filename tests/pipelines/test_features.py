@@ -1,10 +1,12 @@
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
 from deepfm.config import Config
+from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import FeatureMap
 from deepfm.transforms import TRANSFORMS
 from pipelines import features, vocab
@@ -41,7 +43,7 @@ def _config(**vocab_overrides):
 def _fit(spark, cfg):
     train = spark.createDataFrame(ROWS, SCHEMA)
     declared = features.declared_fields(cfg.dataset, cfg.preprocess)
-    vocabulary = features.fit_vocabulary(train, declared).cache()
+    vocabulary = features.fit_vocabulary(train, declared, hash_seed=0).cache()
     fields = features.fitted_fields(train, declared, vocabulary)
     fmap = FeatureMap(label="label", fields=tuple(fields), hash_seed=0)
     return fmap, vocabulary
@@ -84,6 +86,30 @@ def test_hashed_field(spark):
     assert ids[5] == 0  # missing
     assert all(2 <= i < 7 for i in ids[:5])
     assert ids[1] == ids[2]  # the same value always hashes to the same bucket
+
+
+def test_tail_values_share_oov_buckets_alike_in_spark_sql_and_arrow(spark):
+    plain = _config().model_dump(mode="json")
+    plain["preprocess"]["vocab"].update(min_count=2, oov_buckets=3)
+    fmap, vocabulary = _fit(spark, Config.model_validate(plain))
+    colour = next(f for f in fmap.fields if f.name == "colour")
+    assert (colour.vocab_size, colour.first_oov_bucket) == (2 + 2 + 3, 4)  # red and blue kept, then 3 buckets
+    rows = vocabulary.where("field = 'colour'").collect()
+    assert {r["token"]: r["id"] for r in rows if r["token"]} == {"red": 2, "blue": 3}
+    bucket_counts = {r["id"]: r["count"] for r in rows if r["token"] is None}
+    assert set(bucket_counts) <= {4, 5, 6} and sum(bucket_counts.values()) == 2  # amber and green, once each
+
+    values = ["red", "amber", "green", "purple", "mauve", "teal", None, "blue"]
+    probe = spark.createDataFrame([(i, v, "s", 1, 1.0) for i, v in enumerate(values)], SCHEMA)
+    by_join, by_shuffle = ([r["colour"] for r in features.apply_feature_map(probe, fmap, vocabulary, limit)
+                            .orderBy("label").collect()] for limit in (10, 0))
+    table = pa.table({name: [row[i] for row in probe.collect()] for i, name in enumerate(probe.columns)})
+    by_arrow = FeatureEncoder(fmap, pa.Table.from_pandas(vocabulary.toPandas(), preserve_index=False)
+                              ).encode(table).column("colour").to_pylist()
+    assert by_join == by_shuffle == by_arrow
+    assert by_join[0] == 2 and by_join[6] == 0 and by_join[7] == 3
+    assert {by_join[1], by_join[2]} <= set(bucket_counts)  # the bucket that counted them in training
+    assert all(4 <= i < 7 for i in by_join[1:6])  # never the shared OOV id
 
 
 def test_log_bucketize_values(spark):
