@@ -340,6 +340,10 @@ class ModelConfig(_Strict):
     # Sparse embedding gradients (SparseAdam on the tables): an update touches only the rows in
     # the batch instead of every row of a million-row table.
     sparse_embeddings: bool = True
+    # The MLP also reads each categorical value's training frequency (deepfm/model.py).
+    count_features: bool = False
+    # > 0: frequency-based embedding sizes, a value's dimensions ceil(D (count / field's top count)^a).
+    mixed_dim_exponent: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

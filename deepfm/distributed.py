@@ -121,7 +121,10 @@ class TorchBackend:
 
         model = model.to(self.device)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids), optimizers
+        # Batch-norm statistics are the only buffers that differ between ranks; the others (the
+        # table offsets, count features' frequencies: a float per table row) need no copy each step.
+        batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=batch_norm), optimizers
 
     def allreduce_sum(self, tensor):
         tensor = tensor.clone()

@@ -10,12 +10,22 @@ continuous fields). The pairwise term uses the identity
     sum_{i<j} <e_i, e_j> = 1/2 * sum_d [ (sum_i e_id)^2 - sum_i e_id^2 ],
 which costs O(F D) instead of O(F^2 D).
 
+Two options read each categorical value's training count (from the vocabulary, kept as buffers of
+the model, so every scoring path applies them):
+- `count_features`: the MLP also reads the value's frequency, log(1 + count) / log(1 + N) (a side
+  input, not a cross): what tells a well-estimated row from a barely trained one.
+- `mixed_dim_exponent` a > 0: frequency-based embedding sizes (mixed-dimension embeddings, Ginart
+  et al. 2019). A value seen c times, in a field whose most frequent value is seen c_max times,
+  uses the first ceil(D (c / c_max)^a) of the D dimensions; the rest of its vector is zero. Rare
+  values get fewer parameters to memorise their few rows with.
+
 Shapes: B = batch, Fc = categorical fields, Fd = dense fields, F = Fc + Fd, D = embedding dim.
 `forward` returns logits; the loss (BCE on logits) lives with the training loop.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -39,6 +49,8 @@ class DeepFMConfig:
     use_deep: bool = True  # False: FM only (ablation)
     sparse_embeddings: bool = False  # sparse gradients: only the rows in the batch are touched
     precision: str = "fp32"  # "bf16": the MLP's products in bfloat16 (deepfm/precision.py)
+    count_features: bool = False  # the MLP also reads each categorical value's log frequency
+    mixed_dim_exponent: float = 0.0  # > 0: a value's vector has fewer dimensions the rarer it is
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,6 +66,14 @@ class DeepFMConfig:
     @property
     def num_fields(self) -> int:
         return len(self.vocab_sizes) + self.num_dense
+
+    @property
+    def reads_value_counts(self) -> bool:
+        return self.count_features or self.mixed_dim_exponent > 0
+
+    @property
+    def deep_inputs(self) -> int:
+        return self.num_fields * self.embedding_dim + (len(self.vocab_sizes) if self.count_features else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +109,11 @@ class FieldEmbeddings(nn.Module):
                 self.table.weight[:, -1] = 0.0
         if cfg.num_dense:
             nn.init.normal_(self.dense_vectors, std=0.01)
+        # mixed dimensions: how many leading dimensions each table row uses (set_row_dims)
+        mixed = cfg.mixed_dim_exponent > 0 and total
+        self.register_buffer("row_dims", torch.full((total,), cfg.embedding_dim, dtype=torch.int16) if mixed else None)
+        self.register_buffer("dim_index", torch.arange(cfg.embedding_dim, dtype=torch.int16) if mixed else None,
+                             persistent=False)
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids [B, Fc] (int), dense [B, Fd] (float) -> (e [B, F, D], w [B, F])."""
@@ -102,12 +127,32 @@ class FieldEmbeddings(nn.Module):
                 looked_up = self.table(unique)[inverse]
             else:
                 looked_up = self.table(rows)
-            parts_e.append(looked_up[..., :-1])
+            vectors = looked_up[..., :-1]
+            if self.row_dims is not None:
+                vectors = vectors * (self.dim_index < self.row_dims[rows].unsqueeze(-1))
+            parts_e.append(vectors)
             parts_w.append(looked_up[..., -1])
         if self.dense_vectors is not None:
             parts_e.append(self.dense_vectors * dense.unsqueeze(-1))
             parts_w.append(self.dense_weights * dense)
         return torch.cat(parts_e, 1), torch.cat(parts_w, 1)
+
+    @torch.no_grad()
+    def set_row_dims(self, counts: torch.Tensor, vocab_sizes: tuple[int, ...], exponent: float) -> None:
+        """Each row's dimensions from its count relative to its field's most frequent value (an
+        uncounted row keeps them all); the dimensions a row does not use are zeroed, so the prior
+        has nothing there to pull on."""
+        dims = self.dim_index.numel()
+        start = 0
+        for size in vocab_sizes:
+            field = counts[start:start + size]
+            top = torch.nan_to_num(field, nan=0.0).max()
+            if top > 0:
+                share = torch.nan_to_num(field / top, nan=1.0).clamp(min=0.0)
+                self.row_dims[start:start + size] = (dims * share.pow(exponent)).ceil().clamp(1, dims).to(torch.int16)
+            start += size
+        unused = self.dim_index.long() >= self.row_dims.long().unsqueeze(-1)
+        self.table.weight[:, :-1].masked_fill_(unused, 0.0)
 
 
 class FactorizationMachine(nn.Module):
@@ -125,13 +170,13 @@ class FactorizationMachine(nn.Module):
 
 
 class DeepNetwork(nn.Module):
-    """y_DNN = MLP(e.flatten()) -> [B], in fp32 or, with precision bf16, autocast to bfloat16."""
+    """y_DNN = MLP(e.flatten() [, frequencies]) -> [B], in fp32 or, with precision bf16, autocast to bfloat16."""
 
     def __init__(self, cfg: DeepFMConfig) -> None:
         super().__init__()
         self.precision = cfg.precision
         layers: list[nn.Module] = []
-        width = cfg.num_fields * cfg.embedding_dim
+        width = cfg.deep_inputs
         for size in cfg.hidden:
             layers.append(nn.Linear(width, size))
             if cfg.batch_norm:
@@ -143,9 +188,10 @@ class DeepNetwork(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, e: torch.Tensor, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = e.flatten(1) if frequencies is None else torch.cat([e.flatten(1), frequencies], 1)
         with autocast(self.precision, e.device.type):
-            out = self.mlp(e.flatten(1))
+            out = self.mlp(inputs)
         return out.float().squeeze(-1)
 
 
@@ -156,6 +202,9 @@ class DeepFM(nn.Module):
         self.embeddings = FieldEmbeddings(cfg)
         self.fm = FactorizationMachine() if cfg.use_fm else None
         self.deep = DeepNetwork(cfg) if cfg.use_deep else None
+        if cfg.count_features:
+            # per row of the embedding table; filled from the vocabulary before training (set_value_counts)
+            self.register_buffer("log_frequencies", torch.zeros(sum(cfg.vocab_sizes)))
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """ids [B, Fc], dense [B, Fd] -> logits [B]."""
@@ -164,8 +213,19 @@ class DeepFM(nn.Module):
         if self.fm is not None:
             logit = logit + self.fm(e, w)
         if self.deep is not None:
-            logit = logit + self.deep(e)
+            frequencies = (self.log_frequencies[ids.long() + self.embeddings.offsets]
+                           if self.config.count_features else None)
+            logit = logit + self.deep(e, frequencies)
         return logit
+
+    @torch.no_grad()
+    def set_value_counts(self, counts: torch.Tensor, train_rows: int) -> None:
+        """`counts` [table rows]: each value's training count, NaN where not counted: the count
+        features' frequencies (an uncounted row reads as never seen) and the rows' dimensions."""
+        if self.config.count_features:
+            self.log_frequencies.copy_(torch.nan_to_num(counts, nan=0.0).log1p() / math.log1p(max(train_rows, 1)))
+        if self.embeddings.row_dims is not None:
+            self.embeddings.set_row_dims(counts, self.config.vocab_sizes, self.config.mixed_dim_exponent)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The tables that receive sparse gradients when sparse_embeddings is on."""
@@ -182,7 +242,7 @@ class DeepFM(nn.Module):
     def forward_flops_per_sample(self) -> int:
         """Multiply-adds x 2 of one forward pass of the MLP and FM (lookups are memory, not math)."""
         cfg = self.config
-        widths = [cfg.num_fields * cfg.embedding_dim, *cfg.hidden, 1] if cfg.use_deep else []
+        widths = [cfg.deep_inputs, *cfg.hidden, 1] if cfg.use_deep else []
         mlp = sum(2 * a * b for a, b in zip(widths, widths[1:], strict=False))
         fm = 4 * cfg.num_fields * cfg.embedding_dim if cfg.use_fm else 0
         return mlp + fm

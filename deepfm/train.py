@@ -38,6 +38,7 @@ from deepfm.precision import check_precision
 from deepfm.readers import Reader, evaluation_reader, make_reader
 from deepfm.regularization import EmbeddingPrior
 from deepfm.report import plot_training_curves
+from deepfm.vocabulary import row_counts
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConf
         use_deep=m.use_deep,
         sparse_embeddings=sparse,
         precision=cfg.precision,
+        count_features=m.count_features,
+        mixed_dim_exponent=m.mixed_dim_exponent,
     )
 
 
@@ -148,12 +151,14 @@ def build_run(cfg: TrainConfig, backend: Backend, fmap: FeatureMap, manifest: di
     torch.manual_seed(cfg.seed)
     raw_model = DeepFM(model_config(fmap, cfg, sparse))
     train_rows = manifest["rows"]["splits"]["train"]["rows"]
+    vocabulary = Location.of(cfg.data) / manifest["vocab"]["path"]
+    if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
+        raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)
     model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, settings["embedding_lr"]))
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
-        prior = EmbeddingPrior.from_vocabulary(Location.of(cfg.data) / manifest["vocab"]["path"], fmap,
-                                               train_rows, cfg.embedding_l2, backend.device,
+        prior = EmbeddingPrior.from_vocabulary(vocabulary, fmap, train_rows, cfg.embedding_l2, backend.device,
                                                cfg.embedding_l2_rarity_exponent)
         settings["prior_rows"] = prior.describe(train_rows)
     # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.

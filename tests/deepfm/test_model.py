@@ -113,3 +113,47 @@ def test_unique_lookup_path_matches_plain_lookup():
     trained = model(ids, dense)
     model.eval()
     assert torch.allclose(trained, model(ids, dense), atol=1e-6)
+
+
+def test_count_features_feed_the_mlp_each_values_log_frequency_and_ship_in_the_state_dict():
+    model = _model(count_features=True)
+    assert model.deep.mlp[0].in_features == (len(VOCABS) + FD) * D + len(VOCABS)
+    counts = torch.full((sum(VOCABS),), float("nan"))
+    counts[VOCABS[0] + 2] = 99.0  # field 1, id 2, seen 99 times in 9,999 rows
+    model.set_value_counts(counts, train_rows=9_999)
+    assert model.log_frequencies[VOCABS[0] + 2] == pytest.approx(0.5)  # log(100) / log(10,000)
+    assert int((model.log_frequencies != 0).sum()) == 1  # an uncounted row reads as never seen
+
+    ids, dense = _inputs()
+    ids[:, 1] = 2
+    before = model(ids, dense)
+    model.set_value_counts(torch.full((sum(VOCABS),), float("nan")), train_rows=9_999)
+    assert not torch.allclose(before, model(ids, dense))  # the MLP reads the frequency
+
+    model.set_value_counts(counts, train_rows=9_999)
+    reloaded = DeepFM(model.config)
+    reloaded.load_state_dict(model.state_dict())  # strict: the frequencies are part of the model
+    assert torch.equal(reloaded(ids, dense), before)
+
+
+def test_mixed_dimensions_give_rarer_values_fewer_dimensions():
+    model = _model(mixed_dim_exponent=0.5)
+    counts = torch.full((sum(VOCABS),), float("nan"))
+    counts[2:5] = torch.tensor([100.0, 10.0, 1.0])  # field 0's ids 2-4; its top value is seen 100 times
+    model.set_value_counts(counts, train_rows=1_000)
+    # D (c / c_max)^0.5 = 4, 4 x 0.32, 4 x 0.1 -> 4, 2, 1 dimensions; uncounted rows keep all 4
+    assert model.embeddings.row_dims.tolist() == [4, 4, 4, 2, 1] + [D] * (sum(VOCABS) - 5)
+    assert torch.count_nonzero(model.embeddings.table.weight[4, :D - 1][1:]) == 0  # unused dims zeroed
+
+    ids, dense = _inputs()
+    ids[:, 0] = torch.tensor([2, 3, 4, 4, 3, 2], dtype=torch.int32)
+    e, _ = model.embeddings(ids, dense)
+    assert torch.count_nonzero(e[2, 0, 1:]) == 0 and torch.count_nonzero(e[1, 0, 2:]) == 0
+    assert torch.count_nonzero(e[0, 0]) == D
+    model(ids, dense).sum().backward()
+    grad = model.embeddings.table.weight.grad
+    assert torch.count_nonzero(grad[4, 1:D]) == 0 and torch.count_nonzero(grad[4, 0]) == 1  # only dim 0 learns
+
+    reloaded = DeepFM(model.config)
+    reloaded.load_state_dict(model.state_dict())
+    assert torch.equal(reloaded.embeddings.row_dims, model.embeddings.row_dims)

@@ -179,9 +179,10 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "horovod"])
 def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_path, backend):
-    # with the embedding prior and the tables' own learning rate: their gradients cross ranks too
+    # with the embedding prior and the tables' own learning rate: their gradients cross ranks too;
+    # with count features, whose frequencies each rank reads from the vocabulary itself
     result = run_training(_cfg(criteo_shards, tmp_path / backend, backend=backend, workers=2,
-                               embedding_l2=10.0, embedding_lr=3e-3))
+                               embedding_l2=10.0, embedding_lr=3e-3, model={**SMALL_MODEL, "count_features": True}))
     assert result["workers"] == 2
     assert 0.6 < result["test"]["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
     assert json.loads((Path(result["model"]) / "metrics.json").read_text())["workers"] == 2
@@ -189,6 +190,11 @@ def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_pa
     # without a working gradient exchange they would differ, and training would have stopped).
     first, second = result["replica_fingerprints"]
     assert first == second and first[1] > 0
+    shipped = torch.load(Path(result["model"]) / "model.pt", weights_only=True)["log_frequencies"]
+    counts = pq.read_table(criteo_shards / "vocab" / "vocabulary.parquet").column("count").to_numpy()
+    train_rows = json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"]["train"]["rows"]
+    assert int((shipped > 0).sum()) == len(counts)  # one frequency per counted value
+    assert float(shipped.max()) == pytest.approx(np.log1p(counts.max()) / np.log1p(train_rows), rel=1e-6)
 
 
 def test_training_launched_through_spark(spark, criteo_shards, tmp_path):
