@@ -11,8 +11,11 @@ Targets: model AUC within 0.005 of the true-probability AUC; 2 workers within 0.
 in 1M rows; target: within 0.05 of its AUC), and --defaults trains with the train: defaults of
 conf/base.yaml instead of this benchmark's settings.
 --bf16 adds the 1-worker run with train.precision bf16 (target: within 0.002 of fp32).
+--preprocess-set and --train-set measure a lever: the same generated rows re-preprocessed, or trained,
+with one setting changed (e.g. --preprocess-set preprocess.vocab.oov_buckets=1000).
     python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit] [--one-worker] [--bf16]
                                       [--teacher head|long_tail] [--defaults]
+                                      [--preprocess-set KEY=VALUE ...] [--train-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
@@ -35,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine import machine  # noqa: E402
 from synthetic_data import generate, preprocess  # noqa: E402
 
-from deepfm.config import GenerateConfig, TrainConfig  # noqa: E402
+from deepfm.config import GenerateConfig, TrainConfig, with_settings  # noqa: E402
 from deepfm.launch import run_training  # noqa: E402
 from pipelines import generate as gen  # noqa: E402
 
@@ -51,12 +55,15 @@ TRAINING = {"lr": 3e-4, "embedding_lr": 3e-3, "embedding_l2": 0.2, "embedding_l2
             "model": {"embedding_dim": 16, "hidden": [400, 400, 400]}}
 
 
-def prepare(work: Path, teacher: str) -> Path:
-    """1M rows of the teacher, preprocessed with the synthetic data set's config."""
-    raw, shards = work / "raw", work / "shards"
-    generate(ROWS, raw, f"generate.teacher={teacher}", quiet=True)
+def prepare(work: Path, teacher: str, preprocess_settings: list[str]) -> Path:
+    """1M rows of the teacher (generated once), preprocessed with the synthetic data set's config
+    and `preprocess_settings`."""
+    raw = work / "raw"
+    shards = work / ("shards" + "".join(f"-{s.rsplit('.', 1)[-1].replace('=', '')}" for s in preprocess_settings))
+    if not any(raw.glob("*.tsv")):
+        generate(ROWS, raw, f"generate.teacher={teacher}", quiet=True)
     preprocess(raw, shards, "spark.conf.spark.driver.memory=8g", "spark.conf.spark.ui.showConsoleProgress=false",
-               force=True, quiet=True)
+               *preprocess_settings, force=True, quiet=True)
     return shards
 
 
@@ -148,10 +155,18 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also train 1 worker with train.precision bf16")
     parser.add_argument("--teacher", choices=["head", "long_tail"], default="head")
     parser.add_argument("--defaults", action="store_true", help="train with conf/base.yaml's train: settings")
+    parser.add_argument("--preprocess-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="preprocess the generated rows with this setting (repeatable; not with --data)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="train with this setting, e.g. model.embedding_dim=8 (repeatable)")
     args = parser.parse_args()
+    if args.data and args.preprocess_set:
+        parser.error("--preprocess-set preprocesses the generated rows again: drop --data")
     out = args.out if args.teacher == "head" else args.out.with_name(f"{args.out.name}_{args.teacher}")
-    data = args.data or prepare(out, args.teacher)
-    training = default_training() if args.defaults else TRAINING
+    data = args.data or prepare(out, args.teacher, args.preprocess_set)
+    training = with_settings(default_training() if args.defaults else TRAINING,
+                             {key.removeprefix("train."): yaml.safe_load(value)
+                              for key, _, value in (pair.partition("=") for pair in args.train_set)})
     best = true_auc(data)
     one = train(data, out / "w1", 1, args.backend, training=training)
     two = None if args.one_worker else train(data, out / "w2", 2, args.backend, training=training)
@@ -159,6 +174,7 @@ def main() -> None:
     print(json.dumps({
         "machine": machine(),
         "benchmark": "synthetic_quality", "teacher": args.teacher, "data": str(data), "training": training,
+        "preprocess_settings": args.preprocess_set,
         "true_probability_test_auc": round(best, 4), "one_worker": one,
         "two_workers": two and {**two, "backend": args.backend},
         "one_worker_bf16": bf16,
