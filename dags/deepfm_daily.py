@@ -3,7 +3,9 @@
 Every stage writes under the run's logical date (conf/schedule/daily.yaml), so a rerun or a
 backfill of a date replaces that date's outputs and nothing else; train commits a new model
 version and moves LATEST only once the version is complete. Exit codes decide retries: 2 (bad
-input or configuration) fails the task at once, 1 (transient or internal) is retried.
+input or configuration) fails the task at once, 1 (transient or internal) is retried. Train runs
+with `--resume auto`: a retry, or a rerun of a killed run, continues from the checkpoint the killed
+run left when its input and config are the same, instead of training again from the first step.
 
 Set on the Airflow workers (README, "Scheduled runs"):
   DEEPFM_HOME     the project checkout, set up by `make setup` (default: the folder above this file)
@@ -36,7 +38,7 @@ def stage_command(stage: str, run_date: str) -> tuple[list[str], Path]:
     home = Path(os.environ.get("DEEPFM_HOME") or Path(__file__).resolve().parents[1])
     conf = [arg for name in os.environ.get("DEEPFM_CONF", DEFAULT_CONF).split() for arg in ("--conf", name)]
     command = [str(home / "spark-submit.sh"), stage, "--run-date", run_date, *conf,
-               *shlex.split(os.environ.get("DEEPFM_ARGS", ""))]
+               *(["--resume", "auto"] if stage == "train" else []), *shlex.split(os.environ.get("DEEPFM_ARGS", ""))]
     return command, Path(os.environ.get("DEEPFM_WORKDIR") or home)
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from deepfm import logs
 from deepfm.checkpoint import CHECKPOINT, METRICS
@@ -27,7 +27,7 @@ from deepfm.model_versions import BUILDING, ModelRoot
 log = logging.getLogger(__name__)
 
 
-def run_training(cfg: TrainConfig, resume: bool = False, run_date: str | None = None,
+def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_date: str | None = None,
                  force: bool = False) -> dict[str, Any]:
     """Train a new version of the model under cfg.output with cfg.workers workers on cfg.backend,
     placed by cfg.launcher, and commit it (deepfm/model_versions.py); rank 0's result, with the
@@ -36,6 +36,10 @@ def run_training(cfg: TrainConfig, resume: bool = False, run_date: str | None = 
     The version is named by `run_date`, else by the time. A run whose input and training config
     equal those of the version it would replace (the same date's, or without a date the latest)
     is up to date: nothing is trained unless `force`.
+
+    `resume`: True continues the interrupted run of `run_date` (else the newest one) from its
+    checkpoint. "auto" does so only when a run of the same input and config left one, and otherwise
+    trains as without it: what a scheduler's retry of a killed run passes.
 
     What a user can get wrong is checked here, on the driver, before any worker starts: a worker's
     error reaches the driver as a generic failure of the launcher (exit 1, retried), not as one line.
@@ -47,10 +51,18 @@ def run_training(cfg: TrainConfig, resume: bool = False, run_date: str | None = 
         return _train_version(cfg, root, resume, run_date, force)
 
 
-def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool, run_date: str | None,
+def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["auto"], run_date: str | None,
                    force: bool) -> dict[str, Any]:
     from deepfm.train import load_feature_map, training_signature
 
+    if resume == "auto":
+        load_feature_map(cfg.data)
+        interrupted = root.resumable_with(training_signature(cfg), run_date)
+        if interrupted is None:
+            log.info("no interrupted run of this input and config to continue (--resume auto): training as usual")
+        else:
+            log.info("continuing the interrupted run of model version %s: same input and config", interrupted)
+        resume = interrupted is not None
     if resume:
         version = run_date or root.resumable()
         checkpoint = root.building(version) / CHECKPOINT if version else None
@@ -68,7 +80,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool, run_date: st
                      "(--force retrains)", root.path / current)
             return {**json.loads((root.path / current / METRICS).read_text()), "version": current,
                     "model": str(root.path / current), "up_to_date": True}
-        root.building(version).delete_dir()  # the build of a failed run of this version: start over
+        root.start_build(version, signature)  # the build of a failed run of this version: start over
     build = root.building(version)
     log.info("training model version %s in %s", version, build)
     result = _launch(cfg.model_copy(update={"output": str(build)}), resume)

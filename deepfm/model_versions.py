@@ -5,6 +5,7 @@
         2026-11-28/
         LATEST                    the name of the newest complete version
         .building-2026-11-29/     a run in progress, or one that was killed: --resume continues it
+            training_signature    the input and config of the run that builds it (--resume auto)
 
 A version is named by the run date (`--run-date`), else by the UTC time its run started, so names
 sort by age. It is built in `.building-<version>/`, marked complete by `version.json` (its run date
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 LATEST = "LATEST"
 RECORD = "version.json"
 BUILDING = ".building-"
+BUILD_SIGNATURE = "training_signature"
 
 
 class VersionError(ValueError):
@@ -72,6 +74,24 @@ class ModelRoot:
     def building(self, version: str) -> Location:
         return self.path / f"{BUILDING}{version}"
 
+    def start_build(self, version: str, signature: str) -> Location:
+        """An empty build of `version` (a failed run's is dropped), marked with the signature of the
+        input and config that will fill it."""
+        build = self.building(version)
+        build.delete_dir()
+        build.mkdir()
+        (build / BUILD_SIGNATURE).write_text(signature + "\n")
+        return build
+
+    def resumable_with(self, signature: str, version: str | None = None) -> str | None:
+        """`version` (else the newest interrupted build) when a run of this same input and config
+        left it with a checkpoint; None otherwise."""
+        version = version or self.resumable()
+        if version is None or not (self.building(version) / CHECKPOINT).is_file():
+            return None
+        marked = self.building(version) / BUILD_SIGNATURE
+        return version if marked.is_file() and marked.read_text().strip() == signature else None
+
     def resumable(self) -> str | None:
         """The newest version whose build was left with a checkpoint (a killed or failed run)."""
         names = [n.removeprefix(BUILDING) for n in self.path.subdirs() if n.startswith(BUILDING)]
@@ -88,6 +108,7 @@ class ModelRoot:
         """Make the build of `version` a complete version (replacing one of that name), then move LATEST."""
         build, dest = self.building(version), self.path / version
         (build / CHECKPOINT).unlink()  # only an interrupted run resumes: a version is never trained further
+        (build / BUILD_SIGNATURE).unlink()  # version.json records it
         (build / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
         if self.path.can_rename:
             replaced = self.path / f".replaced-{version}-{uuid.uuid4().hex[:8]}"

@@ -9,9 +9,11 @@ from deepfm.config import Config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resume", action="store_true",
+    parser.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
                         help="continue the interrupted run of this --run-date (without one: the newest interrupted "
-                             "run) from its checkpoint (model, optimizer, epoch, step, RNG)")
+                             "run) from its checkpoint (model, optimizer, epoch, step, RNG). `--resume auto`: only "
+                             "when a run of the same input and config left one, else train as usual (for a "
+                             "scheduler's retries)")
     parser.add_argument("--force", action="store_true",
                         help="train even when the version this run would replace has the same input and config")
 

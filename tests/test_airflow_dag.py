@@ -97,7 +97,7 @@ def test_daily_runs_write_dated_outputs_and_advance_the_model_version(airflow):
     assert sorted(p.name for p in models.iterdir()) == ["2026-11-27", "2026-11-28", "LATEST"]
 
 
-def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun_completes(airflow):
+def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun_continues_it(airflow):
     env, out = airflow
     models = out / "models" / "criteo"
     assert (models / "LATEST").read_text().strip() == "2026-11-28"  # the dates before ran (test above)
@@ -116,8 +116,10 @@ def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun
     assert not (models / "2026-11-29").exists()
     assert _tracked_runs(out, "2026-11-29") == []  # a run is logged only for a committed version
 
-    rerun = _dags_test(env, "2026-11-29")
+    rerun = _dags_test(slow, "2026-11-29")  # as a retry would: the same input and config
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    # train continued from the killed run's checkpoint instead of starting over (--resume auto)
+    assert "continuing the interrupted run of model version 2026-11-29" in rerun.stdout + rerun.stderr
     _check_dated_outputs(out, "2026-11-29")
     _check_tracked(out, "2026-11-29")
     assert (models / "LATEST").read_text().strip() == "2026-11-29"

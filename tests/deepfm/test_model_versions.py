@@ -1,13 +1,16 @@
 """Model versions under a root: dated runs, up-to-date reruns, backfills, LATEST, and what readers resolve."""
 
+import logging
 import shutil
 
 import pytest
 
 from deepfm.config import TrainConfig
+from deepfm.distributed import make_backend
 from deepfm.launch import run_training
 from deepfm.model_dir import open_model_dir
 from deepfm.model_versions import ModelRoot, VersionError
+from deepfm.train import train, training_signature
 
 
 @pytest.fixture
@@ -73,3 +76,29 @@ def test_a_model_directory_is_not_a_root_and_an_incomplete_version_is_refused(sh
     with pytest.raises(VersionError, match="has no complete model version yet"):
         open_model_dir(tmp_path / "new")
     assert root.latest() == "2026-11-27"
+
+
+def test_resume_auto_continues_only_an_interrupted_run_of_the_same_input_and_config(shards, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    root = ModelRoot.of(tmp_path / "models")
+    cfg = _cfg(shards, root.path, checkpoint_every_steps=5)
+
+    def interrupted(version: str, run_cfg: TrainConfig) -> None:
+        """A build left with its checkpoint, as a killed run leaves it (commit would drop it)."""
+        build = root.start_build(version, training_signature(run_cfg))
+        train(run_cfg.model_copy(update={"output": str(build)}), make_backend("none"))
+        assert (build / "checkpoint.pt").is_file()
+
+    interrupted("2026-11-27", cfg.model_copy(update={"lr": 1e-2}))  # then the config changed: not continued
+    assert root.resumable_with(training_signature(cfg), "2026-11-27") is None
+    caplog.clear()
+    run_training(cfg, resume="auto", run_date="2026-11-27")
+    assert "training as usual" in caplog.text and "resumed from" not in caplog.text
+
+    interrupted("2026-11-28", cfg)
+    assert root.resumable_with(training_signature(cfg)) == "2026-11-28"  # the newest interrupted run
+    caplog.clear()
+    result = run_training(cfg, resume="auto", run_date="2026-11-28")
+    assert "continuing the interrupted run of model version 2026-11-28" in caplog.text
+    assert "resumed from" in caplog.text and result["version"] == "2026-11-28"
+    assert root.versions() == ["2026-11-27", "2026-11-28"] and not [n for n in root.path.subdirs() if n.startswith(".")]

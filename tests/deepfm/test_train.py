@@ -161,9 +161,11 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
                                     ".building-2026-11-27" / "checkpoint.pt")
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # killed in the middle of the first epoch
     assert not (tmp_path / "cut" / "LATEST").exists() and not (tmp_path / "cut" / "2026-11-27").exists()
-    resumed = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'cut'}", "--resume"], cwd=REPO_ROOT,
+    # `--resume auto`, as the DAG's retries pass it: the killed run had the same input and config
+    resumed = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'cut'}", "--resume", "auto"], cwd=REPO_ROOT,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "continuing the interrupted run of model version 2026-11-27" in resumed.stderr
     assert (tmp_path / "cut" / "LATEST").read_text().strip() == "2026-11-27"
     auc_full = json.loads(full.stdout.strip().splitlines()[-1])["test"]["auc"]
     auc_resumed = json.loads(resumed.stdout.strip().splitlines()[-1])["test"]["auc"]
