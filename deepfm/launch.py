@@ -110,11 +110,11 @@ def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
     import faulthandler
 
     from deepfm.distributed import make_backend
+    from deepfm.train import train
 
     # A crash in native code (gloo, pyarrow, a kernel) then leaves every thread's Python stack in
     # the worker's stderr, not only the launcher's "terminated with signal SIGSEGV".
     faulthandler.enable()
-    from deepfm.train import train
 
     logs.configure(logging.INFO)
     cfg = TrainConfig.model_validate(plain)
