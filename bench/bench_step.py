@@ -11,7 +11,8 @@ For every batch size x precision x embedding-gradient case:
                   device, id unique + table lookup, FM, MLP forward, loss + backward (all of it),
                   optimizer; their sum is slower than the free-running step (the syncs cost).
 `dense` cases run the tables with dense gradients and Adam, which is what DDP over NCCL does on
-GPUs (NCCL has no sparse allreduce); `sparse` is SparseAdam on the rows a batch touched.
+GPUs (NCCL has no sparse allreduce); `sparse` is lazy Adam on the rows a batch touched
+(deepfm/optim.py).
 
     python bench/bench_step.py [--device cuda] [--batches 8192 65536] [--precisions fp32 bf16]
                                [--steps 50] [--ddp]
@@ -41,7 +42,8 @@ from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM, DeepFMConfig  # noqa: E402
 from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
 from deepfm.readers import Batch  # noqa: E402
-from deepfm.train import make_optimizers, train_step  # noqa: E402
+from deepfm.optim import make_optimizers  # noqa: E402
+from deepfm.train import train_step  # noqa: E402
 
 # Criteo-shaped: 13 bucketized numeric fields (tens of buckets) and 26 categorical ones.
 VOCAB_SIZES = (*([64] * 13), 1_460, 580, 300_000, 200_000, 310, 24, 12_500, 630, 3, 93_000, 5_700, 250_000,

@@ -337,7 +337,7 @@ class ModelConfig(_Strict):
     batch_norm: bool = False
     use_fm: bool = True
     use_deep: bool = True
-    # Sparse embedding gradients (SparseAdam on the tables): an update touches only the rows in
+    # Sparse embedding gradients (lazy Adam on the tables, deepfm/optim.py): an update touches only the rows in
     # the batch instead of every row of a million-row table.
     sparse_embeddings: bool = True
     # The MLP also reads each categorical value's training frequency (deepfm/model.py).

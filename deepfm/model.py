@@ -123,8 +123,10 @@ class FieldEmbeddings(nn.Module):
             if self.training and self.table.sparse:
                 # Look each distinct row up once: the sparse gradient then holds every row once,
                 # which makes the optimizer's coalescing (a sort) far cheaper on Zipf-skewed ids.
+                # index_select, not [inverse]: its backward is an index_add, on a CPU 2x faster
+                # than the accumulating index_put of advanced indexing.
                 unique, inverse = torch.unique(rows, return_inverse=True)
-                looked_up = self.table(unique)[inverse]
+                looked_up = self.table(unique).index_select(0, inverse.flatten()).view(*rows.shape, -1)
             else:
                 looked_up = self.table(rows)
             vectors = looked_up[..., :-1]

@@ -34,6 +34,7 @@ from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
+from deepfm.optim import make_optimizers
 from deepfm.precision import check_precision
 from deepfm.readers import Reader, evaluation_reader, make_reader
 from deepfm.regularization import EmbeddingPrior
@@ -98,17 +99,6 @@ def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConf
         count_features=m.count_features,
         mixed_dim_exponent=m.mixed_dim_exponent,
     )
-
-
-def make_optimizers(model: DeepFM, lr: float, embedding_lr: float) -> list[torch.optim.Optimizer]:
-    """Sparse tables get SparseAdam (lazy: only the rows in the batch move); the rest Adam."""
-    if model.config.sparse_embeddings and model.embedding_parameters():
-        return [torch.optim.Adam(model.dense_parameters(), lr=lr),
-                torch.optim.SparseAdam(model.embedding_parameters(), lr=embedding_lr)]
-    if embedding_lr == lr or not model.embedding_parameters():
-        return [torch.optim.Adam(model.parameters(), lr=lr)]
-    return [torch.optim.Adam([{"params": model.dense_parameters()},
-                              {"params": model.embedding_parameters(), "lr": embedding_lr}], lr=lr)]
 
 
 @dataclass

@@ -21,7 +21,8 @@ from deepfm.distributed import make_backend
 from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_versions import ModelRoot
-from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, make_optimizers, train
+from deepfm.optim import make_optimizers
+from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, train
 from tests.conftest import REPO_ROOT, run_cli
 
 SMALL_MODEL = {"embedding_dim": 8, "hidden": [64, 32]}

@@ -1,0 +1,91 @@
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.optim import RowSparseAdam, make_optimizers
+
+
+def _train(model: DeepFM, table_optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
+    dense_optimizer = torch.optim.Adam(model.dense_parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        # Zipf-like ids: a few rows in most samples, so rows repeat within and across batches
+        ids = (torch.rand(256, 3, generator=generator) ** 4 * torch.tensor([500, 80, 7])).long()
+        label = torch.rand(256, generator=generator).round()
+        loss = F.binary_cross_entropy_with_logits(model(ids, torch.rand(256, 1, generator=generator)), label)
+        dense_optimizer.zero_grad()
+        table_optimizer.zero_grad()
+        loss.backward()
+        dense_optimizer.step()
+        table_optimizer.step()
+
+
+def _model() -> DeepFM:
+    torch.manual_seed(0)
+    return DeepFM(DeepFMConfig(vocab_sizes=(500, 80, 7), num_dense=1, embedding_dim=8, hidden=(16,),
+                                sparse_embeddings=True))
+
+
+def test_row_sparse_adam_takes_the_steps_of_torchs_sparse_adam():
+    ours, torchs = _model(), _model()
+    ours_optimizer = RowSparseAdam(ours.embedding_parameters(), lr=1e-2)
+    torchs_optimizer = torch.optim.SparseAdam(torchs.embedding_parameters(), lr=1e-2)
+    start = ours.embeddings.table.weight.detach().clone()
+    _train(ours, ours_optimizer, steps=20)
+    _train(torchs, torchs_optimizer, steps=20)
+
+    table, reference = ours.embeddings.table.weight.detach(), torchs.embeddings.table.weight.detach()
+    touched = (table != start).any(1)
+    assert 0 < int(touched.sum()) < len(table), "some rows move, the rows no batch touched do not"
+    assert torch.equal(table[~touched], start[~touched])
+    torch.testing.assert_close(table, reference, rtol=0, atol=1e-6)
+    ours_state, torchs_state = ours_optimizer.state_dict()["state"][0], torchs_optimizer.state_dict()["state"][0]
+    assert ours_state["step"] == torchs_state["step"] == 20
+    for moment in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(ours_state[moment], torchs_state[moment], rtol=0, atol=1e-7)
+
+
+def test_row_sparse_adam_continues_from_a_sparse_adam_checkpoint():
+    """Checkpoints written before RowSparseAdam (torch's SparseAdam state) resume into it, and back."""
+    model = _model()
+    torchs = torch.optim.SparseAdam(model.embedding_parameters(), lr=1e-2)
+    _train(model, torchs, steps=5)
+    continued, reference = copy.deepcopy(model), copy.deepcopy(model)
+    ours = RowSparseAdam(continued.embedding_parameters(), lr=1e-2)
+    ours.load_state_dict(copy.deepcopy(torchs.state_dict()))
+    reference_optimizer = torch.optim.SparseAdam(reference.embedding_parameters(), lr=1e-2)
+    reference_optimizer.load_state_dict(copy.deepcopy(torchs.state_dict()))
+    _train(continued, ours, steps=5, seed=1)
+    _train(reference, reference_optimizer, steps=5, seed=1)
+    torch.testing.assert_close(continued.embeddings.table.weight, reference.embeddings.table.weight, rtol=0, atol=1e-6)
+    assert torch.optim.SparseAdam(model.embedding_parameters()).load_state_dict(ours.state_dict()) is None
+
+
+def test_row_sparse_adam_counts_an_empty_or_element_indexed_gradient_as_a_step():
+    """Horovod's broadcast_optimizer_state initializes a SparseAdam with a zero `dense.to_sparse()`
+    gradient (indexed by element, not by row): the step counts, and nothing moves."""
+    table = torch.nn.Parameter(torch.randn(6, 3))
+    start = table.detach().clone()
+    optimizer = RowSparseAdam([table])
+    table.grad = torch.zeros(6, 3).to_sparse()
+    optimizer.step()
+    assert optimizer.state[table]["step"] == 1 and torch.equal(table.detach(), start)
+    table.grad = torch.tensor([[0.0, 0, 0], [0, 0, 0], [1, -1, 2], [0, 0, 0], [0, 0, 0], [0, 0, 0]]).to_sparse()
+    optimizer.step()
+    moved = (table.detach() != start).any(1)
+    assert moved.tolist() == [False, False, True, False, False, False]
+
+
+def test_row_sparse_adam_refuses_a_dense_gradient():
+    table = torch.nn.Parameter(torch.randn(6, 3))
+    table.grad = torch.ones(6, 3)
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        RowSparseAdam([table]).step()
+
+
+def test_sparse_tables_get_row_sparse_adam():
+    optimizers = make_optimizers(_model(), lr=1e-3, embedding_lr=1e-2)
+    assert [type(o) for o in optimizers] == [torch.optim.Adam, RowSparseAdam]
