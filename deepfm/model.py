@@ -129,11 +129,13 @@ class FieldEmbeddings(nn.Module):
                 looked_up = self.table(unique).index_select(0, inverse.flatten()).view(*rows.shape, -1)
             else:
                 looked_up = self.table(rows)
-            vectors = looked_up[..., :-1]
+            # split, not two slices: its backward writes the [B, F, D+1] gradient once (a cat),
+            # where each slice's would fill a zero tensor of that size and add them up.
+            vectors, weights = looked_up.split([looked_up.shape[-1] - 1, 1], dim=-1)
             if self.row_dims is not None:
                 vectors = vectors * (self.dim_index < self.row_dims[rows].unsqueeze(-1))
             parts_e.append(vectors)
-            parts_w.append(looked_up[..., -1])
+            parts_w.append(weights.squeeze(-1))
         if self.dense_vectors is not None:
             parts_e.append(self.dense_vectors * dense.unsqueeze(-1))
             parts_w.append(self.dense_weights * dense)
