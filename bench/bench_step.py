@@ -40,9 +40,9 @@ from machine import machine  # noqa: E402
 
 from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM, DeepFMConfig  # noqa: E402
+from deepfm.optim import make_optimizers  # noqa: E402
 from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
 from deepfm.readers import Batch  # noqa: E402
-from deepfm.optim import make_optimizers  # noqa: E402
 from deepfm.train import train_step  # noqa: E402
 
 # Criteo-shaped: 13 bucketized numeric fields (tens of buckets) and 26 categorical ones.

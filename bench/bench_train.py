@@ -33,9 +33,9 @@ from synthetic_data import generate, preprocess  # noqa: E402
 from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM  # noqa: E402
+from deepfm.optim import make_optimizers  # noqa: E402
 from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
 from deepfm.readers import InMemoryReader, make_reader  # noqa: E402
-from deepfm.optim import make_optimizers  # noqa: E402
 from deepfm.train import load_feature_map, model_config, train_step  # noqa: E402
 
 MODEL = {"embedding_dim": 16, "hidden": [400, 400, 400]}

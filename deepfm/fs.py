@@ -33,6 +33,7 @@ from pyarrow import fs as pafs
 
 _S3_SCHEMES = ("s3", "s3a", "s3n")
 _OBJECT_STORES = ("s3", "gcs")  # pyarrow's type_name: no rename, uploads are atomic
+_OBJECT_STORE_SCHEMES = (*_S3_SCHEMES, "gs", "gcs")
 
 
 class UnsupportedFileSystemError(ValueError):
@@ -220,6 +221,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def is_object_store(uri: str) -> bool:
+    """Whether a URI names an object store (no rename, no exclusive create), by its scheme alone."""
+    return _scheme(uri) in _OBJECT_STORE_SCHEMES
 
 
 def _scheme(uri: str) -> str:

@@ -6,8 +6,12 @@ A lease whose heartbeat is older than `stale_s` belongs to a job that died witho
 (SIGKILL, a lost node): the next job takes it over, with a warning. On the same host, a lease whose
 process is gone is stale at once.
 
-Taking a free lease is atomic on local and HDFS paths (exclusive create); an object store has no
-exclusive create, so two jobs starting within the same second can both take it there.
+Taking a free lease is atomic where the file system has an exclusive create (local paths, HDFS
+through Hadoop). An object store has none: there a job checks that the lease is free, writes it,
+waits `settle_s` and reads it back, and goes on only if the lease still names it. Two jobs that both
+found it free wrote it within one request of each other; the store keeps the later write, and the
+earlier writer reads the other's name back and exits 2. Only a write delayed by more than
+`settle_s` after its check could still slip through.
 
 The file is reached through a `LeaseFile`: a `Location` here (the torch side: train), or Hadoop's
 FileSystem for the Spark stages' outputs (pipelines/storage.py), so that `hdfs://` and `s3a://`
@@ -64,6 +68,10 @@ class Owner:
 
 
 class LeaseFile(Protocol):
+    @property
+    def exclusive(self) -> bool:
+        """Whether `create` is atomic: of two jobs creating the file at once, one fails."""
+
     def create(self, text: str) -> bool:
         """Write the file unless it exists (atomically where the store can); whether it was written."""
 
@@ -83,8 +91,12 @@ class LocationLease:
     def __str__(self) -> str:
         return str(self.path)
 
+    @property
+    def exclusive(self) -> bool:
+        return self.path.is_local
+
     def create(self, text: str) -> bool:
-        if not self.path.is_local:  # no exclusive create on an object store: check, then write
+        if not self.exclusive:  # pyarrow has no exclusive create beyond local files: check, then write
             if self.path.exists():
                 return False
             self.path.write_text(text)
@@ -118,13 +130,14 @@ def lease_file(output: Where) -> Location:
 
 @contextmanager
 def held(output: Where, job: str, renew_s: float = 30.0, stale_s: float = 120.0,
-         lease: LeaseFile | None = None, key: str | None = None) -> Iterator[Owner]:
+         lease: LeaseFile | None = None, key: str | None = None, settle_s: float = 2.0) -> Iterator[Owner]:
     """Hold the output's lease for the duration of the block (default file: `lease_file(output)`).
-    `key`, the config key that named the output, is named when the lease cannot be written there."""
+    `key`, the config key that named the output, is named when the lease cannot be written there;
+    `settle_s`: how long a lease written without an exclusive create settles before it is confirmed."""
     lease = lease or LocationLease(lease_file(output))
     me = Owner(socket.gethostname(), os.getpid(), job, time.time(), time.time())
     try:
-        _take(lease, me, output, stale_s)
+        _take(lease, me, output, stale_s, settle_s)
     except PermissionError as err:  # the first write of a job: a read-only place fails here, in a second
         where = err.filename or lease
         raise PermissionError(f"{where}: permission denied: this job may not write beside {output}; choose "
@@ -134,6 +147,11 @@ def held(output: Where, job: str, renew_s: float = 30.0, stale_s: float = 120.0,
     def renew() -> None:
         while not stop.wait(renew_s):
             try:
+                holder = _owner(lease)
+                if not _same_holder(holder, me):  # taken over as stale (a long pause): leave the new holder be
+                    log.error("lost the lease of %s to %s; this job's output may be overwritten (%s)", output,
+                              holder.describe() if holder is not None else "nobody (it was deleted)", lease)
+                    return
                 lease.write(json.dumps(asdict(Owner(**{**asdict(me), "heartbeat": time.time()}))))
             except Exception as err:  # noqa: BLE001 - a missed heartbeat is survivable; the next may succeed
                 log.warning("could not renew the lease %s: %s", lease, err)
@@ -149,7 +167,7 @@ def held(output: Where, job: str, renew_s: float = 30.0, stale_s: float = 120.0,
             lease.delete()
 
 
-def _take(lease: LeaseFile, me: Owner, output: Where, stale_s: float) -> None:
+def _take(lease: LeaseFile, me: Owner, output: Where, stale_s: float, settle_s: float) -> None:
     current = _owner(lease)
     if current is not None:
         if not current.is_stale(stale_s):
@@ -159,6 +177,13 @@ def _take(lease: LeaseFile, me: Owner, output: Where, stale_s: float) -> None:
         lease.delete()
     if not lease.create(json.dumps(asdict(me))):
         raise OutputLockedError(f"{output} was just taken by another job ({lease})")
+    if not lease.exclusive:
+        time.sleep(settle_s)
+        holder = _owner(lease)
+        if not _same_holder(holder, me):
+            taker = holder.describe() if holder is not None else "another job, which has already released it"
+            raise OutputLockedError(f"{output} was taken at the same moment by {taker}: wait for it, or stop it "
+                                    f"({lease})")
 
 
 def _owner(lease: LeaseFile) -> Owner | None:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from deepfm import lease, outputs
+from deepfm.fs import is_object_store
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,11 @@ class HadoopLease:
 
     def __str__(self) -> str:
         return self.path
+
+    @property
+    def exclusive(self) -> bool:
+        # Hadoop's create(overwrite=False) is atomic on HDFS and local disks; S3A and GCS check, then write
+        return not is_object_store(self.path)
 
     def create(self, text: str) -> bool:
         from py4j.protocol import Py4JJavaError

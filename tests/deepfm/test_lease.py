@@ -59,3 +59,17 @@ def test_the_heartbeat_is_renewed_while_the_job_runs(tmp_path):
         while json.loads(lease_file(out).read_text())["heartbeat"] == first:
             assert time.monotonic() < deadline, "the heartbeat was never renewed"
             time.sleep(0.05)
+
+
+def test_a_job_whose_lease_was_taken_over_stops_renewing_it_and_says_so(tmp_path, caplog):
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR, logger="deepfm.lease"), held(out, "train", renew_s=0.05):
+        _write_lease(out, host="worker-7", pid=1)  # another job took it over while this one stalled
+        deadline = time.monotonic() + 30
+        while "lost the lease" not in caplog.text:
+            assert time.monotonic() < deadline, "the lost lease was never noticed"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert json.loads(lease_file(out).read_text())["host"] == "worker-7"
+    assert json.loads(lease_file(out).read_text())["host"] == "worker-7"  # nor deleted at the end
+    assert "to preprocess (pid 1 on worker-7" in caplog.text

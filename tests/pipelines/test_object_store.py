@@ -7,6 +7,8 @@ that model back from s3://. The same configuration with local paths is the refer
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,6 +20,7 @@ from deepfm.checkpoint import load_torch
 from deepfm.config import Config, TrainConfig
 from deepfm.fs import Location, UnsupportedFileSystemError
 from deepfm.launch import run_training
+from deepfm.lease import OutputLockedError, held, lease_file
 from deepfm.model_dir import open_model_dir
 from pipelines.evaluate import run_evaluate
 from pipelines.score import run_score
@@ -64,6 +67,37 @@ def test_location_reads_lists_and_replaces_files_atomically(s3_env):
     assert not (root / "a.parquet").exists()
     # Hadoop's name for the same bucket reaches the same objects.
     assert Location(f"s3a://{BUCKET}/unit/b.parquet").read_bytes() == b"bb"
+
+
+def test_of_two_jobs_taking_a_free_lease_on_s3_at_once_the_later_write_holds_it(s3_env):
+    """An object store has no exclusive create: a rival that found the lease free too writes it
+    while this job's write settles; this job reads the rival's name back and is refused."""
+    out = f"s3://{BUCKET}/leased/out"
+    lease = lease_file(out)
+    rival = {"host": "worker-7", "pid": 1, "job": "train", "started": time.time(), "heartbeat": time.time()}
+    outcome: list[BaseException | None] = []
+
+    def take() -> None:
+        try:
+            with held(out, "train", settle_s=3.0):
+                outcome.append(None)
+        except OutputLockedError as err:
+            outcome.append(err)
+
+    job = threading.Thread(target=take)
+    job.start()
+    while not lease.exists() and job.is_alive():
+        time.sleep(0.01)
+    lease.write_text(json.dumps(rival))  # the rival's write, landing after this job's
+    job.join()
+    assert isinstance(outcome[0], OutputLockedError)
+    assert "taken at the same moment by train (pid 1 on worker-7" in str(outcome[0])
+    assert json.loads(lease.read_text())["host"] == "worker-7"  # the holder's lease is left alone
+
+    lease.unlink()
+    with held(out, "train", settle_s=0.1) as me:  # alone, a job confirms its own lease and holds it
+        assert json.loads(lease.read_text())["pid"] == me.pid
+    assert not lease.exists()
 
 
 def test_a_scheme_without_a_file_system_is_named():
