@@ -572,6 +572,12 @@ class TrackingConfig(_Strict):
     uri: str | None = None
     experiment: str = "deepfm"
     log_model: bool = True  # the pyfunc model that scores raw feature rows
+    # A tracking server that does not answer: each HTTP request is retried this many times and
+    # waits this long for an answer. MLflow's own defaults (7 retries with doubling waits, 120 s)
+    # held a job 4 minutes before its warning. MLFLOW_HTTP_REQUEST_MAX_RETRIES and
+    # MLFLOW_HTTP_REQUEST_TIMEOUT in the environment win, as MLflow documents them.
+    http_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    http_timeout_s: Annotated[int, Field(gt=0)] = 30
 
     def destination(self) -> tuple[str, str | None]:
         """(tracking URI, artifact root of a new experiment: beside a directory store, else the server's)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,7 +47,8 @@ def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> s
     if not tracking.enabled or result.get("up_to_date"):
         return None
     try:
-        return _log_training(tracking, cfg, result, run_date)
+        with _http_limits(tracking):
+            return _log_training(tracking, cfg, result, run_date)
     except Exception as err:  # tracking must not fail the job that trained the model  # noqa: BLE001
         log.warning("MLflow tracking at %s failed, the model version is committed all the same: %s",
                     tracking.destination()[0], first_line(err))
@@ -61,28 +63,47 @@ def log_report(cfg: Config, report: Location, metrics: dict[str, Any]) -> str | 
     if not tracking.enabled or not weights:
         return None
     try:
-        import mlflow
-
-        client = _client(tracking)
-        experiment = client.get_experiment_by_name(tracking.experiment)
-        runs = client.search_runs([experiment.experiment_id], f"tags.`{WEIGHTS_TAG}` = '{weights}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
-        if not runs:
-            log.info("no MLflow run in experiment %s logged the model with weights %s: the report is not tracked",
-                     tracking.experiment, weights[:12])
-            return None
-        run_id = runs[0].info.run_id
-        with _local_copy(report.parent) as local:
-            client.log_artifacts(run_id, str(local), "report")
-        overall = metrics.get("overall", {})
-        client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"eval_{k}", float(v), _now_ms(), 0)
-                                          for k, v in overall.items() if _is_number(v)])
-        log.info("report logged to MLflow run %s", run_id)
-        return run_id
+        with _http_limits(tracking):
+            return _log_report(tracking, report, overall=metrics.get("overall", {}), weights=weights)
     except Exception as err:  # noqa: BLE001
         log.warning("MLflow tracking at %s failed, the report is written all the same: %s",
                     tracking.destination()[0], first_line(err))
         return None
+
+
+def _log_report(tracking: TrackingConfig, report: Location, overall: dict[str, Any], weights: str) -> str | None:
+    import mlflow
+
+    client = _client(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{WEIGHTS_TAG}` = '{weights}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    if not runs:
+        log.info("no MLflow run in experiment %s logged the model with weights %s: the report is not tracked",
+                 tracking.experiment, weights[:12])
+        return None
+    run_id = runs[0].info.run_id
+    with _local_copy(report.parent) as local:
+        client.log_artifacts(run_id, str(local), "report")
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"eval_{k}", float(v), _now_ms(), 0)
+                                      for k, v in overall.items() if _is_number(v)])
+    log.info("report logged to MLflow run %s", run_id)
+    return run_id
+
+
+@contextmanager
+def _http_limits(tracking: TrackingConfig) -> Iterator[None]:
+    """MLflow's HTTP retries and timeout for the block: the configured ones, unless the environment
+    sets them (MLflow reads them at every request)."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(tracking.http_retries),
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(tracking.http_timeout_s)}
+    added = {name: value for name, value in limits.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _log_training(tracking: TrackingConfig, cfg: Config, result: dict[str, Any], run_date: str | None) -> str:

@@ -24,7 +24,7 @@ FAULT_TESTS = {
 }
 KEYWORDS = ("kill", "resume", "exit", "lease", "not_write", "refused", "version", "latest", "replica", "fail",
             "non_finite", "missing", "corrupt", "cannot", "up_to_date", "s3", "daily", "object_store", "two_process",
-            "unreachable")
+            "unreachable", "not_answer")
 
 
 def _tests(path: Path) -> list[tuple[str, str]]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
 from pathlib import Path
 
 import mlflow
@@ -94,18 +97,38 @@ def test_the_evaluation_report_joins_the_run_of_its_model(tracked, trained, scor
     assert client.get_run(run_id).data.metrics["eval_auc"] == pytest.approx(evaluated.metrics["overall"]["auc"])
 
 
-def test_an_unreachable_tracking_server_is_a_warning_and_the_model_is_kept(tracked, monkeypatch, caplog):
-    import socket
-
+def test_a_tracking_server_that_does_not_answer_is_a_warning_after_the_configured_retries(tracked, monkeypatch,
+                                                                                         caplog):
     cfg, result, _, _ = tracked
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    unreachable = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": f"http://127.0.0.1:{port}"})})
-    assert log_training(unreachable, result, "2026-11-27") is None
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    attempts, stop = [], threading.Event()
+    with socket.socket() as server:  # takes each connection and hangs up without an answer
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.1)
+        port = server.getsockname()[1]
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except TimeoutError:
+                    continue
+                attempts.append(connection)
+                connection.close()
+
+        listener = threading.Thread(target=hang_up)
+        listener.start()
+        tracking = cfg.tracking.model_copy(update={"uri": f"http://127.0.0.1:{port}", "http_retries": 1})
+        try:
+            assert log_training(cfg.model_copy(update={"tracking": tracking}), result, "2026-11-27") is None
+        finally:
+            stop.set()
+            listener.join()
+    assert len(attempts) == 2, "one request and one retry, not MLflow's seven"
     assert f"MLflow tracking at http://127.0.0.1:{port} failed, the model version is committed" in caplog.text
     assert Path(result["model"], "model.pt").is_file()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the limits hold for tracking alone
 
 
 def test_tracking_off_or_an_up_to_date_train_logs_nothing(tracked):
