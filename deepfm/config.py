@@ -534,9 +534,18 @@ class TuneConfig(_Strict):
     @model_validator(mode="after")
     def _storage(self) -> TuneConfig:
         if self.storage is None and _URI.match(self.output) and not self.output.startswith("file:"):
-            raise ValueError(f"tune.output {self.output} is not a local path: set tune.storage to a database "
+            raise SettingError(("output",), f"{self.output} is not a local path: set tune.storage to a database "
                              "URL that the driver and every executor reach")
         return self
+
+
+class SettingError(ValueError):
+    """A model validator's complaint about one key (`loc`, below the model's own place), so that the
+    error names that key and the file that set it, as a field's own error would."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 def _is_field(model: type[BaseModel], path: list[str]) -> bool:
@@ -615,8 +624,8 @@ class Config(_Strict):
                     TrainConfig.model_validate(with_settings(plain, {key.removeprefix("train."): value}))
                 except ValidationError as err:
                     problem = err.errors()[0]
-                    raise ValueError(f"tune.space.{key}: the value {value!r} is not a valid {key} "
-                                     f"({problem['msg']})") from None
+                    raise SettingError(("tune", "space", key), f"the value {value!r} is not a valid {key} "
+                                                               f"({problem['msg']})") from None
         return self
 
     def require(self, section: str) -> Any:
@@ -772,6 +781,9 @@ def _describe(err: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(str(p) for p in item["loc"] if not str(p).startswith("function-after"))
+        raised = (item.get("ctx") or {}).get("error")
+        if isinstance(raised, SettingError):
+            loc = (*loc, *raised.loc)
         key = ".".join(loc) or "(top level)"
         source = _source_of(loc, origin)
         where = f" (set in {source})" if source else ""

@@ -58,6 +58,15 @@ def test_wrong_type_names_key_and_file(tmp_path):
     assert "preprocess.max_reject_rate" in str(err.value) and str(bad) in str(err.value)
 
 
+def test_a_search_range_outside_its_train_setting_names_the_key_and_only_its_file(tmp_path):
+    bad = _write(tmp_path, "bad.yaml", "tune:\n  space:\n    train.model.dropout: {low: 0.0, high: 1.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([CONF / "base.yaml", CONF / "datasets" / "criteo.yaml", CONF / "tune.yaml", bad])
+    assert str(err.value).splitlines()[1].strip() == (
+        f"tune.space.train.model.dropout (set in {bad}): the value 1.5 is not a valid train.model.dropout "
+        "(Input should be less than 1)")
+
+
 def test_missing_required_value(tmp_path):
     bad = _write(tmp_path, "bad.yaml", "dataset:\n  name: x\n  input:\n    columns: []\n")
     with pytest.raises(ConfigError) as err:
