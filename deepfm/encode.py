@@ -14,7 +14,6 @@ categorical ones; an empty string is a missing value, as an empty field is in th
 from __future__ import annotations
 
 import json
-import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,13 +23,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from deepfm.feature_map import FIRST_VALUE_ID, MISSING_DENSE_VALUE, MISSING_ID, OOV_ID, FeatureField, FeatureMap
+from deepfm.spark_hash import seed_of, xxhash64
 from deepfm.transforms import transform
-
-# Spark's xxhash64 and its default seed (pipelines/vocab.py hashes with F.xxhash64).
-_SPARK_XXHASH_SEED = 42
 
 
 class EncodeError(ValueError):
@@ -55,8 +51,7 @@ class FeatureEncoder:
             self._lookups[name] = (pd.Index(pc.cast(tokens, pa.int64()).to_numpy() if name in numeric
                                             else tokens.to_numpy(zero_copy_only=False)),
                                    table.column("id").to_numpy().astype(np.int32))
-        # Spark hashes the seed literal (an int) first, then the token with that hash as its seed.
-        self._hash_seed = xxhash.xxh64_intdigest(struct.pack("<i", feature_map.hash_seed), seed=_SPARK_XXHASH_SEED)
+        self._hash_seed = seed_of(feature_map.hash_seed)
 
     def encode(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
         """int32 ids for categorical fields and float32 values for dense ones, in field order."""
@@ -100,12 +95,9 @@ class FeatureEncoder:
         return pa.array(ids, pa.int32())
 
     def _hashed(self, tokens: pa.Array, buckets: int) -> np.ndarray:
-        # A Python loop, but only for hashed fields; pmod on the signed 64-bit hash, as Spark's.
-        ids = np.full(len(tokens), MISSING_ID, np.int32)
-        for i, value in enumerate(tokens.to_pylist()):
-            if value is not None:
-                signed = np.uint64(xxhash.xxh64_intdigest(value.encode(), seed=self._hash_seed)).astype(np.int64)
-                ids[i] = int(signed) % buckets + FIRST_VALUE_ID
+        # pmod on the signed 64-bit hash, as Spark's: numpy's % of a positive divisor is never negative
+        ids = (xxhash64(tokens, self._hash_seed) % buckets + FIRST_VALUE_ID).astype(np.int32)
+        ids[tokens.is_null().to_numpy(zero_copy_only=False)] = MISSING_ID
         return ids
 
 

@@ -36,7 +36,7 @@ MODEL_TAG, VERSION_TAG, RUN_DATE_TAG = "deepfm.model", "deepfm.version", "deepfm
 WEIGHTS_TAG = "deepfm.weights_hash"  # what a score output and an evaluate report name a model by
 PYFUNC = "model"  # the logged model's name within the run
 # What the pyfunc needs where it is loaded; the deepfm code itself travels with the model.
-_PYFUNC_REQUIREMENTS = ("torch", "pyarrow", "numpy", "pandas", "xxhash", "pydantic", "pyyaml")
+_PYFUNC_REQUIREMENTS = ("torch", "pyarrow", "numpy", "pandas", "pydantic", "pyyaml")
 _MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # "models from code": nothing pickled
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
 

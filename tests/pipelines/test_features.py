@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 from deepfm.config import Config
 from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import FeatureMap
+from deepfm.spark_hash import seed_of, xxhash64
 from deepfm.transforms import TRANSFORMS
 from pipelines import features, vocab
 
@@ -86,6 +87,22 @@ def test_hashed_field(spark):
     assert ids[5] == 0  # missing
     assert all(2 <= i < 7 for i in ids[:5])
     assert ids[1] == ids[2]  # the same value always hashes to the same bucket
+
+
+def test_arrow_xxhash64_equals_spark_sqls_on_every_length_and_encoding(spark):
+    """Each branch of XXH64: 32-byte stripes, 8-byte lanes, a 4-byte word, single bytes; multi-byte
+    UTF-8; empty and null values; and the seed literal hashed first, as pipelines/vocab.py does."""
+    rng = np.random.default_rng(0)
+    alphabet = list("abcdef0123456789 ") + ["é", "中", "😀"]
+    values = ["".join(rng.choice(alphabet, int(length))) for length in [*range(0, 70), *rng.integers(70, 300, 30)]]
+    values += ["", None, "x" * 32, "x" * 64, "11f5c3ab"]
+    frame = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i int, v string")
+    for seed in (0, 7, -3):
+        by_spark = [r[0] for r in frame.orderBy("i").select(F.xxhash64(F.lit(seed), "v")).collect()]
+        by_arrow = xxhash64(pa.array(values, pa.string()), seed_of(seed))
+        nulls = [v is None for v in values]
+        assert [h for h, null in zip(by_spark, nulls, strict=True) if not null] == \
+            [int(h) for h, null in zip(by_arrow, nulls, strict=True) if not null]
 
 
 def test_tail_values_share_oov_buckets_alike_in_spark_sql_and_arrow(spark):
