@@ -75,19 +75,18 @@ class FeatureEncoder:
             ids = self._hashed(tokens, f.hash_buckets)
             missing = tokens.is_null().to_numpy(zero_copy_only=False)
         else:
+            index, vocab_ids = self._lookups.get(f.name, (pd.Index([]), np.zeros(0, np.int32)))
             if f.source_role == "numeric":
                 buckets = transform(f.transform).numpy(clipped(_numbers(raw), f.clip))
                 missing = np.isnan(buckets)
-                keys = np.where(missing, 0, buckets).astype(np.int64)
+                position = index.get_indexer(np.where(missing, 0, buckets).astype(np.int64))
             else:
                 tokens = token(f, raw)
                 missing = tokens.is_null().to_numpy(zero_copy_only=False)
-                keys = None
-            index, vocab_ids = self._lookups.get(f.name, (pd.Index([]), np.zeros(0, np.int32)))
-            # -1: not in the vocabulary
-            position = index.get_indexer(keys) if keys is not None else _positions_of_distinct(index, tokens)
+                position = _positions_of_distinct(index, tokens)
+            # position -1: not in the vocabulary
             ids = (np.where(position >= 0, vocab_ids[np.maximum(position, 0)], OOV_ID) if len(vocab_ids)
-                   else np.full(len(keys), OOV_ID)).astype(np.int32)
+                   else np.full(len(position), OOV_ID)).astype(np.int32)
             if f.oov_buckets:
                 unseen = np.flatnonzero((position < 0) & ~missing)
                 tail = self._hashed(tokens.take(pa.array(unseen)), f.oov_buckets)

@@ -70,6 +70,17 @@ def test_min_count_and_top_k(spark):
     assert fmap.vocab_sizes["colour"] == 3
 
 
+def test_a_field_with_no_value_kept_encodes_alike_in_spark_sql_and_arrow(spark):
+    fmap, vocabulary = _fit(spark, _config(min_count=10))  # no colour is that frequent
+    assert vocabulary.where("field = 'colour'").count() == 0 and fmap.vocab_sizes["colour"] == 2
+    probe = spark.createDataFrame([(0, "red", "s", 1, 1.0), (1, None, "s", 1, 1.0)], SCHEMA)
+    by_spark = [r["colour"] for r in features.apply_feature_map(probe, fmap, vocabulary, 10).orderBy("label").collect()]
+    table = pa.table({name: [row[i] for row in probe.collect()] for i, name in enumerate(probe.columns)})
+    by_arrow = FeatureEncoder(fmap, pa.Table.from_pandas(vocabulary.toPandas(), preserve_index=False)
+                              ).encode(table).column("colour").to_pylist()
+    assert by_spark == by_arrow == [1, 0]  # OOV, missing
+
+
 def test_shuffle_join_path_gives_the_same_ids(spark):
     fmap, vocabulary = _fit(spark, _config())
     frame = spark.createDataFrame(ROWS, SCHEMA)
