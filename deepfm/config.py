@@ -337,8 +337,8 @@ class ModelConfig(_Strict):
     batch_norm: bool = False
     use_fm: bool = True
     use_deep: bool = True
-    # Sparse embedding gradients (lazy Adam on the tables, deepfm/optim.py): an update touches only the rows in
-    # the batch instead of every row of a million-row table.
+    # Sparse embedding gradients (lazy Adam on the tables, deepfm/optim.py): an update touches only
+    # the rows in the batch instead of every row of a million-row table.
     sparse_embeddings: bool = True
     # The MLP also reads each categorical value's training frequency (deepfm/model.py).
     count_features: bool = False
@@ -534,8 +534,8 @@ class TuneConfig(_Strict):
     @model_validator(mode="after")
     def _storage(self) -> TuneConfig:
         if self.storage is None and _URI.match(self.output) and not self.output.startswith("file:"):
-            raise SettingError(("output",), f"{self.output} is not a local path: set tune.storage to a database "
-                             "URL that the driver and every executor reach")
+            raise SettingError(("output",), f"{self.output} is not a local path: set tune.storage to a "
+                                            "database URL that the driver and every executor reach")
         return self
 
 
