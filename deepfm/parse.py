@@ -110,6 +110,8 @@ def _typed(column: ParsedColumn, token: pa.Array) -> tuple[pa.Array, pa.Array]:
         return values, pc.coalesce(_said(f"{column.name}: not an integer: ", token, not_literal),
                                    _said(f"{column.name}: integer out of the 64-bit range: ", token, out_of_range))
     if column.kind == "float":
+        if (plain := _plain_finite_floats(token)) is not None:
+            return plain, pa.nulls(len(token), pa.string())
         literal = pc.fill_null(pc.match_substring_regex(token, FLOAT_PATTERN), False)
         values = _cast_float(pc.if_else(literal, token, none))
         finite = pc.fill_null(pc.is_finite(values), False)
@@ -138,6 +140,17 @@ def _plain_integers(token: pa.Array) -> pa.Array | None:
         return pc.cast(token, pa.int64())
     except pa.ArrowInvalid:
         return None
+
+
+def _plain_finite_floats(token: pa.Array) -> pa.Array | None:
+    """The float64 values when every value is a finite FLOAT_PATTERN literal (the usual batch), else
+    None. Arrow's cast accepts exactly those literals, and NaN and infinity in their spellings,
+    which are not finite; it fails on anything else."""
+    try:
+        values = pc.cast(token, pa.float64())
+    except pa.ArrowInvalid:
+        return None
+    return values if pc.all(pc.is_finite(values)).as_py() is not False else None
 
 
 def _cast_int(token: pa.Array) -> pa.Array:
