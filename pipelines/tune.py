@@ -14,6 +14,7 @@ nothing left to do trains nothing. After every round the job rewrites
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import yaml
 from pyspark.sql import SparkSession
 
 from deepfm.config import Config, SearchRange, TrainConfig, TuneConfig, with_settings
-from deepfm.errors import first_line, is_expected
+from deepfm.errors import UserError, first_line, is_expected
 from deepfm.fs import Location
 from deepfm.lease import held
 from pipelines.steps import step
@@ -35,6 +36,11 @@ JOURNAL = "study.journal"
 TRIALS = "trials.csv"
 BEST = "best.yaml"
 INTERRUPTED = "interrupted"  # a trial a killed run left running: failed, and not counted
+UNREACHED = "unreached"  # a trial's outcome where its executor does not see the study's journal
+
+
+class StudyNotSharedError(UserError):
+    """The executors cannot reach the study the driver keeps."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ def run_tune(spark: SparkSession, cfg: Config) -> TuneResult:
             first, last = asked[0].number, asked[-1].number
             with step(f"tune: trials {first}-{last} ({done} of {tune.trials} done)"):
                 outcomes = spark.sparkContext.parallelize(specs, len(specs)).map(run_trial).collect()
+            _check_study_reached(outcomes)
             for outcome in outcomes:
                 _tell(study, outcome)
             _write_results(study, tune, out)
@@ -87,6 +94,10 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     from deepfm.train import train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    outcome = {"number": spec["number"], "settings": spec["settings"]}
+    journal = spec["storage"].removeprefix("journal:") if spec["storage"].startswith("journal:") else None
+    if journal is not None and not Location.of(journal).local_path.is_file():  # the driver created it
+        return {**outcome, "state": UNREACHED, "host": socket.gethostname(), "journal": journal}
     # The pruner is not stored with the study: the task builds the driver's.
     study = optuna.load_study(study_name=STUDY, storage=_open_storage(spec["storage"]),
                               pruner=_pruner(spec["prune_after_trials"]))
@@ -97,7 +108,6 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         return bool(spec["prune"] and trial.should_prune())
 
     start = time.perf_counter()
-    outcome = {"number": spec["number"], "settings": spec["settings"]}
     with tempfile.TemporaryDirectory(prefix="deepfm-trial-") as scratch:
         cfg = TrainConfig.model_validate({**spec["train"], "output": scratch})
         backend = make_backend("none", cfg.device)
@@ -112,6 +122,16 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     history = [h["valid_auc"] for h in result["history"]]
     return {**outcome, "state": "pruned" if result["stopped"] else "complete", "value": result["valid_auc_best"],
             "valid_auc_per_epoch": history, "epochs": result["epochs"], "seconds": time.perf_counter() - start}
+
+
+def _check_study_reached(outcomes: list[dict[str, Any]]) -> None:
+    """Stop the job, rather than fail every trial, where the executors do not see the driver's journal."""
+    unreached = next((o for o in outcomes if o["state"] == UNREACHED), None)
+    if unreached is not None:
+        raise StudyNotSharedError(
+            f"tune.output: the study journal {unreached['journal']} is not on executor host {unreached['host']}: "
+            "put tune.output on a file system that the driver and every executor share, or set tune.storage "
+            "to a database URL they all reach")
 
 
 def _tell(study, outcome: dict[str, Any]) -> None:

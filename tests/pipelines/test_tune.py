@@ -3,10 +3,12 @@
 import csv
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deepfm.config import Config, load_config
-from pipelines.tune import run_tune
+from deepfm.errors import exit_code
+from pipelines.tune import StudyNotSharedError, _check_study_reached, run_trial, run_tune
 from tests.conftest import CLI, run_cli
 
 # lr 1e-5 barely moves the model in 3 epochs: such trials fall below the median and are pruned.
@@ -59,3 +61,16 @@ def test_a_search_key_that_is_not_a_train_setting_exits_2_naming_it(tmp_path):
                       "tune.space={train.learning_rate: {low: 0.001, high: 0.01}}"])
     assert result.returncode == 2
     assert "'train.learning_rate' is not a train.* setting" in result.stderr.strip().splitlines()[-1]
+
+
+def test_executors_that_do_not_see_the_study_journal_stop_the_job_naming_it(tmp_path):
+    """On a cluster, a local tune.output is on the driver's disk only: a trial's executor finds no
+    journal there, and the job exits 2 saying what to do instead of failing every trial."""
+    journal = tmp_path / "driver-only" / "study.journal"
+    outcome = run_trial({"number": 0, "trial_id": 0, "settings": {"train.lr": 0.01}, "prune": True,
+                         "prune_after_trials": 2, "storage": f"journal:{journal}", "train": {}})
+    assert outcome["state"] == "unreached" and not journal.parent.exists()  # nothing created there
+    with pytest.raises(StudyNotSharedError) as err:
+        _check_study_reached([outcome])
+    assert str(err.value).startswith(f"tune.output: the study journal {journal} is not on executor host ")
+    assert "set tune.storage" in str(err.value) and exit_code(err.value) == 2
