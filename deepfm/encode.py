@@ -95,10 +95,9 @@ class FeatureEncoder:
         return pa.array(ids, pa.int32())
 
     def _hashed(self, tokens: pa.Array, buckets: int) -> np.ndarray:
-        # pmod on the signed 64-bit hash, as Spark's: numpy's % of a positive divisor is never negative
-        ids = (xxhash64(tokens, self._hash_seed) % buckets + FIRST_VALUE_ID).astype(np.int32)
-        ids[tokens.is_null().to_numpy(zero_copy_only=False)] = MISSING_ID
-        return ids
+        """Each token's bucket id; a null's is meaningless (`_categorical` gives missing rows their id).
+        pmod on the signed 64-bit hash, as Spark's: numpy's % of a positive divisor is never negative."""
+        return (xxhash64(tokens, self._hash_seed) % buckets + FIRST_VALUE_ID).astype(np.int32)
 
 
 def _positions_of_distinct(index: pd.Index, tokens: pa.Array) -> np.ndarray:

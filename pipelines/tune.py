@@ -95,9 +95,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     outcome = {"number": spec["number"], "settings": spec["settings"]}
-    journal = spec["storage"].removeprefix("journal:") if spec["storage"].startswith("journal:") else None
-    if journal is not None and not Location.of(journal).local_path.is_file():  # the driver created it
-        return {**outcome, "state": UNREACHED, "host": socket.gethostname(), "journal": journal}
+    journal = _journal(spec["storage"])
+    if journal is not None and not journal.local_path.is_file():  # the driver created it
+        return {**outcome, "state": UNREACHED, "host": socket.gethostname(), "journal": str(journal)}
     # The pruner is not stored with the study: the task builds the driver's.
     study = optuna.load_study(study_name=STUDY, storage=_open_storage(spec["storage"]),
                               pruner=_pruner(spec["prune_after_trials"]))
@@ -231,13 +231,18 @@ def _storage(tune: TuneConfig):
 def _open_storage(spec: str):
     """A journal file (journal:PATH; file locks make it safe for concurrent tasks on one machine or a
     shared file system), or any storage URL Optuna opens."""
-    if not spec.startswith("journal:"):
+    journal = _journal(spec)
+    if journal is None:
         return spec
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path = Location.of(spec.removeprefix("journal:"))
-    return JournalStorage(JournalFileBackend(str(path.local_path)))
+    return JournalStorage(JournalFileBackend(str(journal.local_path)))
+
+
+def _journal(spec: str) -> Location | None:
+    """The journal file of a `journal:PATH` storage spec; None for a storage URL."""
+    return Location.of(spec.removeprefix("journal:")) if spec.startswith("journal:") else None
 
 
 def _describe(settings: dict[str, Any]) -> str:
