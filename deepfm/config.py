@@ -36,7 +36,10 @@ def absolute_path(path: str) -> str:
     """The one rule for every key that names a file or directory: a URI (`hdfs://`, `s3a://`,
     `file:/`) is kept as it is; a relative path is relative to the current directory of the command
     that loads the configuration, and becomes absolute at once, so that Spark executors and spawned
-    training workers (whose current directories differ) all see the same location."""
+    training workers (whose current directories differ) all see the same location. An empty path
+    is refused: it would mean the current directory, where a stage would then write its output."""
+    if not path.strip():
+        raise ValueError("an empty path: name a file or directory")
     if _URI.match(path):
         return path
     return os.path.abspath(os.path.expanduser(path))
@@ -679,7 +682,7 @@ def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = (), run_
         if not sep or not key:
             raise ConfigError(f"--set expects key.path=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml.load(raw, _UniqueKeyLoader) if raw else ""  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item}: the value is not valid YAML ({_first_line(err)})") from err
         nested: dict[str, Any] = value
@@ -743,9 +746,26 @@ def _first_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that sets one key twice: PyYAML keeps the last
+    silently, so the first setting a person reads in the file would not be the one in force."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{key_node.start_mark.name}: the key '{key}' is set twice in one mapping, on "
+                                  f"lines {first_line[key]} and {line}: keep one")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open(encoding="utf-8") as text:  # a stream, so that a mark names the file
+            data = yaml.load(text, _UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from err
     except yaml.YAMLError as err:

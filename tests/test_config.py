@@ -183,3 +183,21 @@ def test_the_tracking_store_is_a_directory_a_database_or_a_server(tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
     assert TrackingConfig().destination()[0] == "http://from-env:5000"
     assert TrackingConfig(uri="store").destination()[0] == f"sqlite:///{tmp_path}/store/mlflow.db"
+
+
+def test_a_key_set_twice_in_one_file_is_refused_naming_the_key_the_file_and_both_lines(tmp_path):
+    bad = _write(tmp_path, "twice.yaml", "preprocess:\n  output: a\n  max_reject_rate: 0.1\n  output: b\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([CONF / "base.yaml", bad])
+    assert str(err.value) == f"{bad}: the key 'output' is set twice in one mapping, on lines 2 and 4: keep one"
+    # the same key in two mappings, or in two files (layering), is no duplicate
+    layered = _write(tmp_path, "layered.yaml", "preprocess:\n  output: a\ntrain:\n  output: b\n  data: a\n")
+    assert load_config([CONF / "base.yaml", layered, layered]).train.output.endswith("/b")
+
+
+@pytest.mark.parametrize("key", ["train.output", "preprocess.output", "score.output"])
+def test_an_empty_output_path_is_refused_naming_the_key(key):
+    with pytest.raises(ConfigError) as err:
+        load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"],
+                    [f"{key}="])
+    assert f"{key} (set in --set {key}=): an empty path: name a file or directory" in str(err.value)
