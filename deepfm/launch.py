@@ -69,6 +69,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
         if checkpoint is None or not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint or root.path} holds no interrupted run to --resume (no "
                                     f"{BUILDING}*/{CHECKPOINT}); run without --resume to train from scratch")
+        root.check_replaceable(version)
     load_feature_map(cfg.data)  # a readable preprocess output, encoded by this code's transforms
     signature = training_signature(cfg)
     if not resume:

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from deepfm import strict_json
 from deepfm.checkpoint import CHECKPOINT, MODEL_CONFIG
 from deepfm.fs import Location, Where
 
@@ -55,8 +56,24 @@ class ModelRoot:
                       if not name.startswith((".", "_")) and (self.path / name / RECORD).is_file())
 
     def latest(self) -> str | None:
+        """The version LATEST names; a pointer that is not the name of a complete version of this
+        root (unreadable, a path, `..`, a version that is gone) is refused, never followed."""
         pointer = self.path / LATEST
-        return pointer.read_text().strip() if pointer.is_file() else None
+        if not pointer.is_file():
+            return None
+        try:
+            name = pointer.read_text().strip()
+        except UnicodeDecodeError:
+            raise VersionError(f"{pointer} is not text: it must hold the name of a version in {self.path} (one of "
+                               f"{self.versions() or 'none yet'}); write one there, or delete it") from None
+        if not name or "/" in name or "\\" in name or name.startswith(".") or name not in self.versions():
+            raise VersionError(f"{pointer} names {name[:80]!r}, which is not a complete version in {self.path} "
+                               f"(versions: {self.versions() or 'none yet'}): write one of them there, or delete it")
+        return name
+
+    def _pointer_text(self) -> str | None:
+        pointer = self.path / LATEST
+        return pointer.read_bytes().decode("utf-8", errors="replace").strip() if pointer.is_file() else None
 
     def record(self, version: str) -> dict[str, Any] | None:
         """What a complete version records of its run; None when the version is not complete."""
@@ -74,9 +91,19 @@ class ModelRoot:
     def building(self, version: str) -> Location:
         return self.path / f"{BUILDING}{version}"
 
+    def check_replaceable(self, version: str) -> None:
+        """A directory of a version's name that is not a complete version (a user's, another tool's)
+        is never replaced: committing the version would delete it."""
+        dest = self.path / version
+        if dest.exists() and not (dest / RECORD).is_file():
+            raise VersionError(f"{dest} exists and is not a model version written by deepfm-pipeline (it has no "
+                               f"{RECORD}): it is never replaced; move it away yourself, or choose another "
+                               "train.output or --run-date")
+
     def start_build(self, version: str, signature: str) -> Location:
         """An empty build of `version` (a failed run's is dropped), marked with the signature of the
         input and config that will fill it."""
+        self.check_replaceable(version)
         build = self.building(version)
         build.delete_dir()
         build.mkdir()
@@ -107,9 +134,10 @@ class ModelRoot:
     def commit(self, version: str, record: dict[str, Any]) -> Location:
         """Make the build of `version` a complete version (replacing one of that name), then move LATEST."""
         build, dest = self.building(version), self.path / version
+        self.check_replaceable(version)  # checked at the start too; a directory may appear while training
         (build / CHECKPOINT).unlink()  # only an interrupted run resumes: a version is never trained further
         (build / BUILD_SIGNATURE).unlink()  # version.json records it
-        (build / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+        (build / RECORD).write_text(strict_json.dumps(record, indent=2, sort_keys=True))
         if self.path.can_rename:
             replaced = self.path / f".replaced-{version}-{uuid.uuid4().hex[:8]}"
             if dest.exists():
@@ -124,7 +152,7 @@ class ModelRoot:
             (build / RECORD).copy_to(dest / RECORD)
             build.delete_dir()
         newest = self.versions()[-1]
-        if self.latest() != newest:
+        if self._pointer_text() != newest:  # a damaged LATEST is mended by the next version
             (self.path / LATEST).write_text(newest + "\n")
         log.info("committed model version %s; %s is %s", dest, LATEST, newest)
         return dest

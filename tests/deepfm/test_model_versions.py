@@ -102,3 +102,30 @@ def test_resume_auto_continues_only_an_interrupted_run_of_the_same_input_and_con
     assert "continuing the interrupted run of model version 2026-11-28" in caplog.text
     assert "resumed from" in caplog.text and result["version"] == "2026-11-28"
     assert root.versions() == ["2026-11-27", "2026-11-28"] and not [n for n in root.path.subdirs() if n.startswith(".")]
+
+
+def test_a_users_directory_named_like_the_run_date_is_refused_and_kept(shards, tmp_path):
+    root = ModelRoot.of(tmp_path / "m")
+    mine = root.path.local_path / "2026-11-27"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(VersionError, match=r"2026-11-27 exists and is not a model version written by deepfm-pipeline"):
+        run_training(_cfg(shards, root.path), run_date="2026-11-27")
+    assert (mine / "notes.txt").read_text() == "mine" and root.versions() == []
+    assert not any(p.name.startswith(".building") for p in root.path.local_path.iterdir())  # refused before training
+
+
+@pytest.mark.parametrize("pointer", [b"\xff\xfe\x00garbage", b"../other/2026-11-27\n", b"2026-12-01\n", b""])
+def test_a_latest_pointer_that_is_not_a_version_of_its_root_is_refused_naming_it(shards, tmp_path, pointer):
+    """Garbage, a path out of the root (which held another root's model), or a version that is gone."""
+    other = ModelRoot.of(tmp_path / "other")
+    run_training(_cfg(shards, other.path), run_date="2026-11-27")
+    root = ModelRoot.of(tmp_path / "m")
+    run_training(_cfg(shards, root.path), run_date="2026-11-28")
+    (root.path.local_path / "LATEST").write_bytes(pointer)
+    with pytest.raises(VersionError) as err:
+        open_model_dir(root.path)
+    assert str(root.path / "LATEST") in str(err.value) and "2026-11-28" in str(err.value)
+    # the next version mends it
+    run_training(_cfg(shards, root.path), run_date="2026-11-29")
+    assert root.latest() == "2026-11-29"
