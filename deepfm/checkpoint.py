@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from deepfm import strict_json
 from deepfm.fs import Location, Where
 
 CHECKPOINT = "checkpoint.pt"
@@ -26,7 +27,7 @@ def save_torch(obj: Any, where: Where) -> None:
 
 
 def save_json(obj: Any, where: Where) -> None:
-    Location.of(where).write_text(json.dumps(obj, indent=2, sort_keys=True))
+    Location.of(where).write_text(strict_json.dumps(obj, indent=2, sort_keys=True))
 
 
 def load_torch(where: Where, map_location: str | torch.device = "cpu") -> Any:

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from deepfm import strict_json
+
 MISSING_ID = 0  # the field's value was absent
 OOV_ID = 1  # present, but rare in training or never seen (unless the field has oov_buckets)
 FIRST_VALUE_ID = 2
@@ -112,7 +114,7 @@ class FeatureMap:
         return cls(**{**data, "fields": fields, "passthrough": tuple(data.get("passthrough", ()))})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return strict_json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def check_transforms(self, source: object) -> None:
         """Refuse a feature map (from `source`, named in the error) that this code would encode differently."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import shutil
 import tempfile
 import uuid
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deepfm import outputs
+from deepfm import outputs, strict_json
 from deepfm.fs import Location, Where
 
 METRICS, HTML = "metrics.json", "report.html"
@@ -49,7 +48,7 @@ def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.
     (an object store has no rename) each file is replaced atomically and report.html goes last.
     """
     out = check_replaceable(out)
-    files = {METRICS: json.dumps(metrics, indent=2, sort_keys=True).encode(),
+    files = {METRICS: strict_json.dumps(metrics, indent=2, sort_keys=True).encode(),
              ROC: _png(_plot_roc, *roc, metrics["overall"]["auc"]),
              CALIBRATION: _png(_plot_calibration, metrics["calibration"])}
     if training_curves is not None and training_curves.is_file():

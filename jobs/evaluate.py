@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -20,5 +20,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     cfg.require("evaluate")
     result = run_evaluate(get_spark(cfg.spark, "evaluate"), cfg)
     mlflow_run = log_report(cfg, result.report, result.metrics)
-    print(json.dumps({"report": str(result.report), "overall": result.metrics["overall"], "mlflow_run": mlflow_run}))
+    print(strict_json.dumps({"report": str(result.report), "overall": result.metrics["overall"],
+                             "mlflow_run": mlflow_run}))
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -19,5 +19,5 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     model = args.model or cfg.require("train").output
     path, difference = export_torchscript(open_model_dir(model), args.output)
-    print(json.dumps({"torchscript": str(path), "max_abs_difference": difference}))
+    print(strict_json.dumps({"torchscript": str(path), "max_abs_difference": difference}))
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -20,5 +20,5 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     updates = {k: v for k, v in (("rows", args.rows), ("output", args.output)) if v is not None}
     if updates:
         gen = gen.model_validate({**gen.model_dump(), **updates})
-    print(json.dumps(generate(gen)))
+    print(strict_json.dumps(generate(gen)))
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -21,7 +21,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     spark = get_spark(cfg.spark, "preprocess")
     result = run_preprocess(spark, cfg, force=args.force)
     rows = result.manifest["rows"]
-    print(json.dumps({
+    print(strict_json.dumps({
         "output": result.output,
         "skipped": result.skipped,
         "rows": {k: rows[k] for k in ("input", "accepted", "rejected")},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -20,6 +20,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     cfg.require("score")
     result = run_score(get_spark(cfg.spark, "score", args.run_date), cfg, args.run_date)
-    print(json.dumps({"output": result.partition, "rows": result.rows, "rejected": result.rejected,
+    print(strict_json.dumps({"output": result.partition, "rows": result.rows, "rejected": result.rejected,
                       "model_version": result.model_version, "seconds": round(result.seconds, 1)}))
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -29,7 +29,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         get_spark(cfg.spark, "train")
     result = run_training(train_cfg, resume=args.resume, run_date=args.run_date, force=args.force)
     mlflow_run = log_training(cfg, result, args.run_date)
-    print(json.dumps({"model": result["model"], "version": result["version"], "up_to_date": result["up_to_date"],
+    print(strict_json.dumps({"model": result["model"], "version": result["version"], "up_to_date": result["up_to_date"],
                       "mlflow_run": mlflow_run,
                       "test": result["test"], "valid_auc_best": result["valid_auc_best"],
                       "epochs": result["epochs"], "workers": result["workers"]}))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from deepfm import strict_json
 from deepfm.config import Config
 
 
@@ -17,6 +17,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.tune import run_tune
 
     result = run_tune(get_spark(cfg.spark, "tune"), cfg)
-    print(json.dumps({"output": result.output, "trials": result.trials, "best_valid_auc": result.best_value,
+    print(strict_json.dumps({"output": result.output, "trials": result.trials, "best_valid_auc": result.best_value,
                       "best_settings": result.best_settings}))
     return 0

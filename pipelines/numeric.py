@@ -6,6 +6,8 @@ training mean after standardization, so it neither pushes nor pulls the embeddin
 
 from __future__ import annotations
 
+import math
+
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -22,20 +24,37 @@ def clipped(value: SparkColumn, clip: tuple[float, float] | None) -> SparkColumn
 
 
 def fit_dense_stats(train: DataFrame, fields: list[FeatureField]) -> dict[str, tuple[float, float]]:
-    """Mean and population std of each dense field's transformed value, on non-missing rows."""
+    """Mean and population std of each dense field's transformed value, on non-missing rows.
+
+    Finite for any finite values: Spark's stddev squares deviations, so a few values near 1e300
+    make it infinite, and every row's standardized value then 0. Such a field's statistics are
+    computed again on its values divided by their largest magnitude, and scaled back.
+    """
     fitted = [f for f in fields if transform(f.transform).standardized]
     if not fitted:
         return {}
+    values = {f.name: transform(f.transform).spark(clipped(F.col(f"`{f.name}`"), f.clip)) for f in fitted}
+    stats = _mean_and_std(train, values, {})
+    overflowed = {name for name, (mean, std) in stats.items() if not (math.isfinite(mean) and math.isfinite(std))}
+    if overflowed:
+        scales = train.agg(*(F.max(F.abs(values[name])).alias(name) for name in overflowed)).first().asDict()
+        stats |= _mean_and_std(train, {name: values[name] for name in overflowed}, scales)
+    return stats
+
+
+def _mean_and_std(train: DataFrame, values: dict[str, SparkColumn],
+                  scales: dict[str, float]) -> dict[str, tuple[float, float]]:
     aggs = []
-    for f in fitted:
-        value = transform(f.transform).spark(clipped(F.col(f"`{f.name}`"), f.clip))
-        aggs += [F.mean(value).alias(f"{f.name}__mean"), F.stddev_pop(value).alias(f"{f.name}__std")]
+    for name, value in values.items():
+        scaled = value / F.lit(scales[name]) if scales.get(name) else value
+        aggs += [F.mean(scaled).alias(f"{name}__mean"), F.stddev_pop(scaled).alias(f"{name}__std")]
     row = train.agg(*aggs).first()
     stats = {}
-    for f in fitted:
-        mean, std = row[f"{f.name}__mean"], row[f"{f.name}__std"]
+    for name in values:
+        scale = scales.get(name) or 1.0
+        mean, std = row[f"{name}__mean"], row[f"{name}__std"]
         # A field that is always missing or constant must not divide by zero.
-        stats[f.name] = (float(mean or 0.0), float(std) if std else 1.0)
+        stats[name] = (float(mean or 0.0) * scale, float(std) * scale if std else 1.0)
     return stats
 
 

@@ -189,3 +189,28 @@ def test_vocabulary_fingerprint_changes_with_content(spark):
     assert same == vocab.fingerprint(vocabulary, list(fmap.fields))
     changed = vocabulary.withColumn("id", F.when(F.col("token") == "red", 9).otherwise(F.col("id")))
     assert vocab.fingerprint(changed, list(fmap.fields)) != same
+
+
+def test_standardized_statistics_stay_finite_with_values_near_the_float_limit(spark):
+    """Six values of 1e300 among ordinary ones: Spark's stddev squares them into infinity, which
+    would make every row's value 0. The statistics equal exact ones (statistics.pstdev works in
+    fractions), and the manifest that holds them is strict JSON."""
+    import json
+    import statistics
+
+    from deepfm import strict_json
+    from deepfm.feature_map import FeatureField
+    from pipelines.numeric import fit_dense_stats
+
+    values = [float(v) for v in range(1, 995)] + [1e300] * 6
+    train = spark.createDataFrame([(v, v / 1e300 if v > 1e10 else v) for v in values], "big double, small double")
+    fields = [FeatureField("big", "dense", "numeric", "standardize"),
+              FeatureField("small", "dense", "numeric", "standardize")]
+    stats = fit_dense_stats(train, fields)
+    assert stats["big"] == pytest.approx((statistics.fmean(values), statistics.pstdev(values)), rel=1e-9)
+    assert math.isfinite(stats["big"][1]) and stats["big"][1] > 1e298
+    small = [v / 1e300 if v > 1e10 else v for v in values]
+    assert stats["small"] == pytest.approx((statistics.fmean(small), statistics.pstdev(small)), rel=1e-9)
+    text = strict_json.dumps({"std": stats["big"][1], "undefined": math.nan, "rows": [math.inf, 1.5]})
+    assert json.loads(text, parse_constant=lambda token: pytest.fail(f"non-JSON token {token}")) == {
+        "std": stats["big"][1], "undefined": None, "rows": [None, 1.5]}
