@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 
-from deepfm.config import SparkConfig
+from deepfm.config import ConfigError, SparkConfig
 from deepfm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,21 @@ def launcher_conf() -> dict[str, str]:
     return dict(SparkConf().getAll())
 
 
+def _refused_setting(text: str, cfg: SparkConfig, launched: dict[str, str]) -> ConfigError | None:
+    """The setting whose value Spark refused to start with, named as the user set it."""
+    if "Could not parse Master URL" in text:
+        master = launched.get("spark.master", cfg.master)
+        where = "spark-submit's --master" if "spark.master" in launched else "spark.master"
+        return ConfigError(f"{where}: Spark cannot parse the master URL {master!r}: use local, local[N], local[*], "
+                           "spark://HOST:PORT, yarn or k8s://HOST:PORT")
+    for key, value in {**{k: str(v) for k, v in cfg.conf.items()}, **launched}.items():
+        if found := re.search(rf"(?m)^.*\b{re.escape(key)}\b[^\n]*", text):
+            where = f"spark-submit's --conf {key}" if key in launched else f"spark.conf.{key}"
+            reason = found.group(0).split("Exception: ")[-1].strip()
+            return ConfigError(f"{where}: Spark refused the value {value!r} ({reason})")
+    return None
+
+
 def app_name(cfg: SparkConfig, stage: str | None, run_date: str | None = None) -> str:
     """`deepfm-train-2026-11-28`: the Spark UI and the master list one line per stage and day."""
     return "-".join(p for p in (cfg.app_name, stage, run_date) if p)
@@ -101,7 +117,15 @@ def get_spark(cfg: SparkConfig, stage: str | None = None, run_date: str | None =
     for key, value in cfg.conf.items():
         if key not in launched:
             builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+        # The session state is built on first use, and it is what checks the spark.sql.* values.
+        spark.conf.get("spark.sql.shuffle.partitions")
+    except Exception as err:
+        refused = _refused_setting(str(err), cfg, launched)
+        if refused is None:
+            raise
+        raise refused from None
     spark.sparkContext.setLogLevel(os.environ.get("DEEPFM_SPARK_LOG_LEVEL", "WARN"))
     conf = spark.sparkContext.getConf()
     log.info("Spark %s, master %s, app %s (%s), deploy mode %s, shuffle partitions %s", spark.version,

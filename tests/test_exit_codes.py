@@ -70,3 +70,17 @@ def test_a_damaged_manifest_exits_2_naming_the_file(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"{prep / 'manifest.json'} is not a readable preprocess manifest" in result.stderr
     assert "--force" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("spark.conf.spark.sql.shuffle.partitions=abc",
+     "spark.conf.spark.sql.shuffle.partitions: Spark refused the value 'abc' (spark.sql.shuffle.partitions should "
+     "be int, but was abc)"),
+    ("spark.master=local[abc]", "spark.master: Spark cannot parse the master URL 'local[abc]'"),
+])
+def test_a_spark_setting_that_spark_refuses_exits_2_naming_the_key(tmp_path, setting, expected):
+    result = run_cli([*CLI, "preprocess", "--set", setting, "--set", f"preprocess.output={tmp_path / 'prep'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "Traceback" not in result.stderr and not (tmp_path / "prep").exists()
