@@ -17,6 +17,7 @@ its upload completes, so the bytes are put in one upload.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -201,19 +202,45 @@ class Location:
 Where = str | os.PathLike | Location  # what functions that read or write a place accept
 
 
+NO_SPACE = "no space left on device"
+
+
 def _write_local(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    recording: _KeepsWriteErrors | None = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _KeepsWriteErrors(f)
+            write(recording)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; outputs are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in (err, recording and recording.error)):
+            raise OSError(f"{NO_SPACE} writing {path}: free space on its file system, or write elsewhere") from None
         raise
+
+
+class _KeepsWriteErrors:
+    """A binary file that keeps the OSError of a failed write: torch.save reports one as
+    "[enforce fail at inline_container.cc] unexpected pos", which names neither file nor cause."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 @lru_cache(maxsize=1)

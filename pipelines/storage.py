@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from deepfm import lease, outputs
-from deepfm.fs import is_object_store
+from deepfm.fs import NO_SPACE, is_object_store
 
 log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
+_GLOB_CHARACTERS = re.compile(r"([\\*?\[\]{}])")
+_BOOKKEEPING = {SUCCESS, outputs.MARKER, "_metadata", "_common_metadata"}
 
 
 @dataclass(frozen=True)
@@ -99,22 +102,40 @@ class Storage:
         finally:
             stream.close()
 
+    def pattern(self, path: str) -> str:
+        """The glob that means `path`: a path that exists as written is taken literally, its glob
+        characters escaped (a directory `logs[1]`); any other path is a glob (`logs/dt=*/`)."""
+        if _GLOB_CHARACTERS.search(path) and self.exists(path):
+            return _GLOB_CHARACTERS.sub(r"\\\1", path)
+        return path
+
     def list_files(self, path: str) -> list[FileInfo]:
-        """Data files under a path or glob, sorted; hidden files (_SUCCESS, .crc) skipped."""
+        """Data files under a path or glob, sorted: what Spark reads there. Hidden files and those
+        in hidden directories (names starting with `_` or `.`: _SUCCESS, .crc, _temporary/) are
+        skipped, as Spark skips them (`hidden_files` names them)."""
+        return [f for f, hidden in self._walk(path) if not hidden]
+
+    def hidden_files(self, path: str) -> list[str]:
+        """Files under a path or glob that Spark does not read for their hidden names, less the
+        bookkeeping files of Hadoop, Spark, Parquet and this project."""
+        return [f.path for f, hidden in self._walk(path)
+                if hidden and not f.path.endswith(".crc") and f.path.rsplit("/", 1)[-1] not in _BOOKKEEPING]
+
+    def _walk(self, path: str) -> list[tuple[FileInfo, bool]]:
         fs = self._fs(path)
-        statuses = fs.globStatus(self._path(path)) or []
-        found: list[FileInfo] = []
+        statuses = fs.globStatus(self._path(self.pattern(path))) or []
+        found: list[tuple[FileInfo, bool]] = []
         for status in statuses:
             if status.isDirectory():
+                base = status.getPath().toString().rstrip("/")
                 it = fs.listFiles(status.getPath(), True)
                 while it.hasNext():
-                    found.append(_info(it.next()))
+                    info = _info(it.next())
+                    relative = info.path[len(base) + 1:] if info.path.startswith(base + "/") else info.path
+                    found.append((info, any(part.startswith(("_", ".")) for part in relative.split("/"))))
             else:
-                found.append(_info(status))
-        return sorted(
-            (f for f in found if not f.path.rsplit("/", 1)[-1].startswith(("_", "."))),
-            key=lambda f: f.path,
-        )
+                found.append((_info(status), status.getPath().getName().startswith(("_", "."))))
+        return sorted(found, key=lambda pair: pair[0].path)
 
     def fingerprint(self, path: str) -> str:
         """Identity of an input by file names, sizes and modification times (not contents)."""
@@ -159,6 +180,13 @@ class Storage:
                 self.rename(tmp, dest)
                 self.delete(old)
                 log.info("committed %s", dest)
+            except Exception as err:
+                if "No space left on device" not in str(err):
+                    raise
+                # Spark's error is a stack from a task, whose first line names neither cause nor place
+                raise OSError(f"{NO_SPACE} while writing {dest}: free space on its file system (or in Spark's "
+                              f"scratch space, spark.local.dir), or choose another {key}; {dest} is as it was"
+                              ) from None
             finally:
                 self.delete(tmp)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import CLI, REPO_ROOT, run_cli
 
 
 def _descendants(pid: int) -> list[int]:
@@ -93,3 +93,37 @@ def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches
            for run, result in (("previous", previous), ("resumed", resumed))}
     assert abs(auc["previous"] - auc["resumed"]) < 0.001, auc  # same data and config as the uninterrupted run
     assert (models / "LATEST").read_text().strip() == "2026-11-27"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB file system of its own (tmpfs; the tests run as root, as CI does)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_full_disk_in_train_exits_1_saying_no_space_and_where(criteo_shards, tiny_disk):
+    result = run_cli([*CLI, "train", "--set", f"train.data={criteo_shards}", "--set", f"train.output={tiny_disk}/m",
+                      "--set", "train.epochs=1", "--set", "train.model.hidden=[8]"])
+    assert result.returncode == 1
+    line = _one_error_line(result)
+    assert f"no space left on device writing {tiny_disk}/m/.building-" in line, line
+    assert not (tiny_disk / "m" / "LATEST").exists()
+
+
+def test_a_full_disk_in_preprocess_exits_1_saying_no_space_and_where(tiny_disk):
+    result = run_cli([*CLI, "preprocess", "--set", "spark.master=local[1]",
+                      "--set", f"preprocess.output={tiny_disk}/prep"])
+    assert result.returncode == 1
+    line = _one_error_line(result)
+    assert f"no space left on device while writing file:{tiny_disk}/prep:" in line, line
+    assert sorted(p.name for p in tiny_disk.iterdir()) == []  # nothing half-written, no lease left
