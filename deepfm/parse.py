@@ -160,9 +160,20 @@ def _cast_int(token: pa.Array) -> pa.Array:
     try:
         return pc.cast(unsigned, pa.int64())
     except pa.ArrowInvalid:  # some value overflows: only then, value by value
-        bound = 1 << 63
-        return pa.array([None if v is None or not -bound <= int(v) < bound else int(v)
-                         for v in unsigned.to_pylist()], pa.int64())
+        return pa.array([_int64_or_none(v) for v in unsigned.to_pylist()], pa.int64())
+
+
+_INT64_DIGITS = len(str(1 << 63))
+
+
+def _int64_or_none(literal: str | None) -> int | None:
+    """The int64 of a literal, None beyond the range. The digits are counted before `int()` reads
+    them: Python refuses literals of over 4,300 digits (sys.int_info.str_digits_check_threshold)
+    with a ValueError that would take the whole job down for one row."""
+    if literal is None or len(literal.lstrip("-").lstrip("0")) > _INT64_DIGITS:
+        return None
+    value = int(literal)
+    return value if -(1 << 63) <= value < (1 << 63) else None
 
 
 def _cast_float(token: pa.Array) -> pa.Array:
