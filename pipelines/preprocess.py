@@ -10,7 +10,6 @@ Output layout (committed by rename, `_SUCCESS` last):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,7 +19,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deepfm import __version__
+from deepfm import __version__, strict_json
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
 from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap, ManifestError, parse_manifest
 from deepfm.fs import Location
@@ -50,6 +49,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
     storage = Storage(spark)
     output = storage.qualify(pre.output)
     tables = _tables(dataset)
+    read.check_output_outside_inputs(spark, output, "preprocess.output", {n: s.path for n, s in tables.items()})
     inputs = {name: _describe_input(storage, spec) for name, spec in tables.items()}
     # Only what shapes the output: Spark tuning and the other stages' sections do not.
     fingerprint_of_config = config_hash(
@@ -89,7 +89,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         if accepted != sum(s["rows"] for s in split_rows.values()):
             raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
         manifest = _manifest(dataset, pre, fmap, inputs, fingerprint_of_config, rows, split_rows, keep)
-        storage.write_text(f"{tmp}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True))
+        storage.write_text(f"{tmp}/{MANIFEST}", strict_json.dumps(manifest, indent=2, sort_keys=True))
         storage.delete(staging)
     log.info(
         "preprocess done: %d rows in, %d accepted, %d rejected; %s",
@@ -203,7 +203,7 @@ def _fit(
                  "oov_buckets": f.oov_buckets or 0}
         for f in fmap.categorical
     }
-    storage.write_text(f"{tmp}/vocab_summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    storage.write_text(f"{tmp}/vocab_summary.json", strict_json.dumps(summary, indent=2, sort_keys=True))
     return fmap, vocabulary
 
 

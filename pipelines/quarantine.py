@@ -29,7 +29,7 @@ def stage(parsed: DataFrame, path: str, source: str) -> dict[str, int]:
     """Write `read.read_table` output (of the input at `source`) to `path` with a status column;
     the row counts by status."""
     status = F.when(F.col(read.REASON).isNull(), "ok").otherwise("rejected")
-    with read.corrupt_files_named(parsed.sparkSession, source):
+    with read.unreadable_files_named(parsed.sparkSession, source):
         parsed.withColumn(STATUS, status).write.parquet(path)
     staged_rows = parsed.sparkSession.read.parquet(path)
     by_status = {

@@ -9,10 +9,12 @@ the file the row came from.
 from __future__ import annotations
 
 import gzip
+import logging
 import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote
 
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +29,7 @@ from pipelines.storage import Storage
 REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
 BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
 BAD_UTF8 = "_bad_utf8"
+log = logging.getLogger(__name__)
 # The names deepfm/parse.py is given, in its order, and the types of the bookkeeping columns.
 ARROW_BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE, BAD_UTF8)
 BOOKKEEPING_FIELDS = (T.StructField(REASON, T.StringType()), T.StructField(RAW, T.StringType()),
@@ -54,8 +57,11 @@ def read_table(spark: SparkSession, spec: TableSpec, table: str = "input", parse
                                 T.StructType([*(T.StructField(c.name, spark_type(c)) for c in spec.resolved_columns),
                                               *BOOKKEEPING_FIELDS]))
     if spec.format == "parquet":
-        _check_input_exists(spark, spec.path, table)
-        tokens, lines = _parquet_tokens(spark, spec, table)
+        pattern, files = _listed_input(spark, spec.path, table)
+        with unreadable_files_named(spark, spec.path):
+            frame = spark.read.parquet(pattern)
+        _check_every_file_is_read(frame, files, spec.path, table)
+        tokens, lines = _parquet_tokens(frame, spec, table)
         structural = None
     else:
         tokens, lines, structural = _text_tokens(spark, spec, table)
@@ -99,22 +105,86 @@ def rejected(parsed: DataFrame) -> DataFrame:
 
 
 @contextmanager
-def corrupt_files_named(spark: SparkSession, path: str) -> Iterator[None]:
-    """Turn a Spark job that died decompressing the input at `path` into an InputError naming the file.
+def unreadable_files_named(spark: SparkSession, path: str) -> Iterator[None]:
+    """Turn a Spark job that died reading a file of the input at `path` into one line naming the
+    file and what is wrong with it: exit 2 for what only the user can mend (a corrupt or truncated
+    file, a codec this Hadoop lacks, a type that differs between files, no permission), exit 1 with
+    the file named for anything else (a store that timed out may answer on a retry).
 
-    The executors' error names neither the file nor the cause a user can act on; only on such a
-    failure, the driver reads the compressed files once to find the truncated or corrupt one.
+    Spark's own error is a Java stack of hundreds of lines whose first names neither file nor
+    cause; the file and the cause are in its text, except for a missing codec and a gzip stream
+    cut short, where the input's files are looked at once to find the one.
     """
     try:
         yield
     except Exception as err:
-        if not any(cause in str(err) for cause in ("java.io.EOFException", "java.util.zip.ZipException")):
+        from_spark = type(err).__module__.split(".")[0] in ("py4j", "pyspark")
+        explained = _unreadable_file(spark, path, str(err)) if from_spark else None
+        if explained is None:
             raise
-        for file in Storage(spark).list_files(path):
-            if file.path.endswith(".gz") and (problem := _gzip_problem(Location.of(file.path))):
-                raise InputError(f"{file.path} is a truncated or corrupt gzip file ({problem}): replace or remove "
-                                 "it") from None
-        raise
+        raise explained from None
+
+
+_FAILED_FILE = re.compile(r"Encountered error while reading file (\S+?)\.? Details:")
+_NOT_PARQUET = re.compile(r"(\S+) is not a Parquet file\.? ?([^\n]*)")
+_PARQUET_TYPES = re.compile(r"Parquet column cannot be converted in file (\S+?)\. Column: \[([^\]]*)\], "
+                            r"Expected: (\S+), Found: ([A-Za-z0-9_]+)")
+_NO_CODEC = re.compile(r"native (\w+) library not available")
+_CODEC_SUFFIXES = {"zstandard": (".zst", ".zstd"), "snappy": (".snappy",), "lz4": (".lz4",), "bzip2": (".bz2",)}
+_BROKEN_GZIP = ("java.io.EOFException", "java.util.zip.ZipException", "Not in GZIP format", "not a gzip file",
+                "Unexpected end of input stream")
+_DENIED = ("Permission denied", "AccessDeniedException", "AccessControlException")
+
+
+def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | None:
+    failed = _FAILED_FILE.search(text)
+    file = failed.group(1) if failed else None
+    if found := _NOT_PARQUET.search(text):
+        return InputError(f"{found.group(1)} is not a Parquet file, or was cut short ({found.group(2).strip()}): "
+                          "replace or remove it")
+    if found := _PARQUET_TYPES.search(text):
+        name, column, expected, actual = found.groups()
+        return InputError(f"{name}: column '{column}' is {actual} in this file but {expected} in the schema Spark "
+                          f"took from the other files of {path}: write every file with one type per column")
+    if found := _NO_CODEC.search(text):
+        codec = found.group(1)
+        suffixes = _CODEC_SUFFIXES.get(codec.lower(), (f".{codec.lower()}",))
+        named = file or next((f.path for f in Storage(spark).list_files(path) if f.path.endswith(suffixes)), path)
+        return InputError(f"{named} is {codec}-compressed, and this Spark's Hadoop has no native {codec} library "
+                          "to read it: decompress it, or compress it with gzip or bzip2")
+    if any(marker in text for marker in _DENIED):
+        return PermissionError(13, f"permission denied: the job may not read {file or path}; let the user that "
+                                   "runs it read the file, or remove it from the input")
+    if any(marker in text for marker in _BROKEN_GZIP):
+        candidates = [file] if file and file.endswith(".gz") else [
+            f.path for f in Storage(spark).list_files(path) if f.path.endswith(".gz")]
+        for candidate in candidates:
+            if problem := _gzip_problem(Location.of(candidate)):
+                return InputError(f"{candidate} is a truncated or corrupt gzip file ({problem}): replace or "
+                                  "remove it")
+    if file:
+        causes = re.findall(r"Caused by: ([^\n]+)", text)
+        return OSError(f"{file} could not be read ({causes[-1].strip() if causes else 'see the Spark log'})")
+    return None
+
+
+def check_output_outside_inputs(spark: SparkSession, output: str, key: str, inputs: dict[str, str]) -> None:
+    """An output inside an input directory would be read as input by every later run (and the run
+    would never be up to date with its input): refused, naming both."""
+    storage = Storage(spark)
+    out = storage.qualify(output).rstrip("/")
+    for table, path in inputs.items():
+        directory = _literal_directory(storage, path)
+        if out == directory or out.startswith(f"{directory}/"):
+            raise InputError(f"{key} {out} is inside the {table} directory {directory}: its files would be read as "
+                             f"input by the next run; choose a {key} outside it")
+
+
+def _literal_directory(storage: Storage, path: str) -> str:
+    """The directory a path or glob starts from: the path itself, or what precedes its first wildcard."""
+    wildcard = re.search(r"[*?\[{]", path) if storage.pattern(path) == path else None
+    literal = path[: wildcard.start()].rsplit("/", 1)[0] if wildcard else path
+    return storage.qualify(literal or "/").rstrip("/")
 
 
 def _gzip_problem(file: Location) -> str | None:
@@ -127,26 +197,52 @@ def _gzip_problem(file: Location) -> str | None:
     return None
 
 
-def _check_input_exists(spark: SparkSession, path: str, table: str) -> None:
-    files = Storage(spark).list_files(path)
+def _listed_input(spark: SparkSession, path: str, table: str) -> tuple[str, list[str]]:
+    """The glob Spark is to read a table from, and the files it must read there. A table without
+    data files is refused; hidden files, which Spark skips, are named in a warning."""
+    storage = Storage(spark)
+    files = storage.list_files(path)
     if not files:
         raise InputError(f"{table}: no input files at {path} (check the path in the config)")
     if all(f.size == 0 for f in files):
         raise InputError(f"{table}: every input file at {path} is empty")
+    if hidden := storage.hidden_files(path):
+        log.warning("%s: %d file(s) under %s are not read, as their names (or their folders') start with '_' or "
+                    "'.', which marks files as hidden to Spark: %s%s; rename them to read them", table, len(hidden),
+                    path, ", ".join(hidden[:5]), " ..." if len(hidden) > 5 else "")
+    return storage.pattern(path), [f.path for f in files]
+
+
+def _check_every_file_is_read(frame: DataFrame, files: list[str], path: str, table: str) -> None:
+    """Spark reads the files of a table's directory and of its `key=value` subdirectories only: the
+    files of a plain subdirectory would be listed as input (manifest, fingerprint) yet never read."""
+    read = {_comparable(f) for f in frame.inputFiles()}
+    unread = [f for f in files if _comparable(f) not in read]
+    if unread:
+        raise InputError(f"{table}: {len(unread)} of the {len(files)} files under {path} are in subdirectories that "
+                         f"Spark does not read (only key=value ones, as dt=2026-12-01/, are partitions): "
+                         f"{', '.join(unread[:3])}{' ...' if len(unread) > 3 else ''}; point the path at them with a "
+                         "glob (such as .../*/), or move them")
+
+
+def _comparable(uri: str) -> str:
+    """Hadoop writes a local file as file:/a/b, Spark's file index as file:///a/b, percent-encoded."""
+    uri = unquote(uri)
+    return "file:/" + uri.removeprefix("file:").lstrip("/") if uri.startswith("file:") else uri
 
 
 def raw_lines(spark: SparkSession, spec: TableSpec,
               table: str = "input") -> tuple[DataFrame, list[str], dict[str, int]]:
     """A text table's data lines (RAW, BAD_UTF8, RAW_BYTES, SOURCE), its header, and each configured
     column's field index; the header line itself is dropped."""
-    _check_input_exists(spark, spec.path, table)
+    pattern, files = _listed_input(spark, spec.path, table)
     # The text source keeps a line's bytes as they are; Java's decoder replaces invalid UTF-8
     # with U+FFFD, so a line that changes when decoded again was not valid UTF-8. The decoded
     # form is stored as text, so that rejects stay readable by any Parquet reader, and such a
     # line's original bytes beside it, so that nothing of it is lost.
-    text = spark.read.text(spec.path).select(
-        F.col("value"), F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW)
-    )
+    source = spark.read.text(pattern)
+    _check_every_file_is_read(source, files, spec.path, table)
+    text = source.select(F.col("value"), F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW))
     bad_utf8 = F.col(RAW) != F.col("value")
     lines = text.select(RAW, bad_utf8.alias(BAD_UTF8),
                         F.when(bad_utf8, F.col("value").cast("binary")).alias(RAW_BYTES),
@@ -194,8 +290,7 @@ def _column_positions(spec: TableSpec, header: list[str], table: str) -> dict[st
     return {c.name: index[c.name] for c in spec.resolved_columns}
 
 
-def _parquet_tokens(spark: SparkSession, spec: TableSpec, table: str):
-    frame = spark.read.parquet(spec.path)
+def _parquet_tokens(frame: DataFrame, spec: TableSpec, table: str):
     missing = [c.name for c in spec.resolved_columns if c.name not in frame.columns]
     if missing:
         raise InputError(f"{table}: columns {missing} are not in the Parquet schema of {spec.path}")

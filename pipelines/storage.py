@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 _GLOB_CHARACTERS = re.compile(r"([\\*?\[\]{}])")
-_BOOKKEEPING = {SUCCESS, outputs.MARKER, "_metadata", "_common_metadata"}
+_BOOKKEEPING = {SUCCESS, outputs.MARKER, "_metadata", "_common_metadata", ".keep", ".gitkeep"}
 
 
 @dataclass(frozen=True)

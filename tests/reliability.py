@@ -21,10 +21,11 @@ FAULT_TESTS = {
     "Errors and exit codes": ["tests/test_exit_codes.py", "tests/test_cli.py", "tests/pipelines/test_score.py"],
     "Remote file systems": ["tests/pipelines/test_object_store.py"],
     "Experiment tracking": ["tests/pipelines/test_tracking.py"],
+    "Configuration and extreme values": ["tests/test_config.py", "tests/pipelines/test_features.py"],
 }
 KEYWORDS = ("kill", "resume", "exit", "lease", "not_write", "refused", "version", "latest", "replica", "fail",
             "non_finite", "missing", "corrupt", "cannot", "up_to_date", "s3", "daily", "object_store", "two_process",
-            "unreachable", "not_answer")
+            "unreachable", "not_answer", "twice", "finite", "full_disk")
 
 
 def _tests(path: Path) -> list[tuple[str, str]]:
@@ -56,6 +57,9 @@ def render() -> str:
             outcome = "accepted and encoded"
         elif "reason" in expect:
             outcome = f"quarantined: `{expect['reason']}`"
+        elif expect["exit"] == 0:
+            outcome = f"read whole: {expect['rows']} rows from {expect['files']} file(s)" + (
+                f", warning `{expect['warning']}`" if "warning" in expect else "")
         else:
             outcome = f"exit {expect['exit']}: `{expect['message']}`"
         lines.append(f"| `{name}` | {case['kind']} | {outcome} |")

@@ -84,15 +84,26 @@ def test_no_row_is_lost(row_run):
 
 
 @pytest.mark.parametrize("name", sorted(FILE_CASES))
-def test_each_bad_input_stops_the_job_with_exit_2_naming_it(spark, tmp_path, name):
+def test_each_bad_input_file_ends_as_its_case_says(spark, tmp_path, caplog, name):
+    """Exit 2 with a message naming what to fix and nothing written; or read whole, with a warning
+    where some files are not read (exit 0)."""
     expected = FILE_CASES[name]
-    dataset = criteo_dataset(BAD / "files" / name)
+    folder = BAD / "files" / name
+    dataset = criteo_dataset(folder)
     dataset["input"].update(expected.get("input", {}))
+    output = folder / "prep" if expected.get("output_inside_input") else tmp_path / "prep"
+    if expected["exit"] == 0:
+        with caplog.at_level(logging.WARNING):
+            result = run_preprocess(spark, make_config(dataset, str(output), max_reject_rate=0.05))
+        assert result.manifest["rows"]["input"] == result.manifest["rows"]["accepted"] == expected["rows"]
+        assert result.manifest["inputs"]["input"]["files"] == expected["files"]  # and each was read
+        assert (expected["warning"] in caplog.text) if "warning" in expected else "not read" not in caplog.text
+        return
     with pytest.raises(Exception) as err:  # noqa: PT011 - the exit code is what the contract fixes
-        run_preprocess(spark, make_config(dataset, str(tmp_path / "prep")))
+        run_preprocess(spark, make_config(dataset, str(output)))
     assert exit_code(err.value) == expected["exit"], repr(err.value)
-    assert expected["message"] in str(err.value)
-    assert not (tmp_path / "prep").exists()  # nothing half-written
+    assert expected["message"] in str(err.value), str(err.value)
+    assert not output.exists()  # nothing half-written
 
 
 def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parses(spark, row_run, tmp_path,

@@ -12,6 +12,7 @@ cases.json        each case's expected outcome: "accepted", a reject reason (fra
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -48,6 +49,9 @@ ROWS: dict[str, tuple[bytes, str]] = {
     "int_java_suffix": (line(I7="5L"), "I7: not an integer: '5L'"),
     "int_fullwidth_digits": (line(I8="１２"), "I8: not an integer: '１２'"),
     "int_overflow": (line(I9="9223372036854775808"), "I9: integer out of the 64-bit range: '9223372036854775808'"),
+    # beyond Python's 4,300-digit limit for int(): one such row must not take the job down
+    "int_thousands_of_digits": (line(I1="9" * 5000), f"I1: integer out of the 64-bit range: '{'9' * 40}'"),
+    "int_thousands_of_leading_zeros": (line(I2="0" * 5000 + "5"), "accepted"),
     "int_max": (line(I9="9223372036854775807"), "accepted"),
     "int_min": (line(I10="-9223372036854775808"), "accepted"),
     "int_plus_sign": (line(I11="+5"), "accepted"),
@@ -70,6 +74,29 @@ ROWS: dict[str, tuple[bytes, str]] = {
 }
 
 GZIP_OK = gzip.compress(line() + b"\n")
+LINES = b"".join(line(C1=f"value{i}") + b"\n" for i in range(60))  # distinct rows: enough for every split
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _parquet(**types: str) -> bytes:
+    """The good line as one Parquet row: numbers as int64, strings as text, unless `types` says otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = dict(zip(NAMES, GOOD, strict=True))
+    columns = {}
+    for name in NAMES:
+        numeric = name == "label" or name.startswith("I")
+        kind = types.get(name, "int64" if numeric else "string")
+        value = values[name] or None
+        columns[name] = pa.array([int(value) if value is not None and kind == "int64" else value], kind)
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue()
+
+
+PARQUET_OK = _parquet()
+PARQUET_I1_TEXT = _parquet(I1="string")
 FILES: dict[str, tuple[dict[str, bytes], dict]] = {
     "truncated_gzip": ({"part-0.tsv.gz": GZIP_OK[: len(GZIP_OK) // 2]},
                        {"exit": 2, "message": "part-0.tsv.gz is a truncated or corrupt gzip file"}),
@@ -81,6 +108,29 @@ FILES: dict[str, tuple[dict[str, bytes], dict]] = {
                     {"exit": 2, "message": "no data rows", "input": {"header": True}}),
     "every_row_bad": ({"part-0.tsv": b"a\tb\n" * 50}, {"exit": 2, "message": "preprocess.max_reject_rate"}),
     "no_input_files": ({}, {"exit": 2, "message": "no input files"}),
+    "gzip_name_plain_text": ({"part-0.tsv.gz": line() + b"\n"},
+                             {"exit": 2, "message": "part-0.tsv.gz is a truncated or corrupt gzip file (Not a gzipped "
+                                                    "file"}),
+    # Hadoop's zstd codec needs a native library that Spark's pip package lacks
+    "zstd_file": ({"part-0.tsv.zst": ZSTD_MAGIC + line() + b"\n"},
+                  {"exit": 2, "message": "part-0.tsv.zst is zStandard-compressed, and this Spark's Hadoop has no "
+                                         "native zStandard library"}),
+    "parquet_truncated": ({"part-0.parquet": PARQUET_OK, "part-1.parquet": PARQUET_OK[: len(PARQUET_OK) // 2]},
+                          {"exit": 2, "message": "part-1.parquet is not a Parquet file, or was cut short",
+                           "input": {"format": "parquet"}}),
+    "parquet_types_differ": ({"part-0.parquet": PARQUET_OK, "part-1.parquet": PARQUET_I1_TEXT},
+                             {"exit": 2, "message": "part-1.parquet: column 'I1' is BINARY in this file but bigint",
+                              "input": {"format": "parquet"}}),
+    "plain_subdirectory": ({"part-0.tsv": line() + b"\n", "more/part-1.tsv": line() + b"\n"},
+                           {"exit": 2, "message": "1 of the 2 files under"}),
+    # the input directory is named with glob characters: taken literally, as the path exists
+    "glob_characters[1]": ({"part-0.tsv": LINES}, {"exit": 0, "rows": 60, "files": 1}),
+    # Spark skips names starting with _ or .: read nothing of them silently, say so
+    "hidden_files": ({"part-0.tsv": LINES, "_part-1.tsv": line() + b"\n", ".part-2.tsv": line() + b"\n"},
+                     {"exit": 0, "rows": 60, "files": 1, "warning": "2 file(s) under"}),
+    # preprocess.output inside the input directory
+    "output_inside_input": ({"part-0.tsv": line() + b"\n"},
+                            {"exit": 2, "message": "is inside the input directory", "output_inside_input": True}),
 }
 
 
@@ -96,6 +146,7 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ".keep").write_text("")  # an empty input folder is a case too
         for file_name, data in files.items():
+            (folder / file_name).parent.mkdir(exist_ok=True)
             (folder / file_name).write_bytes(data)
         cases[name] = {"kind": "file", "expect": expected}
     (HERE / "cases.json").write_text(json.dumps(cases, indent=2, ensure_ascii=False) + "\n")
