@@ -153,8 +153,10 @@ def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | N
         return InputError(f"{named} is {codec}-compressed, and this Spark's Hadoop has no native {codec} library "
                           "to read it: decompress it, or compress it with gzip or bzip2")
     if any(marker in text for marker in _DENIED):
-        return PermissionError(13, f"permission denied: the job may not read {file or path}; let the user that "
-                                   "runs it read the file, or remove it from the input")
+        denied = re.search(r"(\S+) \(Permission denied\)", text)  # Java's FileNotFoundException
+        named = file or (denied.group(1) if denied else path)
+        return PermissionError(f"permission denied: the job may not read {named}; let the user that runs it read "
+                               "the file, or remove it from the input")
     if any(marker in text for marker in _BROKEN_GZIP):
         candidates = [file] if file and file.endswith(".gz") else [
             f.path for f in Storage(spark).list_files(path) if f.path.endswith(".gz")]

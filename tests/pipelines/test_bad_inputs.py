@@ -20,7 +20,7 @@ from deepfm.errors import exit_code
 from deepfm.launch import run_training
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
-from tests.conftest import CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config
+from tests.conftest import CLI, CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config, run_cli
 
 BAD = REPO_ROOT / "tests" / "data" / "bad"
 CASES = json.loads((BAD / "cases.json").read_text())
@@ -133,3 +133,22 @@ def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parse
     assert arrow.rows == sql.rows == rows["accepted"]
     # The corpus has no id column to pair rows by: the same scores, sorted.
     assert np.abs(np.sort(arrow_scores) - np.sort(sql_scores)).max() < 1e-6
+
+
+def test_an_input_file_the_job_may_not_read_exits_2_naming_it(tmp_path):
+    """Run as a user who may not read one of the files: root without the capabilities that let it
+    read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as the tests and CI run as root."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(CRITEO_SAMPLE, logs / "part-0.tsv")
+    secret = logs / "part-1.tsv"
+    shutil.copy(CRITEO_SAMPLE, secret)
+    secret.chmod(0)
+    result = run_cli(["setpriv", "--bounding-set=-dac_override,-dac_read_search", *CLI, "preprocess",
+                      "--set", "spark.master=local[1]", "--set", f"dataset.input.path={logs}",
+                      "--set", f"preprocess.output={tmp_path / 'prep'}"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert str(secret) in lines[0] and "permission denied: the job may not read " in lines[0], lines[0]
+    assert not (tmp_path / "prep").exists()
