@@ -66,11 +66,11 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     parse_run_date(run_date)
     start = time.perf_counter()
     storage = Storage(spark)
+    read.check_output_outside_inputs(spark, score.output, "score.output",
+                                     {"input": score.preprocessed or _input_spec(cfg).path})
     model = open_model_dir(score.model)
     model.load()  # a model that cannot be loaded fails here, before any input work
     partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
-    read.check_output_outside_inputs(spark, score.output, "score.output",
-                                     {"input": score.preprocessed or _input_spec(cfg).path})
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     with storage.atomic_output(partition, "score", "score.output") as tmp:
         with step("check the model's vocabulary"):

@@ -18,6 +18,7 @@ import pytest
 from deepfm.config import ScoreConfig, TrainConfig
 from deepfm.errors import exit_code
 from deepfm.launch import run_training
+from pipelines import read
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
 from tests.conftest import CLI, CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config, run_cli
@@ -152,3 +153,15 @@ def test_an_input_file_the_job_may_not_read_exits_2_naming_it(tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert str(secret) in lines[0] and "permission denied: the job may not read " in lines[0], lines[0]
     assert not (tmp_path / "prep").exists()
+
+
+def test_a_score_output_inside_its_input_exits_2_naming_both(spark, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(CRITEO_SAMPLE, logs / "part-0.tsv")
+    cfg = make_config(criteo_dataset(logs), str(tmp_path / "prep")).model_copy(update={"score": ScoreConfig(
+        model=str(tmp_path / "model"), output=str(logs / "scores"))})
+    with pytest.raises(read.InputError) as err:
+        run_score(spark, cfg, "2026-12-02")
+    assert str(err.value).startswith(f"score.output file:{logs}/scores is inside the input directory file:{logs}")
+    assert exit_code(err.value) == 2 and sorted(p.name for p in logs.iterdir()) == ["part-0.tsv"]
