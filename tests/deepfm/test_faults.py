@@ -48,6 +48,14 @@ def _rank_one_of(pid: int) -> int | None:
     return max(ranked or spawned, default=None)
 
 
+def _crash_report(stderr: str) -> str:
+    """The end of a failed run's stderr, and the stacks faulthandler dumped when a worker crashed in
+    native code (they come long before the end, which the launcher's traceback fills)."""
+    start = stderr.find("Fatal Python error")
+    dump = stderr[start:start + 6000] if start >= 0 else "(no faulthandler dump)"
+    return f"{dump}\n...\n{stderr[-3000:]}"
+
+
 @pytest.mark.parametrize(("backend", "launcher"), [
     ("torch", "local"), ("horovod", "local"),
     pytest.param("torch", "spark", marks=pytest.mark.slow),  # 3 minutes: `make test-slow`
@@ -64,7 +72,7 @@ def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     previous = subprocess.run([*cli, "--run-date", "2026-11-26"], cwd=REPO_ROOT, env=env, capture_output=True,
                               text=True)
-    assert previous.returncode == 0, previous.stderr[-3000:]
+    assert previous.returncode == 0, _crash_report(previous.stderr)
     weights = (models / "2026-11-26" / "model.pt").read_bytes()
 
     proc = subprocess.Popen([*cli, "--run-date", "2026-11-27"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -87,7 +95,7 @@ def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches
 
     resumed = subprocess.run([*cli, "--run-date", "2026-11-27", "--resume"], cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, _crash_report(resumed.stderr)
     assert "resumed from" in resumed.stderr
     auc = {run: json.loads(result.stdout.strip().splitlines()[-1])["test"]["auc"]
            for run, result in (("previous", previous), ("resumed", resumed))}
