@@ -8,11 +8,13 @@ it, and is raised before Spark starts.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import importlib.resources
 import json
 import os
 import re
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -809,9 +811,42 @@ def _describe(err: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
         where = f" (set in {source})" if source else ""
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling against the configuration reference in README.md"
+            nearest = _nearest_key(loc)
+            msg = (f"unknown key; did you mean '{nearest}'?" if nearest else
+                   "unknown key; check the spelling against the configuration reference in README.md")
         lines.append(f"{key}{where}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _nearest_key(loc: tuple[str, ...]) -> str | None:
+    """The valid key beside an unknown one (`loc`) that is spelled most like it, as a full key path."""
+    model: Any = Config
+    keyed = False  # the next part of loc is a mapping's key or a list's index, not a field
+    for part in loc[:-1]:
+        if keyed:
+            keyed = False
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model, keyed = _model_within(field.annotation)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    nearest = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join((*loc[:-1], nearest[0])) if nearest else None
+
+
+def _model_within(annotation: Any) -> tuple[Any, bool]:
+    """The config model an annotation holds (in an Optional, a list or a dict's values), and whether
+    it is held in a list or dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    container = typing.get_origin(annotation) in (list, dict)
+    for argument in typing.get_args(annotation):
+        model, keyed = _model_within(argument)
+        if model is not None:
+            return model, keyed or container
+    return None, False
 
 
 def _source_of(loc: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str | None:

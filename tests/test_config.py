@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,23 @@ def test_unknown_key_names_key_and_file(tmp_path):
     bad = _write(tmp_path, "bad.yaml", "preprocess:\n  output: x\n  vocab:\n    min_cout: 3\n")
     with pytest.raises(ConfigError) as err:
         load_config([CONF / "base.yaml", bad])
-    assert "preprocess.vocab.min_cout" in str(err.value)
-    assert str(bad) in str(err.value)
-    assert "unknown key" in str(err.value)
+    assert f"preprocess.vocab.min_cout (set in {bad}): unknown key; did you mean 'preprocess.vocab.min_count'?" in str(
+        err.value)
+
+
+@pytest.mark.parametrize(("typo", "nearest"), [
+    ("train.model.hiden=[4]", "train.model.hidden"),
+    ("dataset.input.columns=[{name: label, role: label, dtyp: int}]", "dataset.input.columns.0.dtype"),
+    ("tune.space={train.lr: {lw: 0.1, high: 1}}", "tune.space.train.lr.low"),
+])
+def test_an_unknown_key_suggests_the_nearest_valid_one_within_lists_and_mappings(typo, nearest):
+    with pytest.raises(ConfigError, match=f"unknown key; did you mean '{re.escape(nearest)}'"):
+        load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"], [typo, "tune.output=t"])
+
+
+def test_an_unknown_key_like_no_valid_one_points_to_the_reference():
+    with pytest.raises(ConfigError, match="train.xyzzy .*unknown key; check the spelling against the configuration"):
+        load_config([CONF / "base.yaml"], ["train.xyzzy=1"])
 
 
 def test_wrong_type_names_key_and_file(tmp_path):
