@@ -63,8 +63,14 @@ case "$SHIP" in
           --conf "spark.pyspark.driver.python=$driver_python")
     ;;
 esac
-# shellcheck disable=SC2206  # SPARK_SUBMIT_ARGS is a list of flags on purpose
-[ -n "${SPARK_SUBMIT_ARGS:-}" ] && cmd+=(${SPARK_SUBMIT_ARGS})
+if [ -n "${SPARK_SUBMIT_ARGS:-}" ]; then
+  # Shell words, as a shell would split them (--conf "spark.executor.extraJavaOptions=-Xss4m -XX:+UseG1GC"
+  # stays one word), by Python's shlex: nothing in the value is run, as eval would run it.
+  split_words='import os, shlex, sys; sys.stdout.write("".join(w + "\0" for w in shlex.split(os.environ["SPARK_SUBMIT_ARGS"])))'
+  "$PY" -c "$split_words" >/dev/null 2>&1 || die "SPARK_SUBMIT_ARGS: unbalanced quotes in: $SPARK_SUBMIT_ARGS"
+  mapfile -d '' -t extra < <("$PY" -c "$split_words")
+  cmd+=("${extra[@]}")
+fi
 cmd+=("$ROOT/jobs/cli.py" "$@")
 
 if [ "$DRY_RUN" = 1 ]; then

@@ -1,6 +1,7 @@
 """The command line as a user runs it: real subprocesses, real Spark."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,27 @@ def test_spark_submit_dry_run_prints_the_shipped_environment(tmp_path):
     assert f"--archives {archive}#env" in printed
     assert "spark.pyspark.python=./env/bin/python" in printed
     assert printed.rstrip().endswith("jobs/cli.py score --run-date 2026-11-27")
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ('--conf "spark.executor.extraJavaOptions=-Xss4m -XX:+UseG1GC" --executor-memory 3g',
+     ["--conf", "spark.executor.extraJavaOptions=-Xss4m -XX:+UseG1GC", "--executor-memory", "3g"]),
+    ("--conf 'spark.x=a b' --name \"$(touch pwned)\"", ["--conf", "spark.x=a b", "--name", "$(touch pwned)"]),
+])
+def test_spark_submit_args_are_split_into_shell_words_and_never_run(tmp_path, extra, words):
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "--dry-run", "preprocess"],
+                     env={**CLI_ENV, "SPARK_SUBMIT_ARGS": extra}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = shlex.split(result.stdout)  # printed with printf %q: one shell word per argument
+    start = printed.index(words[0])
+    assert printed[start:start + len(words)] == words and printed[start + len(words)].endswith("jobs/cli.py")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_spark_submit_args_with_unbalanced_quotes_exit_2_naming_them():
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "--dry-run", "preprocess"],
+                     env={**CLI_ENV, "SPARK_SUBMIT_ARGS": '--conf "a=b'})
+    assert result.returncode == 2 and "SPARK_SUBMIT_ARGS: unbalanced quotes" in result.stderr
 
 
 def test_spark_submit_missing_archive_exits_2_naming_it(tmp_path):
