@@ -167,6 +167,9 @@ def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str
     spark = SparkSession.getActiveSession()
     if spark is None:
         raise RuntimeError("train.launcher=spark needs a SparkSession (run through `deepfm-pipeline train`)")
+    # The Spark UI then names the barrier job by what it does, not by the line that launched it.
+    spark.sparkContext.setJobDescription(f"train model version {Location.of(cfg.output).name.removeprefix(BUILDING)} "
+                                         f"on {cfg.workers} workers ({cfg.backend})")
     if cfg.backend == "horovod":
         import horovod.spark
 

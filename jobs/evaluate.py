@@ -18,7 +18,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.spark import get_spark
 
     cfg.require("evaluate")
-    result = run_evaluate(get_spark(cfg.spark, "evaluate"), cfg)
+    result = run_evaluate(get_spark(cfg.spark, "evaluate", args.run_date), cfg)
     mlflow_run = log_report(cfg, result.report, result.metrics)
     print(strict_json.dumps({"report": str(result.report), "overall": result.metrics["overall"],
                              "mlflow_run": mlflow_run}))

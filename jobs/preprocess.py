@@ -18,7 +18,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.spark import get_spark
 
     cfg.require("dataset"), cfg.require("preprocess")
-    spark = get_spark(cfg.spark, "preprocess")
+    spark = get_spark(cfg.spark, "preprocess", args.run_date)
     result = run_preprocess(spark, cfg, force=args.force)
     rows = result.manifest["rows"]
     print(strict_json.dumps({

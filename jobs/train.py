@@ -26,7 +26,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if train_cfg.launcher == "spark":
         from pipelines.spark import get_spark
 
-        get_spark(cfg.spark, "train")
+        get_spark(cfg.spark, "train", args.run_date)
     result = run_training(train_cfg, resume=args.resume, run_date=args.run_date, force=args.force)
     mlflow_run = log_training(cfg, result, args.run_date)
     print(strict_json.dumps({"model": result["model"], "version": result["version"], "up_to_date": result["up_to_date"],
