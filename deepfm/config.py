@@ -468,6 +468,9 @@ class EvaluateConfig(_Strict):
 class SparkConfig(_Strict):
     master: str = "local[2]"
     app_name: str = "deepfm"
+    # How long a stage waits for a standalone master that refuses connections (one restarting)
+    # before it fails as transient (exit 1, for the scheduler's retry).
+    master_wait_s: Annotated[float, Field(ge=0)] = 60
     conf: dict[str, str | int | float | bool] = {}
 
 

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 from deepfm.config import ConfigError, SparkConfig
 from deepfm.errors import UserError
@@ -25,10 +26,6 @@ _SUBMIT_DEFAULT_APP_NAMES = ("cli.py",)
 
 
 class JavaMissingError(UserError, RuntimeError):
-    pass
-
-
-class MasterUnreachableError(UserError, RuntimeError):
     pass
 
 
@@ -48,21 +45,45 @@ def check_java() -> None:
         raise JavaMissingError(f"Java {version} at {java}; Spark 3.5 needs Java >= 17.")
 
 
-def check_master(master: str, timeout_s: float = 10.0) -> None:
-    """A standalone master (`spark://h1:p1,h2:p2`) must accept a connection: Spark itself would retry
-    for a minute and then fail with a stack trace."""
+class MasterUnreachableError(ConnectionError):
+    """A master that does not accept connections (down, restarting): transient, exit 1."""
+
+
+def check_master(master: str, wait_s: float = 60.0, timeout_s: float = 10.0) -> None:
+    """A standalone master (`spark://h1:p1,h2:p2`) must accept a connection. One that refuses is
+    waited for, with doubling pauses, up to `wait_s` (a master restarting comes back in seconds);
+    a host that does not resolve is a setting to fix. Spark itself would retry for a minute and
+    then fail with a stack trace."""
     if not master.startswith("spark://"):
         return
-    errors = []
-    for address in master.removeprefix("spark://").split(","):
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s):
-                return
-        except (OSError, ValueError) as err:
-            errors.append(f"{address}: {err}")
-    raise MasterUnreachableError(f"Spark master {master} cannot be reached ({'; '.join(errors)}): start it, or "
-                                 "fix spark-submit's --master (SPARK_MASTER for spark-submit.sh) or spark.master")
+    addresses = master.removeprefix("spark://").split(",")
+    deadline, pause = time.monotonic() + wait_s, 1.0
+    while True:
+        errors = []
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=timeout_s):
+                    return
+            except socket.gaierror as err:
+                raise ConfigError(f"Spark master {master}: the host {host!r} does not resolve ({err}): fix "
+                                  "spark-submit's --master (SPARK_MASTER for spark-submit.sh) or spark.master"
+                                  ) from None
+            except ValueError:
+                raise ConfigError(f"Spark master {master}: {address!r} is not HOST:PORT: fix spark-submit's --master "
+                                  "(SPARK_MASTER for spark-submit.sh) or spark.master") from None
+            except OSError as err:
+                errors.append(f"{address}: {err}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MasterUnreachableError(
+                f"Spark master {master} cannot be reached ({'; '.join(errors)}), waited {wait_s:g} s "
+                "(spark.master_wait_s): start it, or fix spark-submit's --master (SPARK_MASTER for spark-submit.sh) "
+                "or spark.master")
+        pause = min(pause, remaining)
+        log.warning("Spark master %s cannot be reached (%s); trying again in %.0f s", master, "; ".join(errors), pause)
+        time.sleep(pause)
+        pause = min(pause * 2, 15.0)
 
 
 def launched_by_spark_submit() -> bool:
@@ -108,7 +129,7 @@ def get_spark(cfg: SparkConfig, stage: str | None = None, run_date: str | None =
     if "spark.pyspark.python" not in launched:
         # Python workers (mapInArrow scoring, TorchDistributor) need this environment's packages.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    check_master(launched.get("spark.master", cfg.master))
+    check_master(launched.get("spark.master", cfg.master), cfg.master_wait_s)
     builder = SparkSession.builder
     if launched.get("spark.app.name") in (None, *_SUBMIT_DEFAULT_APP_NAMES):
         builder = builder.appName(app_name(cfg, stage, run_date))

@@ -2,10 +2,15 @@
 
 import json
 import shlex
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from deepfm.config import ConfigError
+from pipelines.spark import check_master
 from tests.conftest import CLI, CLI_ENV, CRITEO_SAMPLE, REPO_ROOT, run_cli
 
 QUIET = ["--set", "spark.conf.spark.ui.showConsoleProgress=false", "--set", "spark.master=local[2]"]
@@ -109,20 +114,47 @@ def test_spark_submit_missing_archive_exits_2_naming_it(tmp_path):
     assert str(missing) in result.stderr and "make package" in result.stderr
 
 
-def test_unreachable_master_exits_2_naming_it(tmp_path):
-    import socket
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once the socket closes
-    master = f"spark://127.0.0.1:{port}"
-    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--set", f"preprocess.output={tmp_path / 'o'}"],
-                     env={**CLI_ENV, "SPARK_MASTER": master})
+        return s.getsockname()[1]  # nothing listens there once the socket closes
+
+
+def test_an_unreachable_master_is_waited_for_then_exits_1_for_a_retry(tmp_path):
+    master = f"spark://127.0.0.1:{_free_port()}"
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--set", f"preprocess.output={tmp_path / 'o'}",
+                      "--set", "spark.master_wait_s=3"], env={**CLI_ENV, "SPARK_MASTER": master})
     log = result.stdout + result.stderr
-    assert result.returncode == 2, log[-3000:]
-    assert f"Spark master {master} cannot be reached" in log
+    assert result.returncode == 1, log[-3000:]  # a master restarting is transient: the scheduler retries
+    assert f"Spark master {master} cannot be reached" in log and "waited 3 s (spark.master_wait_s)" in log
+    assert log.count("trying again in") >= 2  # it was waited for, with pauses
     assert "Traceback" not in log
     assert not (tmp_path / "o").exists()
+
+
+def test_a_master_that_comes_back_during_the_wait_is_used():
+    port = _free_port()
+    server = socket.socket()
+
+    def listen_later():
+        time.sleep(1.5)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+
+    thread = threading.Thread(target=listen_later)
+    thread.start()
+    try:
+        start = time.monotonic()
+        check_master(f"spark://127.0.0.1:{port}", wait_s=30)
+        assert 1.5 <= time.monotonic() - start < 30
+    finally:
+        thread.join()
+        server.close()
+
+
+def test_a_master_whose_host_does_not_resolve_exits_2_at_once():
+    with pytest.raises(ConfigError, match="the host 'no-such-host.invalid' does not resolve"):
+        check_master("spark://no-such-host.invalid:7077", wait_s=60)
 
 
 def test_unknown_file_system_scheme_exits_2_naming_it(tmp_path):
