@@ -40,9 +40,16 @@ export SPARK_HOME
 DEPLOY_MODE=${SPARK_DEPLOY_MODE:-client}
 case "$DEPLOY_MODE" in client|cluster) ;; *) die "SPARK_DEPLOY_MODE=$DEPLOY_MODE: use client or cluster" ;; esac
 
+DRIVER_JAVA_OPTIONS=${SPARK_DRIVER_JAVA_OPTIONS:--XX:-DontCompileHugeMethods}
+if [ "$DEPLOY_MODE" = client ]; then
+  # The driver runs here: Spark's log goes to this run's file, whose path a failed stage's error
+  # line names; the console keeps one line per message (deepfm/conf/spark-log4j2.properties).
+  export DEEPFM_SPARK_LOG=${DEEPFM_SPARK_LOG:-${DEEPFM_LOG_DIR:-$PWD/logs}/$1-$(date -u +%Y%m%dT%H%M%S)-$$.spark.log}
+  DRIVER_JAVA_OPTIONS+=" -Dlog4j2.configurationFile=$ROOT/deepfm/conf/spark-log4j2.properties"
+  DRIVER_JAVA_OPTIONS+=" -Ddeepfm.spark.log=$DEEPFM_SPARK_LOG"
+fi
 cmd=("$SPARK_HOME/bin/spark-submit" --master "${SPARK_MASTER:-local[*]}" --deploy-mode "$DEPLOY_MODE"
-     --driver-memory "${SPARK_DRIVER_MEMORY:-4g}"
-     --driver-java-options "${SPARK_DRIVER_JAVA_OPTIONS:--XX:-DontCompileHugeMethods}")
+     --driver-memory "${SPARK_DRIVER_MEMORY:-4g}" --driver-java-options "$DRIVER_JAVA_OPTIONS")
 case "$SHIP" in
   ""|0|false|no)
     # Executors run this checkout's .venv: right for local mode and for workers that see its path.

@@ -4,6 +4,9 @@ zone (driver, executor and scheduler logs line up), and libraries' chatter kept 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S%z"
@@ -24,3 +27,26 @@ def configure(level: int | str = logging.INFO) -> None:
         root.addFilter(_not_library_chatter)
     for noisy in ("py4j", "pyspark"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# Spark's driver log: deepfm/conf/spark-log4j2.properties sends all of it to one file per run and
+# keeps stack traces, and the tasks' failure reports, off the console.
+SPARK_LOG4J2 = Path(__file__).with_name("conf") / "spark-log4j2.properties"
+SPARK_LOG_ENV = "DEEPFM_SPARK_LOG"  # the file; spark-submit.sh chooses it for the JVM it starts
+
+
+def spark_java_options(stage: str | None) -> str:
+    """Driver JVM options that send Spark's log to this run's file (chosen once, then kept in the
+    environment, where the error line and the processes this one starts find it)."""
+    if not os.environ.get(SPARK_LOG_ENV):
+        directory = Path(os.environ.get("DEEPFM_LOG_DIR", "logs")).absolute()
+        name = f"{stage or 'spark'}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.spark.log"
+        os.environ[SPARK_LOG_ENV] = str(directory / name)
+    return f'"-Dlog4j2.configurationFile={SPARK_LOG4J2}" "-Ddeepfm.spark.log={os.environ[SPARK_LOG_ENV]}"'
+
+
+def written_spark_log() -> Path | None:
+    """This run's Spark log file, once Spark has written to it."""
+    chosen = os.environ.get(SPARK_LOG_ENV)
+    path = Path(chosen) if chosen else None
+    return path if path is not None and path.is_file() and path.stat().st_size > 0 else None

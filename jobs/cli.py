@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         code = errors.exit_code(err)
         if args.log_level == "DEBUG" or not errors.is_expected(err):  # a bug: its traceback is the report
             logging.getLogger("deepfm").exception("%s failed", args.stage)
+        spark_log = logs.written_spark_log()
+        details = f" (Spark's log: {spark_log})" if spark_log else ""
         if code == errors.DO_NOT_RETRY:  # our own message, which may list every problem found
-            print(f"deepfm-pipeline {args.stage}: error: {err}", file=sys.stderr)
+            print(f"deepfm-pipeline {args.stage}: error: {err}{details}", file=sys.stderr)
         else:
             print(f"deepfm-pipeline {args.stage}: error: {errors.first_line(err)} (a transient or internal "
-                  "failure: retrying may succeed)", file=sys.stderr)
+                  f"failure: retrying may succeed){details}", file=sys.stderr)
     finally:
         _stop_spark(code)
     return code

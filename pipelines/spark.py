@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from deepfm import logs
 from deepfm.config import ConfigError, SparkConfig
 from deepfm.errors import UserError
 
@@ -138,6 +139,12 @@ def get_spark(cfg: SparkConfig, stage: str | None = None, run_date: str | None =
     for key, value in cfg.conf.items():
         if key not in launched:
             builder = builder.config(key, str(value).lower() if isinstance(value, bool) else str(value))
+    if not launched and SparkSession.getActiveSession() is None:  # this process starts the driver's JVM
+        own = str(cfg.conf.get("spark.driver.extraJavaOptions", ""))
+        builder = builder.config("spark.driver.extraJavaOptions", f"{own} {logs.spark_java_options(stage)}".strip())
+    if "spark.ui.showConsoleProgress" not in {**cfg.conf, **launched} and not sys.stderr.isatty():
+        # Outside a terminal (spark-submit's log, an Airflow task log) the bar is lines of noise.
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
     try:
         spark = builder.getOrCreate()
         # The session state is built on first use, and it is what checks the spark.sql.* values.

@@ -30,7 +30,8 @@ CRITEO_COLUMNS = [
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='deepfm-tests-mlflow-')}/mlflow.db")
 
 CLI = [sys.executable, "-m", "jobs.cli"]
-CLI_ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR"}
+CLI_ENV = {**os.environ, "PYSPARK_PYTHON": sys.executable, "DEEPFM_SPARK_LOG_LEVEL": "ERROR",
+           "DEEPFM_LOG_DIR": tempfile.mkdtemp(prefix="deepfm-tests-spark-logs-")}
 
 
 def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess:

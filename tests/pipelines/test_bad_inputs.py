@@ -21,7 +21,7 @@ from deepfm.launch import run_training
 from pipelines import read
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
-from tests.conftest import CLI, CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config, run_cli
+from tests.conftest import CLI, CLI_ENV, CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config, run_cli
 
 BAD = REPO_ROOT / "tests" / "data" / "bad"
 CASES = json.loads((BAD / "cases.json").read_text())
@@ -165,3 +165,22 @@ def test_a_score_output_inside_its_input_exits_2_naming_both(spark, tmp_path):
         run_score(spark, cfg, "2026-12-02")
     assert str(err.value).startswith(f"score.output file:{logs}/scores is inside the input directory file:{logs}")
     assert exit_code(err.value) == 2 and sorted(p.name for p in logs.iterdir()) == ["part-0.tsv"]
+
+
+@pytest.mark.parametrize("launcher", ["deepfm-pipeline", "spark-submit.sh"])
+def test_a_corrupt_input_shows_the_user_a_few_lines_and_keeps_sparks_traces_in_the_log_it_names(tmp_path, launcher):
+    """Spark's task-abort logging printed 355 lines of Java stack before the one line that explains
+    the failure; the console now shows the stage's own lines, and the stack is in the run's log."""
+    command = CLI if launcher == "deepfm-pipeline" else [str(REPO_ROOT / "spark-submit.sh")]
+    result = run_cli([*command, "preprocess", "--set", "spark.master=local[1]",
+                      "--set", f"dataset.input.path={BAD / 'files' / 'truncated_gzip'}",
+                      "--set", f"preprocess.output={tmp_path / 'prep'}"],
+                     env={**CLI_ENV, "DEEPFM_LOG_DIR": str(tmp_path / "logs"), "SPARK_MASTER": "local[1]"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    seen = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(seen) <= 4, "\n".join(seen)  # start, step, error (and at most one more)
+    error = seen[-1]
+    assert "part-0.tsv.gz is a truncated or corrupt gzip file" in error, seen
+    log = Path(error.rsplit("(Spark's log: ", 1)[1].rstrip(")"))
+    assert log.parent == tmp_path / "logs" and "java.io.EOFException" in log.read_text()
+    assert log.read_text().count("\tat ") > 50  # the whole stack is kept there
