@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from deepfm import checkpoint as ckpt
+from deepfm import progress
 from deepfm.config import TrainConfig
 from deepfm.distributed import Backend
 from deepfm.errors import UserError
@@ -349,21 +350,29 @@ def _restore(path: Location, run: Run, backend: Backend) -> TrainState:
 
 
 class _progress:
-    """A tqdm bar with loss and samples/s on rank 0; nothing elsewhere."""
+    """Rank 0's progress: a tqdm bar with loss and samples/s in a terminal, and elsewhere (a log
+    file, Spark's executors) a line every so often (deepfm/progress.py); nothing on other ranks."""
 
     def __init__(self, total: int, epoch: int, enabled: bool) -> None:
-        self.bar = None
+        self.bar, self.lines = None, None
         if enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}", unit="step", leave=False,
-                            mininterval=2.0, disable=None)
-        self.start, self.samples = time.perf_counter(), 0
+                            mininterval=2.0, disable=None)  # None: off when stderr is not a terminal
+            if self.bar.disable:
+                self.lines = progress.Periodic(log, f"epoch {epoch + 1}", total, "steps")
+        self.start, self.samples, self.steps = time.perf_counter(), 0, 0
 
     def update(self, loss: float, samples: int) -> None:
         self.samples += samples
-        if self.bar is not None and math.isfinite(loss):
-            rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
+        self.steps += 1
+        if not math.isfinite(loss):
+            return
+        rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
+        if self.lines is not None:
+            self.lines.update(self.steps, f"loss {loss:.4f}, {rate:,.0f} samples/s")
+        elif self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
             self.bar.update(1)
 

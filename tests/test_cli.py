@@ -49,14 +49,18 @@ def test_generate_cli(tmp_path):
 
 def test_spark_submit_runs_preprocess(tmp_path):
     out = tmp_path / "criteo"
-    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--run-date", "2026-12-01", *QUIET[:2],
-                      "--set", f"preprocess.output={out}", "--set", f"dataset.input.path={CRITEO_SAMPLE}"])
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--run-date", "2026-12-01",
+                      "--set", f"preprocess.output={out}", "--set", f"dataset.input.path={CRITEO_SAMPLE}"],
+                     env={**CLI_ENV, "DEEPFM_PROGRESS_S": "0.5"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rows"] == {"input": 10_000, "accepted": 10_000, "rejected": 0}
     assert (Path(out) / "_SUCCESS").exists()
     log = result.stdout + result.stderr  # spark-submit merges the Python driver's stderr into stdout
     assert "app deepfm-preprocess-2026-12-01 (local-" in log  # one application name per stage and day
+    # Not a terminal: progress lines from Spark's status tracker, and no console progress bar.
+    assert "INFO pipelines: parse inputs and quarantine malformed rows: 0m0" in log and " tasks done, " in log
+    assert "[Stage " not in log
     assert "Traceback" not in log
 
 

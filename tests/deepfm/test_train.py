@@ -1,6 +1,7 @@
 """Real training runs on the Criteo sample: one process, 2 DDP and 2 Horovod processes, Spark."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -51,6 +52,18 @@ def test_single_process_training_commits_a_complete_model_version(criteo_shards,
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [0, 1]
+
+
+def test_training_outside_a_terminal_logs_progress_lines_with_rate_and_time_left(criteo_shards, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """pytest's captured stderr is not a terminal, as a log file is not: no bar, lines instead."""
+    monkeypatch.setenv("DEEPFM_PROGRESS_S", "0")  # a line every step
+    with caplog.at_level(logging.INFO, logger="deepfm.train"):
+        run_training(_cfg(criteo_shards, tmp_path / "model", epochs=1))
+    lines = [r.getMessage() for r in caplog.records if "steps (" in r.getMessage()]
+    steps = int(lines[0].split("/")[1].split()[0])
+    assert len(lines) == steps and lines[-1].startswith(f"epoch 1: {steps}/{steps} steps (100%)"), lines[-3:]
+    assert all("samples/s" in line and "left" in line and "loss 0." in line for line in lines), lines[:3]
 
 
 def test_early_stopping(criteo_shards, tmp_path):
