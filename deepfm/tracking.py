@@ -1,11 +1,12 @@
 """Experiment tracking with MLflow: one run per trained model version.
 
 train     params (the resolved config, flattened: `train.lr`, `train.model.hidden`, ...), the whole
-          config as `config.json`, per-epoch metrics (step = epoch), test metrics, the training
+          config as `config.json`, per-epoch metrics (step = epoch, from 1), test metrics, the training
           curves, model.json and metrics.json, and the model as a pyfunc that scores a pandas frame
           of raw feature rows (deepfm/pyfunc.py), with its signature
 evaluate  the report (report.html, PNGs, metrics.json) and its overall metrics, into the run of
-          the model it evaluated (found by the hash of its weights, which reports and scores carry)
+          the model version it evaluated (found by the version's directory; for predictions alone,
+          by the hash of the weights that scored them, which score outputs carry)
 
 The driver logs, after the work is committed: workers on Spark executors may not reach the
 tracking store, and a model is never lost because tracking failed. A store that cannot be reached
@@ -55,32 +56,41 @@ def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> s
         return None
 
 
-def log_report(cfg: Config, report: Location, metrics: dict[str, Any]) -> str | None:
-    """Add an evaluation report (the directory of `report`, its HTML page) to the newest run that
-    logged its model; the run id, or None."""
+def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Location | None = None) -> str | None:
+    """Add an evaluation report (the directory of `report`, its HTML page) to the run that logged
+    the model version `model` (else the newest run of a model with the weights that scored the
+    predictions: two versions can have equal weights); the run id, or None."""
     tracking = cfg.tracking
     weights = metrics.get("model_version")
-    if not tracking.enabled or not weights:
+    if not tracking.enabled or not (model or weights):
         return None
+    # By version first; by weights where no run names the version (one logged under another spelling of its path)
+    keys = [(MODEL_TAG, str(model))] * (model is not None) + [(WEIGHTS_TAG, weights)] * bool(weights)
     try:
         with _http_limits(tracking):
-            return _log_report(tracking, report, overall=metrics.get("overall", {}), weights=weights)
+            return _log_report(tracking, report, overall=metrics.get("overall", {}), keys=keys)
     except Exception as err:  # noqa: BLE001
         log.warning("MLflow tracking at %s failed, the report is written all the same: %s",
                     tracking.destination()[0], first_line(err))
         return None
 
 
-def _log_report(tracking: TrackingConfig, report: Location, overall: dict[str, Any], weights: str) -> str | None:
+def _log_report(tracking: TrackingConfig, report: Location, overall: dict[str, Any],
+                keys: list[tuple[str, str]]) -> str | None:
     import mlflow
 
     client = _client(tracking)
     experiment = client.get_experiment_by_name(tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id], f"tags.`{WEIGHTS_TAG}` = '{weights}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    runs = []
+    for tag, value in keys if experiment else []:
+        quoted = value.replace("\\", "\\\\").replace("'", "\\'")
+        runs = client.search_runs([experiment.experiment_id], f"tags.`{tag}` = '{quoted}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            break
     if not runs:
-        log.info("no MLflow run in experiment %s logged the model with weights %s: the report is not tracked",
-                 tracking.experiment, weights[:12])
+        log.info("no MLflow run in experiment %s has %s: the report is not tracked", tracking.experiment,
+                 " or ".join(f"{tag} {value}" for tag, value in keys))
         return None
     run_id = runs[0].info.run_id
     with _local_copy(report.parent) as local:
@@ -127,7 +137,7 @@ def _log_training(tracking: TrackingConfig, cfg: Config, result: dict[str, Any],
         mlflow.log_dict(resolved, "config.json")
         for epoch in result.get("history", []):
             mlflow.log_metrics({k: float(v) for k, v in epoch.items() if k not in ("epoch", "step")},
-                               step=int(epoch["epoch"]))
+                               step=int(epoch["epoch"]) + 1)  # epoch 1 is the first, as the log counts
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in result["test"].items() if _is_number(v)})
         mlflow.log_metric("valid_auc_best", float(result["valid_auc_best"]))
         with _local_copy(model.path, (ckpt.METRICS, ckpt.MODEL_CONFIG, CURVES)) as local:

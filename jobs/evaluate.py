@@ -19,7 +19,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     cfg.require("evaluate")
     result = run_evaluate(get_spark(cfg.spark, "evaluate", args.run_date), cfg)
-    mlflow_run = log_report(cfg, result.report, result.metrics)
+    mlflow_run = log_report(cfg, result.report, result.metrics, result.model)
     print(strict_json.dumps({"report": str(result.report), "overall": result.metrics["overall"],
                              "mlflow_run": mlflow_run}))
     return 0

@@ -35,6 +35,7 @@ OTHER, MISSING = "(other)", "(missing)"
 class EvaluateResult:
     report: Location
     metrics: dict[str, Any]
+    model: Location | None  # the model version evaluated, when the report names one
 
 
 def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
@@ -56,7 +57,7 @@ def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     roc = roc_points(*(counts[c].to_numpy() for c in ("p", "rows", "clicks")))
     report = write_report(ev.output, metrics, roc, model.path / CURVES if model else None)
     log.info("report: %s", report)
-    return EvaluateResult(report, metrics)
+    return EvaluateResult(report, metrics, model.path if model else None)
 
 
 def _predictions(spark: SparkSession, ev: EvaluateConfig, model: ModelDir | None, label: str

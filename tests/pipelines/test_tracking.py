@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -63,7 +64,8 @@ def test_a_trained_version_is_one_run_with_its_config_epochs_and_test_metrics(tr
     assert run.data.params["train.data"] == cfg.train.data
     assert run.data.tags["deepfm.run_date"] == "2026-11-27" and run.data.tags["deepfm.model"] == result["model"]
     history = client.get_metric_history(run_id, "valid_auc")
-    assert [(m.step, m.value) for m in history] == [(h["epoch"], h["valid_auc"]) for h in result["history"]]
+    # steps count epochs from 1, as the training log does ("epoch 1: train loss ...")
+    assert [(m.step, m.value) for m in history] == [(h["epoch"] + 1, h["valid_auc"]) for h in result["history"]]
     assert run.data.metrics["test_auc"] == pytest.approx(result["test"]["auc"])
     assert run.data.metrics["test_logloss"] == pytest.approx(result["test"]["logloss"])
     training = {a.path for a in client.list_artifacts(run_id, "training")}
@@ -136,3 +138,15 @@ def test_tracking_off_or_an_up_to_date_train_logs_nothing(tracked):
     off = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
     assert log_training(off, result, None) is None
     assert log_training(cfg, {**result, "up_to_date": True}, None) is None
+
+
+def test_a_report_joins_the_run_of_the_version_it_evaluated_even_when_another_has_equal_weights(
+        tracked, trained, spark, tmp_path):
+    cfg, result, run_id, client = tracked
+    twin = trained["root"] / "model" / "2099-01-01"  # a later version with the very same weights
+    shutil.copytree(trained["model"], twin)
+    twin_run = log_training(cfg, {**result, "model": str(twin), "version": twin.name}, "2099-01-01")
+    assert client.get_run(twin_run).data.tags[WEIGHTS_TAG] == client.get_run(run_id).data.tags[WEIGHTS_TAG]
+    evaluated = run_evaluate(spark, cfg.model_copy(update={"evaluate": EvaluateConfig(
+        model=str(trained["model"]), data=str(trained["root"] / "prep" / "test"), output=str(tmp_path / "r"))}))
+    assert log_report(cfg, evaluated.report, evaluated.metrics, evaluated.model) == run_id  # not the newer twin
