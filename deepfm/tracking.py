@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfm import checkpoint as ckpt
+from deepfm import strict_json
 from deepfm.config import Config, TrackingConfig
 from deepfm.errors import first_line
 from deepfm.fs import Location
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 MODEL_TAG, VERSION_TAG, RUN_DATE_TAG = "deepfm.model", "deepfm.version", "deepfm.run_date"
 WEIGHTS_TAG = "deepfm.weights_hash"  # what a score output and an evaluate report name a model by
 PYFUNC = "model"  # the logged model's name within the run
+PENDING = ".tracking-pending"  # in a model root: versions whose tracking failed, to send later
 # What the pyfunc needs where it is loaded; the deepfm code itself travels with the model.
 _PYFUNC_REQUIREMENTS = ("torch", "pyarrow", "numpy", "pandas", "pydantic", "pyyaml")
 _MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # "models from code": nothing pickled
@@ -43,17 +45,61 @@ _MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
 
 
 def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> str | None:
-    """Log a trained (not an up-to-date) model version; the MLflow run id, or None when off or failed."""
+    """Log a trained (not an up-to-date) model version; the MLflow run id, or None when off or failed.
+
+    Versions of the same root whose tracking failed before are sent first. A version whose tracking
+    fails is recorded as pending in its root (`.tracking-pending/<version>.json`), to be sent by the
+    next train into that root, up to date or not, or by `deepfm-pipeline track`.
+    """
     tracking = cfg.tracking
-    if not tracking.enabled or result.get("up_to_date"):
+    if not tracking.enabled:
+        return None
+    root = Location.of(result["model"]).parent
+    send_pending(cfg, root)
+    if result.get("up_to_date"):
         return None
     try:
         with _http_limits(tracking):
             return _log_training(tracking, cfg, result, run_date)
     except Exception as err:  # tracking must not fail the job that trained the model  # noqa: BLE001
-        log.warning("MLflow tracking at %s failed, the model version is committed all the same: %s",
-                    tracking.destination()[0], first_line(err))
+        pending = root / PENDING / f"{result['version']}.json"
+        pending.write_text(strict_json.dumps({"version": result["version"], "model": result["model"],
+                                              "run_date": run_date, "config": cfg.model_dump(mode="json")}))
+        log.warning("MLflow tracking at %s failed, the model version is committed all the same: %s; recorded in "
+                    "%s, and sent by the next train into %s or by `deepfm-pipeline track`", tracking.destination()[0],
+                    first_line(err), pending, root)
         return None
+
+
+def send_pending(cfg: Config, root: Location) -> list[str]:
+    """Log the versions of a model root whose tracking failed, oldest first, to the store `cfg`
+    names; the run ids. What is sent is forgotten; the first failure leaves the rest pending."""
+    sent = []
+    for pending in (root / PENDING).files(".json"):
+        record = json.loads(pending.read_text())
+        metrics = Location.of(record["model"]) / ckpt.METRICS
+        if not metrics.is_file():  # the version was removed (or replaced, and then tracked anew)
+            pending.unlink()
+            continue
+        result = {**json.loads(metrics.read_text()), "model": record["model"], "version": record["version"],
+                  "up_to_date": False}
+        try:
+            with _http_limits(cfg.tracking):
+                run_id = _log_training(cfg.tracking, Config.model_validate(record["config"]), result,
+                                       record["run_date"])
+        except Exception as err:  # noqa: BLE001 - still unreachable: it stays pending
+            log.warning("MLflow tracking at %s failed again; model version %s stays pending (%s): %s",
+                        cfg.tracking.destination()[0], record["version"], pending, first_line(err))
+            break
+        pending.unlink()
+        sent.append(run_id)
+        log.info("sent the tracking of model version %s, pending since its train: MLflow run %s", record["version"],
+                 run_id)
+    return sent
+
+
+def pending_versions(root: Location) -> list[str]:
+    return [file.name.removesuffix(".json") for file in (root / PENDING).files(".json")]
 
 
 def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Location | None = None) -> str | None:

@@ -30,6 +30,8 @@ STAGES = {
               _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "evaluate": ("jobs.evaluate", "AUC, logloss, calibration and slices of predictions, as JSON, PNGs and HTML",
                  _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "track": ("jobs.track", "send the MLflow tracking of model versions trained while the tracking store was "
+              "unreachable", _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "export": ("jobs.export", "export a trained model to TorchScript (checked against the eager model)",
                _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
 }

@@ -18,5 +18,5 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     result = run_tune(get_spark(cfg.spark, "tune"), cfg)
     print(strict_json.dumps({"output": result.output, "trials": result.trials, "best_valid_auc": result.best_value,
-                      "best_settings": result.best_settings}))
+                             "best_settings": result.best_settings}))
     return 0

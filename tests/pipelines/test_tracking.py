@@ -18,6 +18,7 @@ from deepfm.checkpoint import METRICS
 from deepfm.config import Config, EvaluateConfig
 from deepfm.tracking import WEIGHTS_TAG, log_report, log_training
 from pipelines.evaluate import run_evaluate
+from tests.conftest import CLI, run_cli
 from tests.pipelines.conftest import COLUMNS
 
 
@@ -149,4 +150,54 @@ def test_a_report_joins_the_run_of_the_version_it_evaluated_even_when_another_ha
     assert client.get_run(twin_run).data.tags[WEIGHTS_TAG] == client.get_run(run_id).data.tags[WEIGHTS_TAG]
     evaluated = run_evaluate(spark, cfg.model_copy(update={"evaluate": EvaluateConfig(
         model=str(trained["model"]), data=str(trained["root"] / "prep" / "test"), output=str(tmp_path / "r"))}))
-    assert log_report(cfg, evaluated.report, evaluated.metrics, evaluated.model) == run_id  # not the newer twin
+    joined = log_report(cfg, evaluated.report, evaluated.metrics, evaluated.model)
+    assert joined != twin_run and client.get_run(joined).data.tags["deepfm.model"] == str(trained["model"])
+
+
+def _down(cfg: Config) -> Config:
+    """The same configuration with a tracking server that refuses connections, and no retries."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
+        "uri": f"http://127.0.0.1:{port}", "http_retries": 0})})
+
+
+def _runs_of(client, cfg: Config, model: str) -> list:
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([experiment.experiment_id], f"tags.`deepfm.model` = '{model}'")
+
+
+def test_a_version_trained_while_the_store_was_down_is_tracked_by_the_next_train_into_its_root(tracked):
+    cfg, result, _, client = tracked
+    runs_before = len(_runs_of(client, cfg, result["model"]))
+    assert log_training(_down(cfg), result, "2026-11-27") is None
+    pending = Path(result["model"]).parent / ".tracking-pending" / f"{result['version']}.json"
+    assert pending.is_file()
+    assert log_training(_down(cfg), {**result, "up_to_date": True}, "2026-11-27") is None  # still down: kept
+    assert pending.is_file() and len(_runs_of(client, cfg, result["model"])) == runs_before
+    # The store is back; the next train is up to date (it trains and logs nothing of its own) yet sends it.
+    assert log_training(cfg, {**result, "up_to_date": True}, "2026-11-27") is None
+    assert not pending.exists()
+    runs = _runs_of(client, cfg, result["model"])
+    assert len(runs) == runs_before + 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["test_auc"] == pytest.approx(result["test"]["auc"])
+    assert runs[0].data.tags["deepfm.run_date"] == "2026-11-27"
+
+
+def test_track_sends_what_is_pending_and_exits_1_while_the_store_is_still_down(tracked):
+    cfg, result, _, client = tracked
+    down = _down(cfg)
+    assert log_training(down, result, "2026-11-27") is None
+    command = [*CLI, "track", "--set", f"train.output={Path(result['model']).parent}",
+               "--set", f"tracking.experiment={cfg.tracking.experiment}", "--set", "tracking.http_retries=0"]
+    still_down = run_cli([*command, "--set", f"tracking.uri={down.tracking.uri}"])
+    assert still_down.returncode == 1, still_down.stderr[-3000:]
+    assert f"1 model version(s) of {Path(result['model']).parent} are still not tracked ({result['version']})" in (
+        still_down.stderr)
+    runs_before = len(_runs_of(client, cfg, result["model"]))
+    back = run_cli([*command, "--set", f"tracking.uri={cfg.tracking.uri}"])
+    assert back.returncode == 0, back.stderr[-3000:]
+    summary = json.loads(back.stdout.strip().splitlines()[-1])
+    assert len(summary["sent"]) == 1 and summary["pending"] == []
+    assert len(_runs_of(client, cfg, result["model"])) == runs_before + 1
