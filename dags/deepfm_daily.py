@@ -1,4 +1,11 @@
-"""Daily DeepFM: preprocess >> train >> score >> evaluate, each a `spark-submit.sh STAGE --run-date {{ ds }}`.
+"""Daily DeepFM: preprocess >> train >> score >> evaluate, each a `spark-submit.sh STAGE --run-date D`.
+
+D, the run date, is the day whose logs a run processes: the date (UTC) its data interval starts.
+The schedule is an explicit CronDataIntervalTimetable, so the run at 2026-12-03T00:00 has the
+interval [2026-12-02, 2026-12-03) and processes 2026-12-02, a day that is over; a manual run for
+2026-12-03 (`airflow dags test deepfm_daily 2026-12-03`) does the same. Airflow 3's default for a
+cron schedule, CronTriggerTimetable, gives a run an empty interval at its own start, so its
+`{{ ds }}` is the day still being logged.
 
 Every stage writes under the run's logical date (conf/schedule/daily.yaml), so a rerun or a
 backfill of a date replaces that date's outputs and nothing else; train commits a new model
@@ -12,6 +19,10 @@ Set on the Airflow workers (README, "Scheduled runs"):
   DEEPFM_WORKDIR  where the relative paths of the configuration land (default: DEEPFM_HOME)
   DEEPFM_CONF     the --conf files, space-separated (default: base, criteo, local, schedule/daily)
   DEEPFM_ARGS     more arguments for every stage, e.g. "--set train.workers=2"
+  DEEPFM_SCHEDULE the cron schedule (default @daily); a later hour (0 3 * * *) leaves late logs time
+                  to land, and the run still processes the day its interval starts on
+  DEEPFM_TASK_TIMEOUT_H  hours a stage may run before Airflow stops it (default 6)
+  DEEPFM_POOL     the Airflow pool the stages run in (default default_pool)
   SPARK_MASTER, SPARK_DEPLOY_MODE, DEEPFM_SHIP_ENV ...   as spark-submit.sh reads them
 """
 
@@ -26,6 +37,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 STAGES = ("preprocess", "train", "score", "evaluate")
 DEFAULT_CONF = "conf/base.yaml conf/datasets/criteo.yaml conf/env/local.yaml conf/schedule/daily.yaml"
@@ -42,33 +54,47 @@ def stage_command(stage: str, run_date: str) -> tuple[list[str], Path]:
     return command, Path(os.environ.get("DEEPFM_WORKDIR") or home)
 
 
+def run_date_of(context) -> str:
+    """The day whose logs a run processes: the UTC date its data interval starts (module docstring)."""
+    return context["data_interval_start"].astimezone(timezone.utc).date().isoformat()
+
+
 def run_stage(stage: str) -> None:
-    run_date = get_current_context()["ds"]
+    run_date = run_date_of(get_current_context())
     command, workdir = stage_command(stage, run_date)
     log.info("running %s (in %s)", shlex.join(command), workdir)
     proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    error = ""
+    error: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:  # the stage's log becomes the task's log, line by line
-        log.info("%s", line.rstrip())
-        if line.startswith(f"deepfm-pipeline {stage}: error:") or line.startswith("spark-submit.sh: error:"):
-            error = line.strip()
-    code = proc.wait()
+    try:
+        for line in proc.stdout:  # the stage's log becomes the task's log, line by line
+            log.info("%s", line.rstrip())
+            if line.startswith((f"deepfm-pipeline {stage}: error:", "spark-submit.sh: error:")):
+                error = [line.strip()]
+            elif error and line.startswith((" ", "\t")):  # an error of several lines (each key of a config)
+                error.append(line.strip())
+        code = proc.wait()
+    finally:  # the task timed out or was stopped: the stage must not run on without it
+        if proc.poll() is None:
+            proc.terminate()
+    error_text = " ".join(error)
     if code == DO_NOT_RETRY:
-        raise AirflowFailException(f"{stage} for {run_date}: bad input or configuration, not retried: {error} "
+        raise AirflowFailException(f"{stage} for {run_date}: bad input or configuration, not retried: {error_text} "
                                    "(fix it, then clear this task)")
     if code != 0:
-        raise AirflowException(f"{stage} for {run_date} exited {code}: {error or 'see the log'} (retried)")
+        raise AirflowException(f"{stage} for {run_date} exited {code}: {error_text or 'see the log'} (retried)")
 
 
 with DAG(
     dag_id="deepfm_daily",
     description="DeepFM click-through-rate model: preprocess, train a dated version, score, evaluate",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable(os.environ.get("DEEPFM_SCHEDULE", "@daily"), timezone="UTC"),
     start_date=datetime(2026, 11, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,  # runs share the model root: one train at a time
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(hours=float(os.environ.get("DEEPFM_TASK_TIMEOUT_H", "6"))),
+                  "pool": os.environ.get("DEEPFM_POOL", "default_pool")},
     tags=["deepfm"],
 ) as dag:
     chain(*[task(task_id=stage)(run_stage)(stage) for stage in STAGES])

@@ -2,6 +2,7 @@
 dags/deepfm_daily.py on the embedded Criteo sample, for consecutive dates, and a run killed in
 train. Needs .venv-airflow (`make test-airflow` makes it)."""
 
+import datetime as dt
 import json
 import os
 import signal
@@ -35,9 +36,44 @@ def airflow(tmp_path_factory):
     return env, work / "out" / "daily"
 
 
+def _logical_date(run_date: str) -> str:
+    """The logical date of the manual run that processes `run_date`: the day after, when it is over."""
+    return (dt.date.fromisoformat(run_date) + dt.timedelta(days=1)).isoformat()
+
+
 def _dags_test(env, run_date: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(AIRFLOW), "dags", "test", "deepfm_daily", run_date], env=env, capture_output=True,
-                          text=True)
+    return subprocess.run([str(AIRFLOW), "dags", "test", "deepfm_daily", _logical_date(run_date)], env=env,
+                          capture_output=True, text=True)
+
+
+SCHEDULED_CONTEXT = """
+import json, sys
+from datetime import datetime, timezone
+sys.path.insert(0, sys.argv[1])
+import deepfm_daily
+from airflow.timetables.base import DataInterval, TimeRestriction
+dag = deepfm_daily.dag
+last = DataInterval(datetime(2026, 12, 1, tzinfo=timezone.utc), datetime(2026, 12, 2, tzinfo=timezone.utc))
+info = dag.timetable.next_dagrun_info(last_automated_data_interval=last,
+                                      restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False))
+context = {"data_interval_start": info.data_interval.start, "data_interval_end": info.data_interval.end,
+           "logical_date": info.logical_date}
+print(json.dumps({"run_after": info.run_after.isoformat(), "run_date": deepfm_daily.run_date_of(context)}))
+"""
+
+
+@pytest.mark.parametrize(("schedule", "run_after"), [
+    (None, "2026-12-03T00:00:00+00:00"), ("0 3 * * *", "2026-12-03T03:00:00+00:00")])
+def test_a_scheduled_run_processes_the_day_that_is_over_not_the_day_it_starts(airflow, schedule, run_after):
+    """The context of the scheduled run after the one of 2026-12-01, as the DAG's own timetable
+    makes it: it starts on 2026-12-03 and processes 2026-12-02 (under Airflow 3's default cron
+    timetable its {{ ds }} would be 2026-12-03, a day still being logged)."""
+    env, _ = airflow
+    env = {**env, **({"DEEPFM_SCHEDULE": schedule} if schedule else {})}
+    result = subprocess.run([str(AIRFLOW.parent / "python"), "-c", SCHEDULED_CONTEXT, str(REPO_ROOT / "dags")],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"run_after": run_after, "run_date": "2026-12-02"}
 
 
 def _check_dated_outputs(out: Path, run_date: str) -> None:
@@ -102,7 +138,7 @@ def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun
     models = out / "models" / "criteo"
     assert (models / "LATEST").read_text().strip() == "2026-11-28"  # the dates before ran (test above)
     slow = {**env, "DEEPFM_ARGS": f"{SHORT_TRAINING} --set train.batch_size=64 --set train.checkpoint_every_steps=5"}
-    proc = subprocess.Popen([str(AIRFLOW), "dags", "test", "deepfm_daily", "2026-11-29"], env=slow,
+    proc = subprocess.Popen([str(AIRFLOW), "dags", "test", "deepfm_daily", _logical_date("2026-11-29")], env=slow,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoint = models / ".building-2026-11-29" / "checkpoint.pt"
     try:
