@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MODEL_TAG, VERSION_TAG, RUN_DATE_TAG = "deepfm.model", "deepfm.version", "deepfm.run_date"
 WEIGHTS_TAG = "deepfm.weights_hash"  # what a score output and an evaluate report name a model by
 PYFUNC = "model"  # the logged model's name within the run
+TUNE_TAG, TRIAL_TAG = "deepfm.tune", "deepfm.trial"  # a study's parent run (its tune.output), a trial's number
 PENDING = ".tracking-pending"  # in a model root: versions whose tracking failed, to send later
 # What the pyfunc needs where it is loaded; the deepfm code itself travels with the model.
 _PYFUNC_REQUIREMENTS = ("torch", "pyarrow", "numpy", "pandas", "pydantic", "pyyaml")
@@ -145,6 +146,60 @@ def _log_report(tracking: TrackingConfig, report: Location, overall: dict[str, A
                                       for k, v in overall.items() if _is_number(v)])
     log.info("report logged to MLflow run %s", run_id)
     return run_id
+
+
+def log_tuning(cfg: Config, output: Location) -> str | None:
+    """Log a tuning study (its `trials.csv` and `best.yaml` in `output`) as one parent run with a
+    child run per trial; the parent's run id, or None when off or failed. A rerun of the study adds
+    the trials not logged yet to the same parent run."""
+    tracking = cfg.tracking
+    if not tracking.enabled or not (output / "trials.csv").is_file():
+        return None
+    try:
+        with _http_limits(tracking):
+            return _log_tuning(tracking, cfg, output)
+    except Exception as err:  # noqa: BLE001 - the study is written and resumable all the same
+        log.warning("MLflow tracking at %s failed, the tuning results are in %s all the same: %s",
+                    tracking.destination()[0], output, first_line(err))
+        return None
+
+
+def _log_tuning(tracking: TrackingConfig, cfg: Config, output: Location) -> str:
+    import csv
+    import io
+
+    import mlflow
+
+    client = _client(tracking)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    where = f"tags.`{TUNE_TAG}` = '{output}'"
+    parents = client.search_runs([experiment.experiment_id], where, max_results=1)
+    parent = parents[0].info.run_id if parents else client.create_run(
+        experiment.experiment_id, run_name=f"tune {output.name}", tags={TUNE_TAG: str(output)}).info.run_id
+    if not parents:
+        client.log_dict(parent, cfg.model_dump(mode="json", exclude={"spark"}), "config.json")
+        client.log_param(parent, "tune.space", json.dumps({k: v.model_dump() for k, v in cfg.tune.space.items()}))
+    logged = {run.data.tags.get(TRIAL_TAG) for run in client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")}
+    trials = list(csv.DictReader(io.StringIO((output / "trials.csv").read_text())))
+    for trial in trials:
+        if trial["number"] in logged or trial["state"] not in ("complete", "pruned"):
+            continue
+        child = client.create_run(experiment.experiment_id, run_name=f"trial {trial['number']}", tags={
+            "mlflow.parentRunId": parent, TRIAL_TAG: trial["number"], "deepfm.trial_state": trial["state"]})
+        settings = {k: v for k, v in trial.items() if k not in ("number", "state", "valid_auc", "epochs", "seconds")}
+        metrics = {k: float(trial[k]) for k in ("valid_auc", "epochs", "seconds") if trial[k]}
+        client.log_batch(child.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in settings.items()],
+                         metrics=[mlflow.entities.Metric(k, v, _now_ms(), 0) for k, v in metrics.items()])
+        client.set_terminated(child.info.run_id)
+    values = [float(t["valid_auc"]) for t in trials if t["state"] == "complete" and t["valid_auc"]]
+    if values:
+        client.log_metric(parent, "best_valid_auc", max(values))
+    with _local_copy(output, tuple(name for name in ("trials.csv", "best.yaml") if (output / name).is_file())) as local:
+        client.log_artifacts(parent, str(local))
+    client.set_terminated(parent)
+    log.info("tuning logged to MLflow run %s (%d trials)", parent, len(trials))
+    return parent
 
 
 @contextmanager

@@ -13,10 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    from deepfm.fs import Location
+    from deepfm.tracking import log_tuning
     from pipelines.spark import get_spark
     from pipelines.tune import run_tune
 
     result = run_tune(get_spark(cfg.spark, "tune"), cfg)
+    mlflow_run = log_tuning(cfg, Location.of(result.output))
     print(strict_json.dumps({"output": result.output, "trials": result.trials, "best_valid_auc": result.best_value,
-                             "best_settings": result.best_settings}))
+                             "best_settings": result.best_settings, "mlflow_run": mlflow_run}))
     return 0

@@ -3,11 +3,14 @@
 import csv
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
 from deepfm.config import Config, load_config
 from deepfm.errors import exit_code
+from deepfm.fs import Location
+from deepfm.tracking import log_tuning
 from pipelines.tune import StudyNotSharedError, _check_study_reached, run_trial, run_tune
 from tests.conftest import CLI, run_cli
 
@@ -46,14 +49,30 @@ def test_trials_run_as_spark_tasks_weak_ones_are_pruned_and_the_best_config_is_u
 
 
 def test_a_rerun_continues_the_study_and_trains_nothing_when_it_is_done(spark, trained, tmp_path):
+    """...and MLflow holds the study as one parent run with a child run per trial, reruns included."""
     out = tmp_path / "tune"
-    run_tune(spark, _cfg(trained, out, 2))
+
+    def tuned(trials: int) -> tuple[str, list]:
+        cfg = _cfg(trained, out, trials)
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={
+            "uri": str(tmp_path / "mlruns"), "experiment": "tune-test"})})
+        run_tune(spark, cfg)
+        parent = log_tuning(cfg, Location.of(out))
+        client = mlflow.MlflowClient(cfg.tracking.destination()[0])
+        experiment = client.get_experiment_by_name("tune-test").experiment_id
+        children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+        return parent, sorted((int(c.data.tags["deepfm.trial"]), c.data.metrics.get("valid_auc"),
+                               c.data.params.get("train.lr")) for c in children)
+
+    parent, children = tuned(2)
     first = _rows(out)
     assert len(first) == 2
-    run_tune(spark, _cfg(trained, out, 2))  # a scheduler's rerun: nothing left to do
+    assert children == sorted((int(r["number"]), float(r["valid_auc"]), r["train.lr"]) for r in first)
+    assert tuned(2) == (parent, children)  # a scheduler's rerun: nothing left to do, nothing logged twice
     assert _rows(out) == first
-    run_tune(spark, _cfg(trained, out, 4))
+    again, more = tuned(4)
     assert _rows(out)[:2] == first and len(_rows(out)) == 4
+    assert again == parent and more[:2] == children and [c[0] for c in more] == [0, 1, 2, 3]
 
 
 def test_a_search_key_that_is_not_a_train_setting_exits_2_naming_it(tmp_path):
