@@ -66,7 +66,8 @@ class ModelRoot:
         except UnicodeDecodeError:
             raise VersionError(f"{pointer} is not text: it must hold the name of a version in {self.path} (one of "
                                f"{self.versions() or 'none yet'}); write one there, or delete it") from None
-        if not name or "/" in name or "\\" in name or name.startswith(".") or name not in self.versions():
+        if (not name or "/" in name or "\\" in name or name.startswith((".", "_"))
+                or not (self.path / name / RECORD).is_file()):  # what versions() lists, without listing them
             raise VersionError(f"{pointer} names {name[:80]!r}, which is not a complete version in {self.path} "
                                f"(versions: {self.versions() or 'none yet'}): write one of them there, or delete it")
         return name

@@ -176,17 +176,10 @@ def check_output_outside_inputs(spark: SparkSession, output: str, key: str, inpu
     storage = Storage(spark)
     out = storage.qualify(output).rstrip("/")
     for table, path in inputs.items():
-        directory = _literal_directory(storage, path)
+        directory = storage.literal_directory(path)
         if out == directory or out.startswith(f"{directory}/"):
             raise InputError(f"{key} {out} is inside the {table} directory {directory}: its files would be read as "
                              f"input by the next run; choose a {key} outside it")
-
-
-def _literal_directory(storage: Storage, path: str) -> str:
-    """The directory a path or glob starts from: the path itself, or what precedes its first wildcard."""
-    wildcard = re.search(r"[*?\[{]", path) if storage.pattern(path) == path else None
-    literal = path[: wildcard.start()].rsplit("/", 1)[0] if wildcard else path
-    return storage.qualify(literal or "/").rstrip("/")
 
 
 def _gzip_problem(file: Location) -> str | None:
@@ -203,12 +196,12 @@ def _listed_input(spark: SparkSession, path: str, table: str) -> tuple[str, list
     """The glob Spark is to read a table from, and the files it must read there. A table without
     data files is refused; hidden files, which Spark skips, are named in a warning."""
     storage = Storage(spark)
-    files = storage.list_files(path)
+    files, hidden = storage.listing(path)
     if not files:
         raise InputError(f"{table}: no input files at {path} (check the path in the config)")
     if all(f.size == 0 for f in files):
         raise InputError(f"{table}: every input file at {path} is empty")
-    if hidden := storage.hidden_files(path):
+    if hidden:
         log.warning("%s: %d file(s) under %s are not read, as their names (or their folders') start with '_' or "
                     "'.', which marks files as hidden to Spark: %s%s; rename them to read them", table, len(hidden),
                     path, ", ".join(hidden[:5]), " ..." if len(hidden) > 5 else "")

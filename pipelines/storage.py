@@ -109,17 +109,27 @@ class Storage:
             return _GLOB_CHARACTERS.sub(r"\\\1", path)
         return path
 
+    def literal_directory(self, path: str) -> str:
+        """The qualified directory a path or glob starts from: the path itself, or what precedes its
+        first wildcard."""
+        wildcard = _GLOB_CHARACTERS.search(path) if self.pattern(path) == path else None
+        literal = path[: wildcard.start()].rsplit("/", 1)[0] if wildcard else path
+        return self.qualify(literal or "/").rstrip("/")
+
     def list_files(self, path: str) -> list[FileInfo]:
         """Data files under a path or glob, sorted: what Spark reads there. Hidden files and those
         in hidden directories (names starting with `_` or `.`: _SUCCESS, .crc, _temporary/) are
-        skipped, as Spark skips them (`hidden_files` names them)."""
-        return [f for f, hidden in self._walk(path) if not hidden]
+        skipped, as Spark skips them (`listing` names them too)."""
+        return self.listing(path)[0]
 
-    def hidden_files(self, path: str) -> list[str]:
-        """Files under a path or glob that Spark does not read for their hidden names, less the
-        bookkeeping files of Hadoop, Spark, Parquet and this project."""
-        return [f.path for f, hidden in self._walk(path)
-                if hidden and not f.path.endswith(".crc") and f.path.rsplit("/", 1)[-1] not in _BOOKKEEPING]
+    def listing(self, path: str) -> tuple[list[FileInfo], list[str]]:
+        """The data files under a path or glob (`list_files`), and the files there that Spark does
+        not read for their hidden names, less the bookkeeping of Hadoop, Spark, Parquet and this
+        project; in one listing."""
+        found = self._walk(path)
+        hidden = [f.path for f, is_hidden in found
+                  if is_hidden and not f.path.endswith(".crc") and f.path.rsplit("/", 1)[-1] not in _BOOKKEEPING]
+        return [f for f, is_hidden in found if not is_hidden], hidden
 
     def _walk(self, path: str) -> list[tuple[FileInfo, bool]]:
         fs = self._fs(path)
