@@ -53,9 +53,11 @@ sys.path.insert(0, sys.argv[1])
 import deepfm_daily
 from airflow.timetables.base import DataInterval, TimeRestriction
 dag = deepfm_daily.dag
-last = DataInterval(datetime(2026, 12, 1, tzinfo=timezone.utc), datetime(2026, 12, 2, tzinfo=timezone.utc))
+hour = int(sys.argv[2])
+last = DataInterval(datetime(2026, 12, 1, hour, tzinfo=timezone.utc), datetime(2026, 12, 2, hour, tzinfo=timezone.utc))
+# catchup=True: the run after `last`, whatever today is (catchup=False would skip to today's).
 info = dag.timetable.next_dagrun_info(last_automated_data_interval=last,
-                                      restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=False))
+                                      restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True))
 context = {"data_interval_start": info.data_interval.start, "data_interval_end": info.data_interval.end,
            "logical_date": info.logical_date}
 print(json.dumps({"run_after": info.run_after.isoformat(), "run_date": deepfm_daily.run_date_of(context)}))
@@ -70,7 +72,8 @@ def test_a_scheduled_run_processes_the_day_that_is_over_not_the_day_it_starts(ai
     timetable its {{ ds }} would be 2026-12-03, a day still being logged)."""
     env, _ = airflow
     env = {**env, **({"DEEPFM_SCHEDULE": schedule} if schedule else {})}
-    result = subprocess.run([str(AIRFLOW.parent / "python"), "-c", SCHEDULED_CONTEXT, str(REPO_ROOT / "dags")],
+    hour = dt.datetime.fromisoformat(run_after).hour
+    result = subprocess.run([str(AIRFLOW.parent / "python"), "-c", SCHEDULED_CONTEXT, str(REPO_ROOT / "dags"), str(hour)],
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"run_after": run_after, "run_date": "2026-12-02"}
