@@ -23,11 +23,16 @@ Set on the Airflow workers (README, "Scheduled runs"):
                   to land, and the run still processes the day its interval starts on
   DEEPFM_TASK_TIMEOUT_H  hours a stage may run before Airflow stops it (default 6)
   DEEPFM_POOL     the Airflow pool the stages run in (default default_pool)
+  DEEPFM_ON_FAILURE  module:function called when a stage fails for good (after its retries, or at once
+                  for exit 2), with Airflow's context: context["exception"] holds the stage's error
+                  line, context["ti"] the task. The module must be importable by the Airflow workers
+                  (a plugin, or on PYTHONPATH); e.g. a function that pages or posts to a channel
   SPARK_MASTER, SPARK_DEPLOY_MODE, DEEPFM_SHIP_ENV ...   as spark-submit.sh reads them
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shlex
@@ -52,6 +57,21 @@ def stage_command(stage: str, run_date: str) -> tuple[list[str], Path]:
     command = [str(home / "spark-submit.sh"), stage, "--run-date", run_date, *conf,
                *(["--resume", "auto"] if stage == "train" else []), *shlex.split(os.environ.get("DEEPFM_ARGS", ""))]
     return command, Path(os.environ.get("DEEPFM_WORKDIR") or home)
+
+
+def failure_hook():
+    """DEEPFM_ON_FAILURE's function, or None. A wrong name fails the DAG's import, where Airflow
+    shows it (`airflow dags list-import-errors`), rather than at the first failure it should report."""
+    spec = os.environ.get("DEEPFM_ON_FAILURE", "").strip()
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"DEEPFM_ON_FAILURE={spec!r}: give module:function, e.g. alerts.deepfm:page_oncall")
+    hook = getattr(importlib.import_module(module), name, None)
+    if not callable(hook):
+        raise ValueError(f"DEEPFM_ON_FAILURE={spec!r}: {module} has no function {name!r}")
+    return hook
 
 
 def run_date_of(context) -> str:
@@ -94,7 +114,7 @@ with DAG(
     max_active_runs=1,  # runs share the model root: one train at a time
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": True,
                   "execution_timeout": timedelta(hours=float(os.environ.get("DEEPFM_TASK_TIMEOUT_H", "6"))),
-                  "pool": os.environ.get("DEEPFM_POOL", "default_pool")},
+                  "pool": os.environ.get("DEEPFM_POOL", "default_pool"), "on_failure_callback": failure_hook()},
     tags=["deepfm"],
 ) as dag:
     chain(*[task(task_id=stage)(run_stage)(stage) for stage in STAGES])

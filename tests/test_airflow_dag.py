@@ -73,8 +73,8 @@ def test_a_scheduled_run_processes_the_day_that_is_over_not_the_day_it_starts(ai
     env, _ = airflow
     env = {**env, **({"DEEPFM_SCHEDULE": schedule} if schedule else {})}
     hour = dt.datetime.fromisoformat(run_after).hour
-    result = subprocess.run([str(AIRFLOW.parent / "python"), "-c", SCHEDULED_CONTEXT, str(REPO_ROOT / "dags"), str(hour)],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run([str(AIRFLOW.parent / "python"), "-c", SCHEDULED_CONTEXT, str(REPO_ROOT / "dags"),
+                             str(hour)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"run_after": run_after, "run_date": "2026-12-02"}
 
@@ -177,3 +177,38 @@ def _kill_everything_started_with(workdir: str, proc: subprocess.Popen) -> None:
                 os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             pass
+
+
+FAILURE_HOOK = """
+import json, os
+
+def record(context):
+    ti = context["ti"]
+    with open(os.environ["DEEPFM_TEST_HOOK_OUT"], "a") as out:
+        record = {"task": ti.task_id, "try": ti.try_number, "error": str(context.get("exception"))}
+        out.write(json.dumps(record) + "\\n")
+"""
+
+
+def test_a_stage_failing_on_bad_configuration_is_not_retried_and_calls_the_failure_hook(airflow, tmp_path):
+    env, out = airflow
+    (tmp_path / "deepfm_alerts.py").write_text(FAILURE_HOOK)
+    calls = tmp_path / "calls.jsonl"
+    failing = {**env, "DEEPFM_ARGS": f"{SHORT_TRAINING} --set train.epochz=1",
+               "DEEPFM_ON_FAILURE": "deepfm_alerts:record", "DEEPFM_TEST_HOOK_OUT": str(calls),
+               "PYTHONPATH": str(tmp_path)}
+    result = _dags_test(failing, "2026-11-20")
+    assert result.returncode != 0, (result.stdout + result.stderr)[-5000:]
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [(r["task"], r["try"]) for r in recorded] == [("preprocess", 1)], recorded  # once: exit 2 is not retried
+    assert "train.epochz (set in --set train.epochz=1): unknown key; did you mean 'train.epochs'?" in \
+        recorded[0]["error"], recorded
+    assert not (out / "criteo" / "run_date=2026-11-20").exists()
+
+    wrong = {**env, "DEEPFM_ON_FAILURE": "deepfm_alerts:no_such_function", "PYTHONPATH": str(tmp_path)}
+    parsed = subprocess.run([str(AIRFLOW), "dags", "reserialize"], env=wrong, capture_output=True, text=True)
+    errors = subprocess.run([str(AIRFLOW), "dags", "list-import-errors", "-o", "json"], env=wrong,
+                            capture_output=True, text=True)
+    shown = parsed.stdout + parsed.stderr + errors.stdout + errors.stderr
+    assert "DEEPFM_ON_FAILURE='deepfm_alerts:no_such_function': deepfm_alerts has no function 'no_such_function'" \
+        in shown, shown[-3000:]
