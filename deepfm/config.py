@@ -272,6 +272,14 @@ class DatasetConfig(_Strict):
         return [c for c in self.all_columns if c.role in ("categorical", "numeric")]
 
     @property
+    def row_key(self) -> list[str]:
+        """The columns that name an input row, as the data set declares them: its `id` columns, the
+        impression key clicks join on and the split's key (a score row can be joined back by them)."""
+        declared = [c.name for c in self.input.resolved_columns if c.role == "id"]
+        declared += [self.clicks.impression_key] if self.clicks else []
+        return list(dict.fromkeys([*declared, *(self.split.key or [])]))
+
+    @property
     def label_name(self) -> str:
         if self.clicks is not None:
             return self.clicks.label
@@ -420,7 +428,8 @@ class ScoreConfig(_Strict):
     input_path: PathStr | None = None  # raw logs laid out like the data set's input, at another path
     input: TableSpec | None = None  # raw logs with their own layout (say, without the label column)
     preprocessed: PathStr | None = None  # already-encoded Parquet, such as a preprocess split directory
-    # Columns copied to the output; default: the data set's id and passthrough columns and the label.
+    # Columns copied to the output; default: the data set's row key (its id columns, clicks'
+    # impression key, split.key), its passthrough columns and the label.
     keep: list[str] | None = None
     batch_rows: Annotated[int, Field(ge=1)] = 16_384  # rows per Arrow batch handed to the model
     threads: Annotated[int, Field(ge=1)] = 1  # torch threads per Python worker (Spark runs one per core)

@@ -272,7 +272,8 @@ def _raw_keep(cfg: Config, fmap: FeatureMap) -> list[str]:
     provided = {c.name for c in spec.resolved_columns}
     provided |= {c.name for s in dataset.side_tables for c in s.table.resolved_columns}
     _require_columns(sorted(provided), [f.name for f in fmap.fields], f"score input {spec.path}", "the model's inputs")
-    declared_keep = [c.name for c in dataset.all_columns if c.role in ("id", "passthrough")]
+    declared_keep = list(dict.fromkeys([*dataset.row_key,
+                                        *(c.name for c in dataset.all_columns if c.role in ("id", "passthrough"))]))
     keep = cfg.score.keep if cfg.score.keep is not None else _default_keep(sorted(provided), declared_keep, fmap.label)
     _require_columns(sorted(provided), keep, f"score input {spec.path}", "score.keep")
     return keep

@@ -268,3 +268,17 @@ def test_a_model_or_data_from_another_transforms_version_is_refused(trained, tmp
     (prep / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TransformsVersionError, match="before they were versioned"):
         load_feature_map(prep)
+
+
+def test_the_row_key_a_data_set_declares_is_kept_by_default(spark, trained, tmp_path):
+    """split.key names C9 (a feature) beside the id column: without score.keep, the output still
+    carries both, so every score can be joined back to its input row."""
+    cfg = _score_cfg(trained, input_path=str(trained["logs"] / "part-0.tsv"), output=str(tmp_path / "s"))
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={
+        "split": cfg.dataset.split.model_copy(update={"key": ["row_id", "C9"]})})})
+    assert cfg.dataset.row_key == ["row_id", "C9"]
+    table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
+    assert table.column_names[:4] == ["row_id", "C9", "day", "label"]
+    first = (trained["logs"] / "part-0.tsv").read_text().splitlines()[0].split("\t")
+    row = next(r for r in table.to_pylist() if r["row_id"] == int(first[0]))
+    assert row["C9"] == (first[3 + 13 + 8] or None)  # raw, not its encoded id
