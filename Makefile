@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-airflow run test test-slow test-cluster test-airflow package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
+.PHONY: setup setup-airflow setup-mlflow mlflow-server run test test-slow test-cluster test-airflow test-tracking-server package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,25 @@ setup-airflow:
 ## run killed in train and rerun (about 10 minutes).
 test-airflow: setup setup-airflow
 	$(PY) -m pytest -m airflow $(PYTEST_ARGS)
+
+## An MLflow tracking server (the full mlflow, in .venv-mlflow): runs in an SQLite store and the
+## artifacts it serves to clients, under MLFLOW_DIR. Point tracking.uri at http://HOST:PORT; for
+## other hosts set MLFLOW_HOST=0.0.0.0 and MLFLOW_ALLOWED_HOSTS to the names clients use.
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR ?= mlflow-server
+MLFLOW_ALLOWED_HOSTS ?= localhost,127.0.0.1
+setup-mlflow:
+	@bash scripts/setup_mlflow.sh
+
+mlflow-server: setup-mlflow
+	@mkdir -p $(MLFLOW_DIR)
+	.venv-mlflow/bin/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --allowed-hosts '$(MLFLOW_ALLOWED_HOSTS)' \
+	  --backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db --artifacts-destination $(abspath $(MLFLOW_DIR))/artifacts
+
+## Train, track and the pending-tracking path against a real MLflow server on loopback (about 2 minutes).
+test-tracking-server: setup setup-mlflow
+	$(PY) -m pytest -m tracking_server $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
