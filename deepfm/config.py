@@ -480,6 +480,9 @@ class SparkConfig(_Strict):
     # How long a stage waits for a standalone master that refuses connections (one restarting)
     # before it fails as transient (exit 1, for the scheduler's retry).
     master_wait_s: Annotated[float, Field(ge=0)] = 60
+    # How long a stage's first tasks wait for executors on a cluster (one without free cores or
+    # memory for them: Spark would wait forever) before it fails as transient (exit 1).
+    executor_wait_s: Annotated[float, Field(gt=0)] = 300
     conf: dict[str, str | int | float | bool] = {}
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,3 +54,46 @@ def written_spark_log() -> Path | None:
     chosen = os.environ.get(SPARK_LOG_ENV)
     path = Path(chosen) if chosen else None
     return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
+
+
+# spark-submit's own JVM fails before any of the project's code runs (an environment archive it
+# cannot fetch, say) with an uncaught exception: a trace of 60+ lines on stderr and exit 1,
+# whatever the cause. Which of those a scheduler should retry:
+_TRANSIENT = ("java.net.ConnectException", "java.net.SocketTimeoutException", "java.net.NoRouteToHostException",
+              "org.apache.hadoop.ipc.RetriableException", "org.apache.hadoop.ipc.StandbyException")
+_UNCAUGHT = re.compile(r'^Exception in thread "main" (\S+?)(?::\s*(.*))?$')
+
+
+def run_spark_submit(command: list[str]) -> int:
+    """Run spark-submit, its output passed through as it comes, except an uncaught exception of its
+    own JVM: that goes to this run's Spark log, and the console gets one line with exit 2 for a
+    setting to fix, 1 for what may pass (an unreachable name node). Signals reach spark-submit."""
+    child = subprocess.Popen(command, stderr=subprocess.PIPE)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    trace: list[str] = []
+    assert child.stderr is not None
+    for raw in child.stderr:
+        line = raw.decode(errors="replace")
+        if trace or _UNCAUGHT.match(line.rstrip("\n")):
+            trace.append(line)
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    code = child.wait()
+    if not trace:
+        return code
+    name, message = _UNCAUGHT.match(trace[0].rstrip("\n")).groups()
+    where = Path(os.environ.get(SPARK_LOG_ENV) or Path(os.environ.get("DEEPFM_LOG_DIR", "logs")) / "submit.log")
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with where.open("a") as log:
+        log.writelines(trace)
+    transient = name in _TRANSIENT or any(t in "".join(trace) for t in _TRANSIENT if t.startswith("org."))
+    what = "may pass: retry" if transient else "a setting to fix"
+    sys.stderr.write(f"spark-submit.sh: error: spark-submit stopped before the stage started ({what}): "
+                     f"{name.rsplit('.', 1)[-1]}: {(message or '').strip()} (the trace: {where})\n")
+    return 1 if transient else 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_spark_submit(sys.argv[1:]))

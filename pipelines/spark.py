@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from deepfm import logs
+from deepfm import environment, logs
 from deepfm.config import ConfigError, SparkConfig
 from deepfm.errors import UserError
 
@@ -108,6 +108,14 @@ def _refused_setting(text: str, cfg: SparkConfig, launched: dict[str, str]) -> C
         where = "spark-submit's --master" if "spark.master" in launched else "spark.master"
         return ConfigError(f"{where}: Spark cannot parse the master URL {master!r}: use local, local[N], local[*], "
                            "spark://HOST:PORT, yarn or k8s://HOST:PORT")
+    missing = re.search(r"(?:NoSuchFileException|FileNotFoundException): (?:File )?(\S+?)(?: does not exist)?\.?$",
+                        text, re.MULTILINE)
+    if missing:  # a file spark-submit was told to ship (--archives, --files, --py-files, --jars)
+        for key in ("spark.archives", "spark.files", "spark.submit.pyFiles", "spark.jars"):
+            if missing.group(1) in launched.get(key, ""):
+                hint = (": build the environment archive with 'make package', or name one with --ship-env=PATH"
+                        if key == "spark.archives" else "")
+                return ConfigError(f"spark-submit's {key}: {missing.group(1)} does not exist{hint}")
     for key, value in {**{k: str(v) for k, v in cfg.conf.items()}, **launched}.items():
         if found := re.search(rf"(?m)^.*\b{re.escape(key)}\b[^\n]*", text):
             where = f"spark-submit's --conf {key}" if key in launched else f"spark.conf.{key}"
@@ -159,4 +167,5 @@ def get_spark(cfg: SparkConfig, stage: str | None = None, run_date: str | None =
     log.info("Spark %s, master %s, app %s (%s), deploy mode %s, shuffle partitions %s", spark.version,
              spark.sparkContext.master, spark.sparkContext.appName, spark.sparkContext.applicationId,
              conf.get("spark.submit.deployMode", "client"), spark.conf.get("spark.sql.shuffle.partitions"))
+    environment.check_executors(spark, cfg.executor_wait_s)
     return spark

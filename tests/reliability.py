@@ -21,12 +21,12 @@ FAULT_TESTS = {
     "Errors and exit codes": ["tests/test_exit_codes.py", "tests/test_cli.py", "tests/pipelines/test_score.py",
                               "tests/pipelines/test_bad_inputs.py"],
     "Remote file systems": ["tests/pipelines/test_object_store.py"],
-    "Experiment tracking": ["tests/pipelines/test_tracking.py"],
+    "Experiment tracking": ["tests/pipelines/test_tracking.py", "tests/pipelines/test_tracking_server.py"],
     "Configuration and extreme values": ["tests/test_config.py", "tests/pipelines/test_features.py"],
 }
 KEYWORDS = ("kill", "resume", "exit", "lease", "not_write", "refused", "version", "latest", "replica", "fail",
             "non_finite", "missing", "corrupt", "cannot", "up_to_date", "s3", "daily", "object_store", "two_process",
-            "unreachable", "not_answer", "twice", "finite", "full_disk")
+            "unreachable", "not_answer", "twice", "finite", "full_disk", "down", "other_code")
 
 
 def _tests(path: Path) -> list[tuple[str, str]]:
@@ -45,8 +45,8 @@ def render() -> str:
     lines = ["# Reliability", "",
              "Written by `python -m tests.reliability` from the tests; `tests/test_reliability.py` fails when it is "
              "out of date. Every row is asserted by a test in the default run (`make test`), except those of "
-             "`tests/test_airflow_dag.py` (`make test-airflow`) and `tests/test_cluster.py` (`make test-cluster`), "
-             "which CI runs too.", "",
+             "`tests/test_airflow_dag.py` (`make test-airflow`), `tests/test_cluster.py` (`make test-cluster`) and "
+             "`tests/pipelines/test_tracking_server.py` (`make test-tracking-server`), which CI runs too.", "",
              "## Bad input (`tests/data/bad/`, asserted by `tests/pipelines/test_bad_inputs.py`)", "",
              "Row cases are read together with the 10,000-line sample in one preprocess run: input rows = accepted + "
              "rejected, and every rejected line is in `rejects/` with its reason, its text, its bytes when not "

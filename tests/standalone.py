@@ -41,6 +41,10 @@ class StandaloneCluster:
     hidden: list[Path]  # directories the worker must not see
     cores: int = 2
     memory: str = "6g"
+    # The worker's own cleanup of finished applications' directories (docs/cluster.md, "Worker disk"): every
+    # `cleanup_interval_s`, those with no file newer than `app_data_ttl_s` go. None: Spark's default, off.
+    cleanup_interval_s: int | None = None
+    app_data_ttl_s: int = 7 * 24 * 3600
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -68,8 +72,13 @@ class StandaloneCluster:
                   f"exec {_q(mounted_home / 'bin' / 'spark-class')} org.apache.spark.deploy.worker.Worker "
                   f"--host 127.0.0.1 --cores {self.cores} --memory {self.memory} --webui-port {self.worker_ui_port} "
                   f"--work-dir {_q(self.worker_dir)} {self.master_url}")
+        worker_env = {**env, "SPARK_HOME": str(mounted_home)}
+        if self.cleanup_interval_s is not None:
+            worker_env["SPARK_WORKER_OPTS"] = (
+                f"-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval={self.cleanup_interval_s} "
+                f"-Dspark.worker.cleanup.appDataTtl={self.app_data_ttl_s}")
         self.worker = self._spawn("worker", ["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-                                  {**env, "SPARK_HOME": str(mounted_home)})
+                                  worker_env)
         self._wait(lambda: any(w.get("state") == "ALIVE" for w in self.state().get("workers", [])),
                    "the worker to register")
         return self
@@ -104,6 +113,11 @@ class StandaloneCluster:
 
     def executor_dirs(self, app_id: str) -> list[Path]:
         return sorted(p for p in (self.worker_dir / app_id).glob("*") if p.is_dir())
+
+    def app_dir_bytes(self, app_id: str) -> int:
+        """What an application left on the worker: its executors' directories (unpacked archive included)."""
+        files = (p for p in (self.worker_dir / app_id).rglob("*") if not p.is_symlink() and p.is_file())
+        return sum(p.stat().st_size for p in files)
 
     # ------------------------------------------------------------------------------------ helpers
     def _clean_env(self) -> dict[str, str]:

@@ -124,6 +124,35 @@ def _free_port() -> int:
         return s.getsockname()[1]  # nothing listens there once the socket closes
 
 
+@pytest.mark.parametrize(("archive", "code", "named"), [
+    ("hdfs://127.0.0.1:{port}/envs/deepfm-env.tar.gz", 1, "(may pass: retry): ConnectException: Call From"),
+    ("hdfs://no-such-host.invalid:8020/envs/deepfm-env.tar.gz", 2,
+     "(a setting to fix): IllegalArgumentException: java.net.UnknownHostException: no-such-host.invalid"),
+])
+def test_an_archive_spark_submit_cannot_fetch_is_one_line_with_the_right_exit_code(tmp_path, archive, code, named):
+    """spark-submit's own JVM fails before the stage starts: 60+ lines of Java trace go to the run's
+    Spark log; the console gets one line, exit 1 for a name node that may come back, 2 for a name to fix."""
+    archive = archive.format(port=_free_port())
+    spark_log = tmp_path / "submit.spark.log"
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), f"--ship-env={archive}", "score"], cwd=tmp_path,
+                     env={**CLI_ENV, "SPARK_MASTER": "local[1]", "DEEPFM_SPARK_LOG": str(spark_log)})
+    seen = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == code, seen
+    assert f"spark-submit.sh: error: spark-submit stopped before the stage started {named}" in seen[-1]
+    assert f"(the trace: {spark_log})" in seen[-1]
+    assert len(seen) <= 2 and not any(line.startswith("\tat ") for line in seen), seen  # Hadoop's one WARN at most
+    assert spark_log.read_text().count("\tat ") > 20
+
+
+def test_a_file_spark_submit_was_told_to_ship_that_does_not_exist_exits_2_naming_it(tmp_path):
+    missing = tmp_path / "no-such-side-table.csv"
+    result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "score"], cwd=tmp_path,
+                     env={**CLI_ENV, "SPARK_MASTER": "local[1]", "SPARK_SUBMIT_ARGS": f"--files {missing}"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"spark-submit's spark.files: file:{missing} does not exist" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_an_unreachable_master_is_waited_for_then_exits_1_for_a_retry(tmp_path):
     master = f"spark://127.0.0.1:{_free_port()}"
     result = run_cli([str(REPO_ROOT / "spark-submit.sh"), "preprocess", "--set", f"preprocess.output={tmp_path / 'o'}",
