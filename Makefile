@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-airflow setup-mlflow mlflow-server run test test-slow test-cluster test-airflow test-tracking-server package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
+.PHONY: docs setup setup-airflow setup-mlflow mlflow-server run test test-slow test-cluster test-airflow test-tracking-server package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
 
 setup:
 	@bash scripts/setup.sh
@@ -63,6 +63,10 @@ mlflow-server: setup-mlflow
 test-tracking-server: setup setup-mlflow
 	$(PY) -m pytest -m tracking_server $(PYTEST_ARGS)
 
+## The documentation site (docs/, mkdocs.yml) into site/, strict: a broken link fails.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -82,4 +86,4 @@ bench-score: setup
 	$(PY) bench/bench_score.py
 
 clean:
-	rm -rf out dist build .pytest_cache
+	rm -rf out dist build site .pytest_cache

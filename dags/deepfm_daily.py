@@ -14,7 +14,7 @@ input or configuration) fails the task at once, 1 (transient or internal) is ret
 with `--resume auto`: a retry, or a rerun of a killed run, continues from the checkpoint the killed
 run left when its input and config are the same, instead of training again from the first step.
 
-Set on the Airflow workers (README, "Scheduled runs"):
+Set on the Airflow workers (docs/airflow.md):
   DEEPFM_HOME     the project checkout, set up by `make setup` (default: the folder above this file)
   DEEPFM_WORKDIR  where the relative paths of the configuration land (default: DEEPFM_HOME)
   DEEPFM_CONF     the --conf files, space-separated (default: base, criteo, local, schedule/daily)
@@ -46,7 +46,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 STAGES = ("preprocess", "train", "score", "evaluate")
 DEFAULT_CONF = "conf/base.yaml conf/datasets/criteo.yaml conf/env/local.yaml conf/schedule/daily.yaml"
-DO_NOT_RETRY = 2  # deepfm-pipeline's exit code for bad input or configuration (README, "Exit codes")
+DO_NOT_RETRY = 2  # deepfm-pipeline's exit code for bad input or configuration (docs/stages.md, "Exit codes")
 
 log = logging.getLogger(__name__)
 

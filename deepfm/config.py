@@ -61,17 +61,22 @@ class _Strict(BaseModel):
 class ColumnSpec(_Strict):
     """One input column, or a group of columns (`names`) sharing the same options."""
 
+    # One column (`name`), or a numbered family: `names: ["C{1..26}"]` stands for C1 ... C26.
     name: str | None = None
     names: list[str] | None = None
+    # `label` (0/1), `id` (kept in the shards and the scores), `timestamp`, `categorical`, `numeric`,
+    # `passthrough` (kept, not a feature) or `ignore`.
     role: Literal["label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore"]
-    dtype: Literal["int", "float", "string"] | None = None
-    # numeric fields
+    dtype: Literal["int", "float", "string"] | None = None  # how the raw value is validated (`int` rejects `2.5`)
+    # Numeric fields: `log_bucketize` (then categorical), `log1p_standardize` (a dense feature),
+    # `standardize` or `none`; default preprocess.numeric_transform (deepfm/transforms.py).
     transform: TransformName | None = None
-    clip: tuple[float, float] | None = None
-    # categorical (and bucketized numeric) fields; None means "use preprocess.vocab"
+    clip: tuple[float, float] | None = None  # [lo, hi], applied to the raw value first
+    # Categorical (and bucketized numeric) fields: this field's vocabulary options; unset, those of
+    # preprocess.vocab.
     min_count: Annotated[int, Field(ge=1)] | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
-    hash_buckets: Annotated[int, Field(ge=1)] | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None  # keep at most this many of its most frequent values
+    hash_buckets: Annotated[int, Field(ge=1)] | None = None  # hash values into this many ids, no vocabulary
     # timestamp fields: a Spark datetime pattern; None lets Spark parse ISO-8601
     format: str | None = None
 
@@ -146,13 +151,15 @@ class Column(_Strict):
 class TableSpec(_Strict):
     """Where a table lives and how to parse it."""
 
+    # A file, directory or glob (`.gz`/`.bz2` decompress by extension). A path that exists as written
+    # is taken literally (a directory `logs[1]`); any other path with `*?[]{}` is a glob.
     path: PathStr
     format: Literal["tsv", "csv", "parquet"] = "tsv"
-    delimiter: str | None = None
-    header: bool = False
+    delimiter: str | None = None  # one character, no quoting; default tab for tsv, comma for csv
+    header: bool = False  # columns are then matched by name; header columns not configured are ignored
     # Spark picks the codec from the file extension (.gz, .bz2); 'gzip' asserts that it is gzip.
     compression: Literal["auto", "none", "gzip"] = "auto"
-    columns: list[ColumnSpec]
+    columns: list[ColumnSpec]  # the columns used, with their roles
 
     @property
     def field_delimiter(self) -> str:
@@ -179,19 +186,19 @@ class ClickJoin(_Strict):
     """Labels from a separate click-event log, joined to impressions by impression id."""
 
     table: TableSpec
-    impression_key: str
-    impression_time: str
-    click_key: str
-    click_time: str
+    impression_key: str  # the input column clicks refer to
+    impression_time: str  # the input's timestamp column
+    click_key: str  # the click table's column holding the impression key
+    click_time: str  # the click table's timestamp column
     # A click counts when 0 <= click_time - impression_time <= window_seconds.
     window_seconds: Annotated[int, Field(gt=0)] = 3600
-    label: str = "label"
+    label: str = "label"  # the name of the label column the join adds
 
 
 class SideTable(_Strict):
     """A small dimension table (item attributes, say) left-joined on a key."""
 
-    name: str
+    name: str  # names its rejects and staging
     table: TableSpec
     key: str  # the join column, in both tables ('on' would be a YAML boolean)
     # 'auto' leaves the choice to spark.sql.autoBroadcastJoinThreshold.
@@ -199,14 +206,16 @@ class SideTable(_Strict):
 
 
 class SplitConfig(_Strict):
-    method: Literal["random", "time"] = "random"
+    """How input rows are split into train, valid and test."""
+
+    method: Literal["random", "time"] = "random"  # `random`: a seeded hash of split.key; `time`: by time_column
     seed: int = 42
-    train: Annotated[float, Field(gt=0, le=1)] = 0.8
+    train: Annotated[float, Field(gt=0, le=1)] = 0.8  # fractions of a random split; the three sum to 1
     valid: Annotated[float, Field(ge=0, lt=1)] = 0.1
     test: Annotated[float, Field(ge=0, lt=1)] = 0.1
     # Columns whose hash places a row; None hashes every input column.
     key: list[str] | None = None
-    time_column: str | None = None
+    time_column: str | None = None  # time split: train < train_end <= valid < valid_end <= test
     train_end: str | None = None
     valid_end: str | None = None
 
@@ -222,10 +231,12 @@ class SplitConfig(_Strict):
 
 
 class DatasetConfig(_Strict):
+    """A click log: its input table, the click events and side tables joined to it, and the split."""
+
     name: str
-    input: TableSpec
-    clicks: ClickJoin | None = None
-    side_tables: list[SideTable] = []
+    input: TableSpec  # the impressions (with their label unless clicks gives it)
+    clicks: ClickJoin | None = None  # labels from a separate click-event log
+    side_tables: list[SideTable] = []  # dimension tables left-joined on a key
     split: SplitConfig = SplitConfig()
 
     @model_validator(mode="after")
@@ -290,11 +301,13 @@ class DatasetConfig(_Strict):
 # Stages
 # --------------------------------------------------------------------------------------------
 class VocabConfig(_Strict):
-    min_count: Annotated[int, Field(ge=1)] = 10
-    top_k: Annotated[int, Field(ge=1)] | None = None
+    """The per-field vocabularies fitted on train: which values get their own id."""
+
+    min_count: Annotated[int, Field(ge=1)] = 10  # rarer values in train share the OOV id; a column's own wins
+    top_k: Annotated[int, Field(ge=1)] | None = None  # a field's k most frequent values only; a column's own wins
     # Vocabularies up to this size are broadcast to executors for encoding; larger ones shuffle-join.
     broadcast_max_entries: Annotated[int, Field(ge=0)] = 2_000_000
-    hash_seed: int = 0
+    hash_seed: int = 0  # seed of hash_buckets fields and of oov_buckets
     # Values below min_count (or beyond top_k), and values never seen in training, hashed into this
     # many ids per text field instead of the one out-of-vocabulary id (TensorFlow's num_oov_buckets):
     # a tail value then shares its row with ~1/oov_buckets of the tail, not with all of it.
@@ -302,6 +315,8 @@ class VocabConfig(_Strict):
 
 
 class ShardConfig(_Strict):
+    """The Parquet shards preprocess writes."""
+
     # ~64k rows (a few MB) per row group: fine enough to shuffle and to spread over workers,
     # coarse enough for efficient columnar reads. ~1M rows per file keeps file counts sane.
     rows_per_row_group: Annotated[int, Field(ge=1)] = 65_536
@@ -310,8 +325,10 @@ class ShardConfig(_Strict):
 
 
 class PreprocessConfig(_Strict):
-    output: PathStr
-    numeric_transform: TransformName = "log_bucketize"
+    """Raw logs to training shards: parse, quarantine, join, split, fit vocabularies and statistics, encode."""
+
+    output: PathStr  # the output directory (any Hadoop path)
+    numeric_transform: TransformName = "log_bucketize"  # for numeric columns without their own transform
     vocab: VocabConfig = VocabConfig()
     shards: ShardConfig = ShardConfig()
     # How rows are encoded (as score.encode): `arrow` in the Python workers (deepfm/encode.py, the
@@ -327,29 +344,33 @@ class PreprocessConfig(_Strict):
 
 
 class GenerateConfig(_Strict):
+    """Synthetic Criteo-shaped logs with the teacher's true click probability `p_true` (pipelines/generate.py)."""
+
     output: PathStr
     rows: Annotated[int, Field(ge=1)] = 100_000
-    mode: Literal["criteo", "joined"] = "criteo"
+    mode: Literal["criteo", "joined"] = "criteo"  # `joined`: impressions, clicks and items to be joined back
     seed: int = 7
     rows_per_file: Annotated[int, Field(ge=1)] = 1_000_000
-    base_ctr: Annotated[float, Field(gt=0, lt=1)] = 0.22
+    base_ctr: Annotated[float, Field(gt=0, lt=1)] = 0.22  # the mean click probability
     # Scales every categorical cardinality (1.0 = Criteo-like, tens to ~10M values).
     cardinality_scale: Annotated[float, Field(gt=0)] = 1.0
     # Which values carry click signal: `head`, a field's popular ones (at least 1 row in 1,000);
     # `long_tail`, also the rare ones down to 2 rows in 100,000 (about 20 in 1M rows), in fields
     # of at most 1M values, as in real logs (pipelines/generate.py).
     teacher: Literal["head", "long_tail"] = "head"
-    gzip: bool = False
+    gzip: bool = False  # write .tsv.gz
 
 
 class ModelConfig(_Strict):
-    embedding_dim: Annotated[int, Field(ge=1)] = 16
-    hidden: list[Annotated[int, Field(ge=1)]] = [400, 400, 400]
+    """DeepFM's shape: the shared embeddings, the FM and the MLP (deepfm/model.py)."""
+
+    embedding_dim: Annotated[int, Field(ge=1)] = 16  # k in the paper: each field value's vector, shared by FM and MLP
+    hidden: list[Annotated[int, Field(ge=1)]] = [400, 400, 400]  # the MLP's layer widths
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     batch_norm: bool = False
-    use_fm: bool = True
-    use_deep: bool = True
+    use_fm: bool = True  # the factorization machine's logit (first order + pairwise)
+    use_deep: bool = True  # the MLP's logit
     # Sparse embedding gradients (lazy Adam on the tables, deepfm/optim.py): an update touches only
     # the rows in the batch instead of every row of a million-row table.
     sparse_embeddings: bool = True
@@ -366,20 +387,22 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    """Training a model version from a preprocess output (deepfm/train.py, deepfm/launch.py)."""
+
     data: PathStr  # a preprocess output directory (manifest.json, train/, valid/, test/)
     output: PathStr  # the model directory
     model: ModelConfig = ModelConfig()
-    reader: Literal["native", "petastorm", "memory"] = "native"
-    backend: Literal["none", "horovod", "torch"] = "none"
-    launcher: Literal["local", "spark"] = "local"
+    reader: Literal["native", "petastorm", "memory"] = "native"  # native: pyarrow streaming; memory: all rows in RAM
+    backend: Literal["none", "horovod", "torch"] = "none"  # data-parallel training: Horovod or torch.distributed (DDP)
+    launcher: Literal["local", "spark"] = "local"  # local processes, or Spark barrier tasks
     workers: Annotated[int, Field(ge=1)] = 1
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when visible
     # bf16: the MLP's matrix products in bfloat16 (fp32 weights, tables, FM and loss), recorded in
     # the model so scoring computes the same way; refused where the hardware lacks bf16 units.
     precision: Literal["fp32", "bf16"] = "fp32"
-    epochs: Annotated[int, Field(ge=1)] = 10
+    epochs: Annotated[int, Field(ge=1)] = 10  # at most (early stopping)
     batch_size: Annotated[int, Field(ge=1)] = 4096  # per worker
-    # The defaults below were chosen on two synthetic teachers and the Criteo sample together (README
+    # The defaults below were chosen on two synthetic teachers and the Criteo sample together (docs/training.md,
     # "Default training settings"); none of them needs tuning per data set.
     lr: Annotated[float, Field(gt=0)] = 3e-4
     # The embedding tables' own learning rate (default: 10x lr). Adam moves a parameter at most about
@@ -399,10 +422,10 @@ class TrainConfig(_Strict):
     # in metrics.json (`regularization`).
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | Literal["auto"] = "auto"
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.5  # on a validation-AUC plateau
-    lr_patience: Annotated[int, Field(ge=0)] = 0
-    early_stopping_patience: Annotated[int, Field(ge=0)] = 2
+    lr_patience: Annotated[int, Field(ge=0)] = 0  # epochs without a better validation AUC before lr_decay
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 2  # epochs without a better validation AUC before stopping
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # 0: at epoch ends only
-    shuffle_buffer_rows: Annotated[int, Field(ge=0)] = 262_144
+    shuffle_buffer_rows: Annotated[int, Field(ge=0)] = 262_144  # rows shuffled together while streaming
     eval_batch_size: Annotated[int, Field(ge=1)] = 65_536
     seed: int = 42
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads per worker; 0 = cores / workers
@@ -475,15 +498,17 @@ class EvaluateConfig(_Strict):
 
 
 class SparkConfig(_Strict):
-    master: str = "local[2]"
-    app_name: str = "deepfm"
+    """The Spark session of a stage; under spark-submit its flags win over these."""
+
+    master: str = "local[2]"  # used when not launched by spark-submit
+    app_name: str = "deepfm"  # applications are named <app_name>-<stage>[-<run date>]
     # How long a stage waits for a standalone master that refuses connections (one restarting)
     # before it fails as transient (exit 1, for the scheduler's retry).
     master_wait_s: Annotated[float, Field(ge=0)] = 60
     # How long a stage's first tasks wait for executors on a cluster (one without free cores or
     # memory for them: Spark would wait forever) before it fails as transient (exit 1).
     executor_wait_s: Annotated[float, Field(gt=0)] = 300
-    conf: dict[str, str | int | float | bool] = {}
+    conf: dict[str, str | int | float | bool] = {}  # any Spark property, e.g. spark.sql.shuffle.partitions
 
 
 class SearchRange(_Strict):
@@ -492,8 +517,8 @@ class SearchRange(_Strict):
 
     low: float | None = None
     high: float | None = None
-    log: bool = False
-    integer: bool = False
+    log: bool = False  # sample log-uniformly
+    integer: bool = False  # whole numbers
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -606,7 +631,7 @@ class TrackingConfig(_Strict):
     # held a job 4 minutes before its warning. MLFLOW_HTTP_REQUEST_MAX_RETRIES and
     # MLFLOW_HTTP_REQUEST_TIMEOUT in the environment win, as MLflow documents them.
     http_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    http_timeout_s: Annotated[int, Field(gt=0)] = 30
+    http_timeout_s: Annotated[int, Field(gt=0)] = 30  # seconds a request waits for the server's answer
 
     def destination(self) -> tuple[str, str | None]:
         """(tracking URI, artifact root of a new experiment: beside a directory store, else the server's)."""
@@ -666,7 +691,7 @@ def packaged_conf_dir() -> Path:
 
 def find_conf(name: str | Path) -> Path:
     """A --conf argument: a file, else the packaged configuration of that name (`datasets/obd.yaml`,
-    or `conf/datasets/obd.yaml` as the README writes it), so the commands work from any directory."""
+    or `conf/datasets/obd.yaml` as the docs write it), so the commands work from any directory."""
     path = Path(name)
     if path.is_file():
         return path
@@ -828,7 +853,7 @@ def _describe(err: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
         if item["type"] == "extra_forbidden":
             nearest = _nearest_key(loc)
             msg = (f"unknown key; did you mean '{nearest}'?" if nearest else
-                   "unknown key; check the spelling against the configuration reference in README.md")
+                   "unknown key; check the spelling against the configuration reference, docs/configuration.md")
         lines.append(f"{key}{where}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in DATED_STAGES:
             p.add_argument("--run-date", type=_run_date, metavar="YYYY-MM-DD",
                            help="the run's logical date (Airflow's {{ ds }}): replaces {run_date} in any "
-                                "config value, names the app, and names train's model version (README: Scheduled "
-                                "runs); score defaults to today")
+                                "config value, names the app, and names train's model version (docs/airflow.md); "
+                                "score defaults to today")
         __import__(module, fromlist=["add_arguments"]).add_arguments(p)
         p.set_defaults(module=module, default_conf=defaults)
     return parser
