@@ -24,8 +24,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from deepfm.transforms import TransformName, transform
 
-ROLES = ("label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore")
-
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the YAML."""
@@ -136,11 +134,6 @@ class Column(_Strict):
         if self.role == "numeric":
             return self.dtype or "float"
         return self.dtype or "string"
-
-    @property
-    def is_categorical_feature(self) -> bool:
-        """True when the model sees this column as an embedding id."""
-        return self.role == "categorical" or (self.role == "numeric" and transform(self.transform).bucketizes)
 
     @property
     def is_dense_feature(self) -> bool:

@@ -17,13 +17,11 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from deepfm.errors import UserError
 
-Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 # For checking bf16 numerics on hardware that computes it slowly (tests, CI machines): never for speed.
 ALLOW_SLOW_BF16 = "DEEPFM_ALLOW_SLOW_BF16"
