@@ -58,7 +58,7 @@ class TrainState:
     epoch: int = 0  # the epoch in progress (or next to start)
     step_in_epoch: int = 0  # batches of `epoch` already trained
     global_step: int = 0
-    best_auc: float = -math.inf  # the best validation criterion so far (see `monitor`)
+    best_criterion: float = -math.inf  # the best validation AUC so far, or -logloss (see `monitor`)
     monitor: str = "auc"  # or "-logloss" where the validation split has one class and no AUC
     epochs_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -207,7 +207,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
 
     run.raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
     test = evaluate(run.raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
-    result = {"valid_auc_best": state.best_auc if state.monitor == "auc" else float("nan"),
+    result = {"valid_auc_best": state.best_criterion if state.monitor == "auc" else float("nan"),
               "early_stopping_on": state.monitor, "stopped": stopped, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world,
               "regularization": run.regularization,
@@ -238,8 +238,8 @@ def _end_of_epoch(run: Run, state: TrainState, valid: dict[str, float]) -> bool:
                         "check train.data's valid/ split")
     for scheduler in run.schedulers:
         scheduler.step(criterion)
-    improved = criterion > state.best_auc
-    state.best_auc = max(state.best_auc, criterion)
+    improved = criterion > state.best_criterion
+    state.best_criterion = max(state.best_criterion, criterion)
     state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
     return improved
 
@@ -342,8 +342,10 @@ def _save_checkpoint(out: Location, run: Run, state: TrainState) -> None:
 
 
 def _restore(path: Location, run: Run, backend: Backend) -> TrainState:
-    state = TrainState(**ckpt.restore_checkpoint(path, run.raw_model, run.optimizers, run.schedulers, run.averaged,
-                                                 backend.device))
+    saved = ckpt.restore_checkpoint(path, run.raw_model, run.optimizers, run.schedulers, run.averaged, backend.device)
+    if "best_auc" in saved:  # a checkpoint written before the name said what it holds
+        saved["best_criterion"] = saved.pop("best_auc")
+    state = TrainState(**saved)
     if backend.rank == 0:
         log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     return state

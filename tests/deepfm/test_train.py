@@ -175,6 +175,11 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
                                     ".building-2026-11-27" / "checkpoint.pt")
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # killed in the middle of the first epoch
     assert not (tmp_path / "cut" / "LATEST").exists() and not (tmp_path / "cut" / "2026-11-27").exists()
+    # As a build checkpointed by the code before `best_criterion` was named so: it resumes all the same.
+    checkpoint = tmp_path / "cut" / ".building-2026-11-27" / "checkpoint.pt"
+    saved = load_torch(checkpoint)
+    state["best_auc"] = state.pop("best_criterion")
+    torch.save({**saved, "state": json.dumps(state)}, checkpoint)
     # `--resume auto`, as the DAG's retries pass it: the killed run had the same input and config
     resumed = subprocess.run([*cli, "--set", f"train.output={tmp_path / 'cut'}", "--resume", "auto"], cwd=REPO_ROOT,
                              capture_output=True, text=True)
