@@ -274,3 +274,15 @@ def test_a_read_only_output_directory_exits_2_naming_it_and_the_key(tmp_path, st
     assert f"{readonly}/.out.lease: permission denied" in last and f"choose another {key}" in last, last
     assert "Traceback" not in result.stderr
     assert list(readonly.iterdir()) == []
+
+
+def test_installing_a_worker_environment_into_a_directory_of_other_files_exits_2_and_keeps_them(tmp_path):
+    archive, dest = tmp_path / "deepfm-env.tar.gz", tmp_path / "opt"
+    archive.write_bytes(b"")
+    dest.mkdir()
+    (dest / "someone-elses.txt").write_text("keep me")
+    result = run_cli(["bash", str(REPO_ROOT / "scripts" / "install_worker_env.sh"), str(archive), str(dest)])
+    assert result.returncode == 2, result.stderr
+    assert f"DEST {dest} holds files this script did not write" in result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["someone-elses.txt"]
+    assert (dest / "someone-elses.txt").read_text() == "keep me"
