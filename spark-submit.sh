@@ -74,8 +74,7 @@ case "$SHIP" in
     ARCHIVE=$SHIP
     case "$ARCHIVE" in 1|true|yes) ARCHIVE=$ROOT/dist/deepfm-env.tar.gz ;; esac
     case "$ARCHIVE" in
-      file://*) [ -f "${ARCHIVE#file://}" ] || die "environment archive $ARCHIVE not found: build it with 'make package', or name one with --ship-env=PATH" ;;
-      *://*) ;;  # hdfs://, s3a://...: spark-submit fetches it
+      *://*) ;;  # file://, hdfs://, s3a://...: spark-submit fetches it (a missing one: exit 2, pipelines/spark.py)
       *) [ -f "$ARCHIVE" ] || die "environment archive $ARCHIVE not found: build it with 'make package', or name one with --ship-env=PATH"
          ARCHIVE=$(cd "$(dirname "$ARCHIVE")" && pwd)/$(basename "$ARCHIVE") ;;
     esac

@@ -17,7 +17,6 @@ import types
 import typing
 from pathlib import Path
 
-import annotated_types
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -63,8 +62,8 @@ def type_text(annotation, metadata=()) -> str:
     bounds = []
     for item in [*metadata, *getattr(annotation, "__metadata__", ())]:
         for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-            value = getattr(item, attr, None)
-            if value is not None and isinstance(item, (annotated_types.BaseMetadata, *_field_info_types())):
+            value = getattr(item, attr, None)  # annotated_types' Ge, Gt, ... or a Field(ge=...)
+            if value is not None:
                 bounds.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
@@ -89,12 +88,6 @@ def type_text(annotation, metadata=()) -> str:
     else:
         text = str(annotation).replace("typing.", "")
     return f"{text} ({', '.join(bounds)})" if bounds else text
-
-
-def _field_info_types() -> tuple[type, ...]:
-    from pydantic.fields import FieldInfo
-
-    return (FieldInfo,)
 
 
 def default_text(field) -> str:
