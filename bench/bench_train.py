@@ -35,8 +35,9 @@ from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM  # noqa: E402
 from deepfm.optim import make_optimizers  # noqa: E402
 from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
+from deepfm.preprocess_output import PreprocessOutput  # noqa: E402
 from deepfm.readers import InMemoryReader, make_reader  # noqa: E402
-from deepfm.train import load_feature_map, model_config, train_step  # noqa: E402
+from deepfm.train import model_config, train_step  # noqa: E402
 
 MODEL = {"embedding_dim": 16, "hidden": [400, 400, 400]}
 BATCH = 4096
@@ -59,7 +60,7 @@ def measure(plain: dict, steps: int, result_path: str) -> None:
     cfg = TrainConfig.model_validate(plain)
     backend = make_backend(cfg.backend, "cpu")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // backend.world))
-    fmap, _ = load_feature_map(cfg.data)
+    fmap = PreprocessOutput.open(cfg.data).feature_map
     torch.manual_seed(0)
     model = DeepFM(model_config(fmap, cfg, cfg.model.sparse_embeddings))
     raw = model
@@ -132,7 +133,7 @@ def deepctr_samples_per_s(data: Path, rows: int) -> float:
     from deepctr_torch.inputs import SparseFeat
     from deepctr_torch.models import DeepFM as DeepCTRDeepFM
 
-    fmap, _ = load_feature_map(data)
+    fmap = PreprocessOutput.open(data).feature_map
     reader = InMemoryReader(data / "train", fmap, BATCH, shuffle=False, drop_remainder=False)
     ids, label = reader.ids[:rows].numpy().astype(np.int64), reader.label[:rows].numpy()
     columns = [SparseFeat(f.name, f.vocab_size, embedding_dim=MODEL["embedding_dim"]) for f in fmap.categorical]
@@ -165,7 +166,7 @@ def main() -> None:
         raw = ROOT / "out" / "bench" / "raw_1000000"
         generate(1_000_000, raw)
         preprocess(raw, args.data, "preprocess.vocab.min_count=1")
-    fmap, _ = load_feature_map(args.data)
+    fmap = PreprocessOutput.open(args.data).feature_map
     flops = DeepFM(model_config(fmap, TrainConfig(data="x", output="x", model=MODEL), True)).train_flops_per_sample()
     gflops = matmul_gflops(os.cpu_count() or 1)
     gflops_bf16 = matmul_gflops(os.cpu_count() or 1, torch.bfloat16)

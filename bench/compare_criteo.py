@@ -35,8 +35,8 @@ from machine import machine  # noqa: E402
 from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.launch import run_training  # noqa: E402
 from deepfm.metrics import binary_metrics  # noqa: E402
+from deepfm.preprocess_output import PreprocessOutput  # noqa: E402
 from deepfm.readers import InMemoryReader  # noqa: E402
-from deepfm.train import load_feature_map  # noqa: E402
 
 EMBEDDING, HIDDEN, LR, BATCH, EPOCHS, PATIENCE, SEED = 16, [400, 400, 400], 1e-3, 256, 10, 2, 2017
 
@@ -105,7 +105,7 @@ def deepctr(data: Path) -> dict:
     from deepctr_torch.inputs import SparseFeat
     from deepctr_torch.models import DeepFM
 
-    fmap, _ = load_feature_map(data)
+    fmap = PreprocessOutput.open(data).feature_map
     names = [f.name for f in fmap.categorical]
     columns = [SparseFeat(f.name, vocabulary_size=f.vocab_size, embedding_dim=EMBEDDING) for f in fmap.categorical]
     splits = {s: _arrays(data, s, fmap) for s in ("train", "valid", "test")}

@@ -6,7 +6,6 @@ the model from it; scoring re-applies exactly these transforms. Plain JSON, no p
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -23,22 +22,6 @@ MISSING_DENSE_VALUE = 0.0
 # with any change to what a raw value encodes to (tests/pipelines/test_transforms_golden.py fails
 # until then). 2: log_bucketize keeps 3 and 4 apart from the bucket of 1.
 TRANSFORMS_VERSION = 2
-
-
-class ManifestError(ValueError):
-    """A preprocess manifest that cannot be read."""
-
-
-def parse_manifest(text: str, where: object) -> dict[str, Any]:
-    """A preprocess output's manifest.json; a damaged one is named, with what to do."""
-    try:
-        manifest = json.loads(text)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("feature_map"), dict):
-            raise ValueError("no feature_map")
-    except ValueError as err:
-        raise ManifestError(f"{where} is not a readable preprocess manifest ({' '.join(str(err).split())[:120]}): "
-                            "rerun preprocess with --force to rewrite the output") from None
-    return manifest
 
 
 class TransformsVersionError(ValueError):

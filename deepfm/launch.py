@@ -10,6 +10,7 @@ The function shipped to workers takes plain values only (a config dict), never a
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from deepfm.config import TrainConfig
 from deepfm.fs import Location
 from deepfm.lease import held
 from deepfm.model_versions import BUILDING, ModelRoot
+from deepfm.preprocess_output import PreprocessOutput
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,10 @@ def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_d
 
 def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["auto"], run_date: str | None,
                    force: bool) -> dict[str, Any]:
-    from deepfm.train import load_feature_map, training_signature
-
+    data = None
     if resume == "auto":
-        load_feature_map(cfg.data)
-        interrupted = root.resumable_with(training_signature(cfg), run_date)
+        data = PreprocessOutput.open(cfg.data)
+        interrupted = root.resumable_with(training_signature(data, cfg), run_date)
         if interrupted is None:
             log.info("no interrupted run of this input and config to continue (--resume auto): training as usual")
         else:
@@ -70,8 +71,8 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
             raise FileNotFoundError(f"{checkpoint or root.path} holds no interrupted run to --resume (no "
                                     f"{BUILDING}*/{CHECKPOINT}); run without --resume to train from scratch")
         root.check_replaceable(version)
-    load_feature_map(cfg.data)  # a readable preprocess output, encoded by this code's transforms
-    signature = training_signature(cfg)
+    data = data or PreprocessOutput.open(cfg.data)  # readable, and encoded by this code's transforms
+    signature = training_signature(data, cfg)
     if not resume:
         version = root.new_version_name(run_date)
         current = run_date if run_date else root.latest()
@@ -89,6 +90,13 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
                                   "data": cfg.data, "test": result["test"],
                                   "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     return {**result, "version": version, "model": str(model), "up_to_date": False}
+
+
+def training_signature(data: PreprocessOutput, cfg: TrainConfig) -> str:
+    """What a trained model is a function of: the preprocess output it read (its manifest changes
+    with every rebuild) and the training config, wherever the model is written."""
+    config = json.dumps(cfg.model_dump(mode="json", exclude={"output"}), sort_keys=True).encode()
+    return hashlib.sha256(data.manifest_bytes + b"\0" + config).hexdigest()
 
 
 def _launch(cfg: TrainConfig, resume: bool) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from deepfm.errors import first_line
 from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
 from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.preprocess_output import PreprocessOutput
 
 VOCABULARY = "vocab/vocabulary.parquet"
 CURVES = "training_curves.png"
@@ -92,20 +93,19 @@ def open_model_dir(where: Where) -> ModelDir:
     return ModelDir(path, config, fmap, fingerprint, _file_hash(path / ckpt.WEIGHTS)[:16])
 
 
-def write_model_dir(out: Location, model: DeepFM, fmap: FeatureMap, vocab_fingerprint: str, data: Location,
-                    train_config: dict[str, Any], result: dict[str, Any]) -> None:
+def write_model_dir(out: Location, model: DeepFM, data: PreprocessOutput, train_config: dict[str, Any],
+                    result: dict[str, Any]) -> None:
     """Rank 0 writes everything but the weights (saved as training improves) and the curves."""
     ckpt.save_json({
         "model": model.config.to_dict(),
-        "feature_map": fmap.to_dict(),
-        "vocab_fingerprint": vocab_fingerprint,
-        "data": str(data),
+        "feature_map": data.feature_map.to_dict(),
+        "vocab_fingerprint": data.vocab_fingerprint,
+        "data": str(data.location),
         "train": train_config,
     }, out / ckpt.MODEL_CONFIG)
     ckpt.save_json(result, out / ckpt.METRICS)
-    vocab = data / "vocab" / "vocabulary.parquet"
-    if vocab.is_file():  # the scorer needs the exact vocabulary the model was trained with
-        vocab.copy_to(out / VOCABULARY)
+    if data.vocabulary.is_file():  # the scorer needs the exact vocabulary the model was trained with
+        data.vocabulary.copy_to(out / VOCABULARY)
 
 
 def _file_hash(path: Location) -> str:

@@ -10,8 +10,6 @@ alone logs progress and writes files. With
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -30,13 +28,14 @@ from deepfm import progress
 from deepfm.config import TrainConfig
 from deepfm.distributed import Backend
 from deepfm.errors import UserError
-from deepfm.feature_map import FeatureMap, parse_manifest
+from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_dir import CURVES, write_model_dir
 from deepfm.optim import make_optimizers
 from deepfm.precision import check_precision
+from deepfm.preprocess_output import PreprocessOutput
 from deepfm.readers import Reader, evaluation_reader, make_reader
 from deepfm.regularization import EmbeddingPrior
 from deepfm.report import plot_training_curves
@@ -63,24 +62,6 @@ class TrainState:
     epochs_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     replica_fingerprints: list[list[float]] = field(default_factory=list)  # per rank, after the last epoch
-
-
-def load_feature_map(data_dir: Where) -> tuple[FeatureMap, dict[str, Any]]:
-    path = Location.of(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train.data must be a preprocess output directory")
-    manifest = parse_manifest(path.read_text(), path)
-    fmap = FeatureMap.from_dict(manifest["feature_map"])
-    fmap.check_transforms(path)
-    return fmap, manifest
-
-
-def training_signature(cfg: TrainConfig) -> str:
-    """What a trained model is a function of: the preprocess output it read (its manifest changes
-    with every rebuild) and the training config, wherever the model is written."""
-    manifest = (Location.of(cfg.data) / "manifest.json").read_bytes()
-    config = json.dumps(cfg.model_dump(mode="json", exclude={"output"}), sort_keys=True).encode()
-    return hashlib.sha256(manifest + b"\0" + config).hexdigest()
 
 
 def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConfig:
@@ -136,13 +117,14 @@ def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dic
             "embedding_l2": cfg.embedding_l2, "embedding_l2_rarity_exponent": cfg.embedding_l2_rarity_exponent}
 
 
-def build_run(cfg: TrainConfig, backend: Backend, fmap: FeatureMap, manifest: dict[str, Any]) -> Run:
+def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run:
     # NCCL has no sparse allreduce: on GPUs under DDP the tables use dense gradients.
     sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
     torch.manual_seed(cfg.seed)
+    fmap = data.feature_map
     raw_model = DeepFM(model_config(fmap, cfg, sparse))
-    train_rows = manifest["rows"]["splits"]["train"]["rows"]
-    vocabulary = Location.of(cfg.data) / manifest["vocab"]["path"]
+    train_rows = data.rows("train")
+    vocabulary = data.vocabulary
     if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
         raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)
@@ -169,10 +151,10 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
     training early when it returns True; the result then says `"stopped": True`.
     """
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world)))
-    data, out = Location.of(cfg.data), Location.of(cfg.output)
-    fmap, manifest = load_feature_map(data)
+    data, out = PreprocessOutput.open(cfg.data), Location.of(cfg.output)
+    fmap = data.feature_map
     check_precision(cfg.precision, backend.device)
-    run = build_run(cfg, backend, fmap, manifest)
+    run = build_run(cfg, backend, data)
     state = TrainState()
     if resume and (out / ckpt.CHECKPOINT).is_file():
         state = _restore(out / ckpt.CHECKPOINT, run, backend)
@@ -180,7 +162,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
         _fresh_output(out)
     backend.barrier()
 
-    reader = make_reader(cfg.reader, data / "train", fmap, cfg.batch_size, rank=backend.rank, world=backend.world,
+    reader = make_reader(cfg.reader, data.split("train"), fmap, cfg.batch_size, rank=backend.rank, world=backend.world,
                          seed=cfg.seed, shuffle_buffer_rows=cfg.shuffle_buffer_rows)
     stopped = False
     while (state.epoch < cfg.epochs and state.epochs_without_improvement <= cfg.early_stopping_patience
@@ -188,7 +170,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
         reader.set_epoch(state.epoch)
         train_loss, seconds, samples = _train_epoch(cfg, run, reader, backend, state)
         state.replica_fingerprints = check_replicas_identical(run.raw_model, backend, state.epoch)
-        valid = evaluate(run.evaluated, data / "valid", fmap, cfg.eval_batch_size, backend)
+        valid = evaluate(run.evaluated, data.split("valid"), fmap, cfg.eval_batch_size, backend)
         improved = _end_of_epoch(run, state, valid)
         state.history.append({"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss,
                               "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
@@ -206,14 +188,14 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
         stopped = stop_after_epoch is not None and bool(stop_after_epoch(state.epoch - 1, valid))
 
     run.raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
-    test = evaluate(run.raw_model, data / "test", fmap, cfg.eval_batch_size, backend)
+    test = evaluate(run.raw_model, data.split("test"), fmap, cfg.eval_batch_size, backend)
     result = {"valid_auc_best": state.best_criterion if state.monitor == "auc" else float("nan"),
               "early_stopping_on": state.monitor, "stopped": stopped, "test": test, "epochs": state.epoch,
               "steps": state.global_step, "history": state.history, "workers": backend.world,
               "regularization": run.regularization,
               "replica_fingerprints": state.replica_fingerprints}
     if backend.rank == 0:
-        write_model_dir(out, run.raw_model, fmap, manifest["vocab"]["fingerprint"], data,
+        write_model_dir(out, run.raw_model, data,
                         cfg.model_dump(mode="json"), result)
         plot_training_curves(result["history"], out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)

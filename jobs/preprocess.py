@@ -20,12 +20,12 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     cfg.require("dataset"), cfg.require("preprocess")
     spark = get_spark(cfg.spark, "preprocess", args.run_date)
     result = run_preprocess(spark, cfg, force=args.force)
-    rows = result.manifest["rows"]
+    rows = result.manifest.rows
     print(strict_json.dumps({
         "output": result.output,
         "skipped": result.skipped,
-        "rows": {k: rows[k] for k in ("input", "accepted", "rejected")},
-        "splits": {s: v["rows"] for s, v in rows["splits"].items()},
-        "vocab_sizes": result.manifest["vocab_sizes"],
+        "rows": {"input": rows.input, "accepted": rows.accepted, "rejected": rows.rejected},
+        "splits": {name: split.rows for name, split in rows.splits.items()},
+        "vocab_sizes": result.manifest.vocab_sizes,
     }))
     return 0

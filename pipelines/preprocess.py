@@ -21,8 +21,18 @@ from pyspark.sql import functions as F
 
 from deepfm import __version__, strict_json
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
-from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap, ManifestError, parse_manifest
+from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap
 from deepfm.fs import Location
+from deepfm.preprocess_output import (
+    VOCAB_SUMMARY,
+    VOCABULARY,
+    InputFiles,
+    Manifest,
+    PreprocessOutput,
+    RowCounts,
+    SplitRows,
+    TableRows,
+)
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
@@ -33,12 +43,12 @@ from pipelines.vocab import fingerprint as vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+
+
 @dataclass(frozen=True)
 class PreprocessResult:
     output: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     skipped: bool
 
 
@@ -89,7 +99,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         if accepted != sum(s["rows"] for s in split_rows.values()):
             raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
         manifest = _manifest(dataset, pre, fmap, inputs, fingerprint_of_config, rows, split_rows, keep)
-        storage.write_text(f"{tmp}/{MANIFEST}", strict_json.dumps(manifest, indent=2, sort_keys=True))
+        PreprocessOutput.write_manifest(tmp, manifest, storage)
         storage.delete(staging)
     log.info(
         "preprocess done: %d rows in, %d accepted, %d rejected; %s",
@@ -97,11 +107,6 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         ", ".join(f"{s} {v['rows']}" for s, v in split_rows.items()),
     )
     return PreprocessResult(output, manifest, skipped=False)
-
-
-def read_manifest(storage: Storage, output: str) -> dict[str, Any]:
-    path = f"{output.rstrip('/')}/{MANIFEST}"
-    return parse_manifest(storage.read_text(path), path)
 
 
 # ------------------------------------------------------------------------------------------ extract
@@ -114,14 +119,10 @@ def _tables(dataset: DatasetConfig) -> dict[str, TableSpec]:
     return tables
 
 
-def _describe_input(storage: Storage, spec: TableSpec) -> dict[str, Any]:
+def _describe_input(storage: Storage, spec: TableSpec) -> InputFiles:
     files = storage.list_files(spec.path)
-    return {
-        "path": spec.path,
-        "files": len(files),
-        "bytes": sum(f.size for f in files),
-        "fingerprint": storage.fingerprint(spec.path),
-    }
+    return InputFiles(path=spec.path, files=len(files), bytes=sum(f.size for f in files),
+                      fingerprint=storage.fingerprint(spec.path))
 
 
 def _stage_parsed(
@@ -185,10 +186,9 @@ def _fit(
     storage: Storage,
 ) -> tuple[FeatureMap, DataFrame]:
     declared = features.declared_fields(dataset, pre)
-    vocab_dir = f"{tmp}/vocab"
     _write_single_parquet(storage, features.fit_vocabulary(train, declared, pre.vocab.hash_seed).orderBy(FIELD, ID),
-                          vocab_dir, "vocabulary.parquet")
-    vocabulary = spark.read.parquet(vocab_dir)
+                          f"{tmp}/{VOCABULARY}")
+    vocabulary = spark.read.parquet(f"{tmp}/{VOCABULARY}")
     fitted = features.fitted_fields(train, declared, vocabulary)
     fmap = FeatureMap(
         label=dataset.label_name,
@@ -203,16 +203,16 @@ def _fit(
                  "oov_buckets": f.oov_buckets or 0}
         for f in fmap.categorical
     }
-    storage.write_text(f"{tmp}/vocab_summary.json", strict_json.dumps(summary, indent=2, sort_keys=True))
+    storage.write_text(f"{tmp}/{VOCAB_SUMMARY}", strict_json.dumps(summary, indent=2, sort_keys=True))
     return fmap, vocabulary
 
 
-def _write_single_parquet(storage: Storage, frame: DataFrame, directory: str, name: str) -> None:
+def _write_single_parquet(storage: Storage, frame: DataFrame, path: str) -> None:
     """One Parquet file with a stable name, so reruns can be compared byte for byte."""
-    scratch = f"{directory}/_writing"
+    scratch = f"{path.rsplit('/', 1)[0]}/_writing"
     frame.coalesce(1).write.parquet(scratch)
     part = next(f.path for f in storage.list_files(scratch) if f.path.endswith(".parquet"))
-    storage.rename(part, f"{directory}/{name}")
+    storage.rename(part, path)
     storage.delete(scratch)
 
 
@@ -237,7 +237,7 @@ def _write_shards(
     """
     encoded_path = f"{tmp}/_staging/encoded"
     shipped = None if pre.encode == "spark" else features.broadcast_vocabulary(
-        joined.sparkSession, Location.of(f"{tmp}/vocab/vocabulary.parquet"), pre.vocab.broadcast_max_entries)
+        joined.sparkSession, Location.of(f"{tmp}/{VOCABULARY}"), pre.vocab.broadcast_max_entries)
     if shipped is not None:
         encoded = features.apply_feature_map_in_arrow(joined, fmap, shipped, keep=(*keep, ROW_HASH, SPLIT))
     else:
@@ -267,55 +267,46 @@ def _manifest(
     dataset: DatasetConfig,
     pre: PreprocessConfig,
     fmap: FeatureMap,
-    inputs: dict[str, Any],
+    inputs: dict[str, InputFiles],
     fingerprint_of_config: str,
     rows: dict[str, dict[str, Any]],
     split_rows: dict[str, dict[str, Any]],
     keep: list[str],
-) -> dict[str, Any]:
-    main = rows["input"]
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "dataset": dataset.name,
-        "code_version": __version__,
-        "transforms_version": TRANSFORMS_VERSION,
-        "config_hash": fingerprint_of_config,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "inputs": inputs,
-        "label": fmap.label,
-        "field_order": [f.name for f in fmap.fields],
-        "vocab_sizes": fmap.vocab_sizes,
-        "vocab": {"path": "vocab/vocabulary.parquet", "fingerprint": fmap.vocab_fingerprint},
-        "feature_map": fmap.to_dict(),
-        "kept_columns": keep,
-        "rows": {
-            "input": main["input"],
-            "accepted": main["accepted"],
-            "rejected": main["rejected"],
-            "rejected_by_reason": main["rejected_by_reason"],
-            "tables": rows,
-            "splits": split_rows,
-        },
-        "splits": {s: s for s in SPLITS},
-        "shards": pre.shards.model_dump(),
-    }
+) -> Manifest:
+    return Manifest(
+        dataset=dataset.name,
+        code_version=__version__,
+        transforms_version=TRANSFORMS_VERSION,
+        config_hash=fingerprint_of_config,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        inputs=inputs,
+        label=fmap.label,
+        field_order=[f.name for f in fmap.fields],
+        vocab_sizes=fmap.vocab_sizes,
+        vocab={"path": VOCABULARY, "fingerprint": fmap.vocab_fingerprint},
+        feature_map=fmap.to_dict(),
+        kept_columns=keep,
+        rows=RowCounts(**TableRows.model_validate(rows["input"]).model_dump(),
+                       tables={name: TableRows.model_validate(counts) for name, counts in rows.items()},
+                       splits={name: SplitRows.model_validate(counts) for name, counts in split_rows.items()}),
+        shards=pre.shards.model_dump(),
+    )
 
 
-def _committed_manifest(storage: Storage, output: str) -> dict[str, Any] | None:
-    if not storage.is_committed(output) or not storage.exists(f"{output}/{MANIFEST}"):
+def _committed_manifest(storage: Storage, output: str) -> Manifest | None:
+    if not storage.is_committed(output):
         return None
     try:
-        return read_manifest(storage, output)
-    except ManifestError as err:  # a damaged earlier output is rebuilt, not trusted
+        return PreprocessOutput.open(output, storage).manifest
+    except (FileNotFoundError, ValueError) as err:  # a damaged or outdated earlier output is rebuilt, not trusted
         log.warning("%s", err)
         return None
 
 
-def _same_run(previous: dict[str, Any], inputs: dict[str, Any], fingerprint_of_config: str) -> bool:
+def _same_run(previous: Manifest, inputs: dict[str, InputFiles], fingerprint_of_config: str) -> bool:
     return (
-        previous.get("config_hash") == fingerprint_of_config
-        and previous.get("code_version") == __version__
-        and previous.get("transforms_version") == TRANSFORMS_VERSION
-        and {k: v["fingerprint"] for k, v in previous.get("inputs", {}).items()}
-        == {k: v["fingerprint"] for k, v in inputs.items()}
+        previous.config_hash == fingerprint_of_config
+        and previous.code_version == __version__
+        and previous.transforms_version == TRANSFORMS_VERSION
+        and {k: v.fingerprint for k, v in previous.inputs.items()} == {k: v.fingerprint for k, v in inputs.items()}
     )

@@ -31,11 +31,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
-from deepfm.feature_map import FeatureMap, parse_manifest
+from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer, LineScorer
 from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
 from deepfm.parse import ParseLines
+from deepfm.preprocess_output import PreprocessOutput, manifest_path
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table
 from pipelines.steps import step
@@ -212,10 +213,10 @@ def encoded_split(spark: SparkSession, path: str, model: ModelDir, keep: list[st
     frame = spark.read.parquet(path)
     _require_columns(frame.columns, [f.name for f in model.feature_map.fields], path, "the model's inputs")
     _require_columns(frame.columns, keep, path, "score.keep")
-    manifest = _manifest_near(Storage(spark), path)
-    if manifest is not None and manifest["vocab"]["fingerprint"] != model.vocab_fingerprint:
+    encoded_by = _preprocess_output_of(Storage(spark), path)
+    if encoded_by is not None and encoded_by.vocab_fingerprint != model.vocab_fingerprint:
         raise ModelDirError(
-            f"{path} was encoded with another vocabulary (fingerprint {manifest['vocab']['fingerprint'][:12]}) "
+            f"{path} was encoded with another vocabulary (fingerprint {encoded_by.vocab_fingerprint[:12]}) "
             f"than model {model.path} ({model.vocab_fingerprint[:12]}): its ids mean different values. "
             "Score the raw logs instead, or the split of the preprocess run the model was trained on."
         )
@@ -301,9 +302,9 @@ def _require_columns(available: list[str], required: list[str], where: str, what
         raise read.InputError(f"{where} lacks column(s) {missing} needed for {what}")
 
 
-def _manifest_near(storage: Storage, path: str) -> dict[str, Any] | None:
-    """The preprocess manifest of a split directory (one level up) or of a preprocess output."""
-    for candidate in (f"{path.rstrip('/')}/manifest.json", f"{path.rstrip('/').rsplit('/', 1)[0]}/manifest.json"):
-        if storage.exists(candidate):
-            return parse_manifest(storage.read_text(candidate), candidate)
+def _preprocess_output_of(storage: Storage, path: str) -> PreprocessOutput | None:
+    """The preprocess output a split directory (one level up) belongs to, or that `path` is."""
+    for candidate in (path.rstrip("/"), path.rstrip("/").rsplit("/", 1)[0]):
+        if storage.is_file(manifest_path(candidate)):
+            return PreprocessOutput.open(candidate, storage)
     return None

@@ -7,10 +7,11 @@ import pytest
 
 from deepfm.config import TrainConfig
 from deepfm.distributed import make_backend
-from deepfm.launch import run_training
+from deepfm.launch import run_training, training_signature
 from deepfm.model_dir import open_model_dir
 from deepfm.model_versions import ModelRoot, VersionError
-from deepfm.train import train, training_signature
+from deepfm.preprocess_output import PreprocessOutput
+from deepfm.train import train
 
 
 @pytest.fixture
@@ -85,18 +86,19 @@ def test_resume_auto_continues_only_an_interrupted_run_of_the_same_input_and_con
 
     def interrupted(version: str, run_cfg: TrainConfig) -> None:
         """A build left with its checkpoint, as a killed run leaves it (commit would drop it)."""
-        build = root.start_build(version, training_signature(run_cfg))
+        build = root.start_build(version, training_signature(PreprocessOutput.open(run_cfg.data), run_cfg))
         train(run_cfg.model_copy(update={"output": str(build)}), make_backend("none"))
         assert (build / "checkpoint.pt").is_file()
 
     interrupted("2026-11-27", cfg.model_copy(update={"lr": 1e-2}))  # then the config changed: not continued
-    assert root.resumable_with(training_signature(cfg), "2026-11-27") is None
+    assert root.resumable_with(training_signature(PreprocessOutput.open(cfg.data), cfg), "2026-11-27") is None
     caplog.clear()
     run_training(cfg, resume="auto", run_date="2026-11-27")
     assert "training as usual" in caplog.text and "resumed from" not in caplog.text
 
     interrupted("2026-11-28", cfg)
-    assert root.resumable_with(training_signature(cfg)) == "2026-11-28"  # the newest interrupted run
+    newest_interrupted = root.resumable_with(training_signature(PreprocessOutput.open(cfg.data), cfg))
+    assert newest_interrupted == "2026-11-28"
     caplog.clear()
     result = run_training(cfg, resume="auto", run_date="2026-11-28")
     assert "continuing the interrupted run of model version 2026-11-28" in caplog.text

@@ -23,7 +23,8 @@ from deepfm.launch import run_training
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_versions import ModelRoot
 from deepfm.optim import make_optimizers
-from deepfm.train import NonFiniteLossError, evaluate, load_feature_map, train
+from deepfm.preprocess_output import PreprocessOutput
+from deepfm.train import NonFiniteLossError, evaluate, train
 from tests.conftest import REPO_ROOT, run_cli
 
 SMALL_MODEL = {"embedding_dim": 8, "hidden": [64, 32]}
@@ -148,7 +149,7 @@ def test_the_moving_average_of_the_weights_is_evaluated_and_shipped(criteo_shard
 
 
 def _test_auc(model, data) -> float:
-    return evaluate(model, data / "test", load_feature_map(data)[0], 4096, make_backend("none"))["auc"]
+    return evaluate(model, data / "test", PreprocessOutput.open(data).feature_map, 4096, make_backend("none"))["auc"]
 
 
 def _kill_when_checkpointed(cmd, checkpoint: Path) -> dict:

@@ -41,7 +41,7 @@ def row_run(spark, tmp_path_factory):
     out = logs.parent / "prep"
     result = run_preprocess(spark, make_config(criteo_dataset(logs), str(out), max_reject_rate=0.05))
     rejects = pq.read_table(out / "rejects").to_pylist()
-    return result.manifest["rows"], rejects, logs
+    return result.manifest.rows, rejects, logs
 
 
 def test_the_corpus_is_parsed_alike_by_arrow_and_spark_sql(spark, row_run, tmp_path):
@@ -50,7 +50,7 @@ def test_the_corpus_is_parsed_alike_by_arrow_and_spark_sql(spark, row_run, tmp_p
     rows, rejects, logs = row_run
     result = run_preprocess(spark, make_config(criteo_dataset(logs), str(tmp_path / "sql"), max_reject_rate=0.05,
                                                parse="spark"))
-    assert result.manifest["rows"] == rows
+    assert result.manifest.rows == rows
     assert _sorted(pq.read_table(tmp_path / "sql" / "rejects").to_pylist()) == _sorted(rejects)
     for split in ("train", "valid", "test"):
         assert pq.read_table(tmp_path / "sql" / split).equals(pq.read_table(logs.parent / "prep" / split))
@@ -96,8 +96,8 @@ def test_each_bad_input_file_ends_as_its_case_says(spark, tmp_path, caplog, name
     if expected["exit"] == 0:
         with caplog.at_level(logging.WARNING):
             result = run_preprocess(spark, make_config(dataset, str(output), max_reject_rate=0.05))
-        assert result.manifest["rows"]["input"] == result.manifest["rows"]["accepted"] == expected["rows"]
-        assert result.manifest["inputs"]["input"]["files"] == expected["files"]  # and each was read
+        assert result.manifest.rows.input == result.manifest.rows.accepted == expected["rows"]
+        assert result.manifest.inputs["input"].files == expected["files"]  # and each was read
         assert (expected["warning"] in caplog.text) if "warning" in expected else "not read" not in caplog.text
         return
     with pytest.raises(Exception) as err:  # noqa: PT011 - the exit code is what the contract fixes

@@ -59,19 +59,19 @@ def test_shards_are_typed_and_ids_within_vocabulary(criteo_run):
     for split in SPLITS:
         table = _table(out / split)
         total += table.num_rows
-        assert table.num_rows == manifest["rows"]["splits"][split]["rows"]
+        assert table.num_rows == manifest.rows.splits[split].rows
         assert str(table.schema.field("label").type) == "float"
-        for name, size in manifest["vocab_sizes"].items():
+        for name, size in manifest.vocab_sizes.items():
             column = table.column(name)
             assert str(column.type) == "int32"
             assert column.to_numpy().min() >= 0 and column.to_numpy().max() < size
     assert total == 10_000
     vocabulary = pq.read_table(out / "vocab" / "vocabulary.parquet").to_pandas()
-    for name, size in manifest["vocab_sizes"].items():
+    for name, size in manifest.vocab_sizes.items():
         assert (vocabulary.field == name).sum() + 2 == size
     assert vocabulary["count"].min() >= 2  # min_count
     summary = json.loads((out / "vocab_summary.json").read_text())
-    assert summary["C1"]["size"] == manifest["vocab_sizes"]["C1"]
+    assert summary["C1"]["size"] == manifest.vocab_sizes["C1"]
 
 
 def test_shard_files_and_row_groups_follow_config(criteo_run):
@@ -106,7 +106,7 @@ def test_rerun_is_skipped_then_forced_rerun_is_identical(criteo_run, spark, tmp_
     assert (out / "vocab/vocabulary.parquet").read_bytes() == (copy_out / "vocab/vocabulary.parquet").read_bytes()
     for split in SPLITS:
         assert _table(out / split).equals(_table(copy_out / split))  # same rows, same order
-    assert first.manifest["vocab"]["fingerprint"] == second.manifest["vocab"]["fingerprint"]
+    assert first.manifest.vocab.fingerprint == second.manifest.vocab.fingerprint
 
 
 @pytest.mark.parametrize("step", ["encode", "parse"])
@@ -140,9 +140,9 @@ def test_rejects_are_counted_and_kept(spark, tmp_path):
     out = tmp_path / "out"
     cfg = make_config(criteo_dataset(_with_bad_lines(tmp_path, 40)), str(out))
     manifest = run_preprocess(spark, cfg).manifest
-    rows = manifest["rows"]
-    assert (rows["input"], rows["accepted"], rows["rejected"]) == (10_040, 10_000, 40)
-    assert rows["rejected_by_reason"] == {"I1: not an integer": 20, "expected 40 fields, found 3": 20}
+    rows = manifest.rows
+    assert (rows.input, rows.accepted, rows.rejected) == (10_040, 10_000, 40)
+    assert rows.rejected_by_reason == {"I1: not an integer": 20, "expected 40 fields, found 3": 20}
     rejects = _table(out / "rejects").to_pandas()
     assert len(rejects) == 40 and set(rejects.table) == {"input"}
     assert (rejects.raw == "0\t1\t2").sum() == 20
@@ -195,9 +195,9 @@ def test_obd_with_side_table_and_time_split(spark, tmp_path):
         "valid": sum(datetime(2019, 11, 29) <= t < datetime(2019, 11, 30) for t in stamps),
         "test": sum(t >= datetime(2019, 11, 30) for t in stamps),
     }
-    assert {s: manifest["rows"]["splits"][s]["rows"] for s in SPLITS} == expected
-    assert manifest["vocab_sizes"]["item_id"] == 80 + 2  # 80 items, all seen >= 5 times
-    assert manifest["vocab_sizes"]["item_feature_1"] > 2  # side-table attributes arrived
+    assert {s: manifest.rows.splits[s].rows for s in SPLITS} == expected
+    assert manifest.vocab_sizes["item_id"] == 80 + 2  # 80 items, all seen >= 5 times
+    assert manifest.vocab_sizes["item_feature_1"] > 2  # side-table attributes arrived
     train = _table(out / "train")
     assert "item_feature_0" in train.column_names and "propensity_score" in train.column_names
     assert str(train.schema.field("user-item_affinity_0").type) == "float"
@@ -215,12 +215,12 @@ def test_generated_impressions_clicks_and_items_join_back(spark, tmp_path):
     dataset["clicks"]["table"]["path"] = str(raw / "clicks")
     dataset["side_tables"][0]["table"]["path"] = str(raw / "items")
     manifest = run_preprocess(spark, make_config(dataset, str(tmp_path / "out"))).manifest
-    rows = manifest["rows"]
-    assert rows["input"] == rows["accepted"] == 20_000
-    clicks = sum(rows["splits"][s]["rows"] * rows["splits"][s]["label_rate"] for s in SPLITS)
+    rows = manifest.rows
+    assert rows.input == rows.accepted == 20_000
+    clicks = sum(rows.splits[s].rows * rows.splits[s].label_rate for s in SPLITS)
     # The generator's own labels: late, duplicate and orphan clicks must not change them.
     assert round(clicks) == round(summary["label_rate"] * 20_000)
-    assert rows["tables"]["clicks"]["input"] > clicks  # duplicates, late and orphan clicks exist
+    assert rows.tables["clicks"].input > clicks  # duplicates, late and orphan clicks exist
     test = _table(tmp_path / "out" / "test")
     assert {"impression_id", "p_true", "item_category", "item_price"} <= set(test.column_names)
 

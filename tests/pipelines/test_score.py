@@ -20,7 +20,7 @@ from deepfm.feature_map import TransformsVersionError
 from deepfm.launch import run_training
 from deepfm.model_dir import ModelDirError, open_model_dir
 from deepfm.precision import ALLOW_SLOW_BF16
-from deepfm.train import load_feature_map
+from deepfm.preprocess_output import PreprocessOutput
 from pipelines.read import InputError
 from pipelines.score import run_score
 from tests.conftest import CLI, REPO_ROOT, run_cli
@@ -267,7 +267,7 @@ def test_a_model_or_data_from_another_transforms_version_is_refused(trained, tmp
     del manifest["feature_map"]["transforms_version"]  # written before the transforms were versioned
     (prep / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TransformsVersionError, match="before they were versioned"):
-        load_feature_map(prep)
+        PreprocessOutput.open(prep)
 
 
 def test_the_row_key_a_data_set_declares_is_kept_by_default(spark, trained, tmp_path):
