@@ -79,9 +79,9 @@ def test_no_row_is_lost(row_run):
     rows, rejects, _ = row_run
     lines = sum(1 for _ in CRITEO_SAMPLE.open("rb")) + len(ROW_CASES)
     rejected = sum(1 for expected in ROW_CASES.values() if expected != "accepted")
-    assert rows["input"] == lines
-    assert rows["rejected"] == len(rejects) == rejected
-    assert rows["accepted"] == lines - rejected == sum(split["rows"] for split in rows["splits"].values())
+    assert rows.input == lines
+    assert rows.rejected == len(rejects) == rejected
+    assert rows.accepted == lines - rejected == sum(split.rows for split in rows.splits.values())
 
 
 @pytest.mark.parametrize("name", sorted(FILE_CASES))
@@ -129,9 +129,9 @@ def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parse
                          for r in pq.read_table(partition / "_rejects").to_pylist())
         runs[parse] = result, pq.read_table(partition).column("probability").to_numpy(), rejects
     (arrow, arrow_scores, arrow_rejects), (sql, sql_scores, sql_rejects) = runs["arrow"], runs["spark"]
-    assert arrow_rejects == sql_rejects and len(arrow_rejects) == rows["rejected"] == len(preprocess_rejects)
+    assert arrow_rejects == sql_rejects and len(arrow_rejects) == rows.rejected == len(preprocess_rejects)
     assert sorted(r[0] for r in arrow_rejects) == sorted(r["reason"] for r in preprocess_rejects)
-    assert arrow.rows == sql.rows == rows["accepted"]
+    assert arrow.rows == sql.rows == rows.accepted
     # The corpus has no id column to pair rows by: the same scores, sorted.
     assert np.abs(np.sort(arrow_scores) - np.sort(sql_scores)).max() < 1e-6
 
