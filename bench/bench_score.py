@@ -38,7 +38,7 @@ from machine import machine  # noqa: E402
 from synthetic_data import CONF_FILES, generate, preprocess, run_stage, settings  # noqa: E402
 
 from deepfm.config import Config, load_config  # noqa: E402
-from deepfm.model_dir import open_model_dir  # noqa: E402
+from deepfm.model_versions import open_model_version  # noqa: E402
 
 MODEL = settings("train.model.embedding_dim=16", "train.model.hidden=[400,400,400]")
 
@@ -52,7 +52,7 @@ def prepare(data: Path, model: Path, raw: Path) -> None:
 
 
 def in_process_rate(model_dir: Path, data: Path, batch_rows: int) -> dict:
-    md = open_model_dir(model_dir)
+    md = open_model_version(model_dir)
     model = md.load()
     torch.set_num_threads(os.cpu_count() or 1)
     table = pa.concat_tables(pq.read_table(data / split) for split in ("train", "valid", "test"))
@@ -77,13 +77,13 @@ def in_process_raw_rate(model_dir: Path, raw: Path, batch_rows: int) -> dict:
     from deepfm.parse import ParseLines
     from pipelines import read
 
-    md = open_model_dir(model_dir)
+    md = open_model_version(model_dir)
     fmap, spec = md.feature_map, load_config(CONF_FILES).dataset.input
     weights, vocabulary = md.weights.read_bytes(), vocabulary_to_bytes(pq.read_table(md.vocabulary.uri))
     header = [c.name for c in spec.resolved_columns]  # the synthetic logs have no header line
     scorer = LineScorer(
         ParseLines(read.line_parser(spec, header, {name: i for i, name in enumerate(header)}), read.ARROW_BOOKKEEPING),
-        ArrowScorer(version=md.version, model_config=md.config.to_dict(),
+        ArrowScorer(weights_digest=md.weights_digest, model_config=md.config.to_dict(),
                     categorical=tuple(f.name for f in fmap.categorical), dense=tuple(f.name for f in fmap.dense),
                     keep=(), weights=lambda: weights,
                     threads=os.cpu_count() or 1, device="cpu", feature_map=fmap.to_dict(),
@@ -152,7 +152,8 @@ def main() -> None:
     base = best["in_process"]["rows_per_s"]
     print(json.dumps({
         "machine": machine(),
-        "model": {"embedding_dim": 16, "hidden": [400, 400, 400], "version": open_model_dir(args.model).version},
+        "model": {"embedding_dim": 16, "hidden": [400, 400, 400],
+                  "weights_digest": open_model_version(args.model).weights_digest},
         "cores": os.cpu_count(), "batch_rows": args.batch_rows, "rounds": args.rounds, **best,
         "ratio_spark_raw_logs": round(best["spark_raw_logs"]["rows_per_s"] / base, 3),
         "ratio_spark_raw_logs_sql_parsing": round(best["spark_raw_logs_sql_parsing"]["rows_per_s"] / base, 3),

@@ -1,4 +1,4 @@
-"""Checkpoints and model files, written atomically and read without unpickling code.
+"""Checkpoints and weights, written atomically and read without unpickling code.
 
 Everything goes through `torch.save` of plain containers of tensors and numbers, so readers use
 `torch.load(..., weights_only=True)`: a checkpoint from an untrusted path cannot run code. Paths
@@ -17,9 +17,6 @@ from deepfm import strict_json
 from deepfm.fs import Location, Where
 
 CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "model.pt"
-MODEL_CONFIG = "model.json"
-METRICS = "metrics.json"
 
 
 def save_torch(obj: Any, where: Where) -> None:

@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from deepfm.fs import Location, Where
-from deepfm.model_dir import TORCHSCRIPT, ModelDir
+from deepfm.model_versions import TORCHSCRIPT, ModelVersion
 
 TOLERANCE = 1e-6
 
@@ -22,7 +22,7 @@ class ExportError(RuntimeError):
     pass
 
 
-def example_inputs(md: ModelDir, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def example_inputs(md: ModelVersion, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid inputs: each field's ids drawn within its vocabulary, dense values standard normal."""
     gen = torch.Generator().manual_seed(seed)
     sizes = md.config.vocab_sizes
@@ -32,7 +32,7 @@ def example_inputs(md: ModelDir, rows: int, seed: int = 0) -> tuple[torch.Tensor
     return ids, dense
 
 
-def export_torchscript(md: ModelDir, out: Where | None = None) -> tuple[Location, float]:
+def export_torchscript(md: ModelVersion, out: Where | None = None) -> tuple[Location, float]:
     """Write the TorchScript model (default: into the model directory); returns it and the max abs
     difference of its probabilities from the eager model's on 1000 check rows."""
     model = md.load("cpu")

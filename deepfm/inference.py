@@ -1,7 +1,7 @@
 """Scoring Arrow record batches: the part of batch scoring that runs inside Spark's Python workers.
 
 No Spark here, so the same code scores in-process (tests, benchmarks) and in executors. The model
-is built once per Python process and cached by version: Spark reuses its Python workers across
+is built once per Python process and cached by its weights' digest: Spark reuses its Python workers across
 tasks (spark.python.worker.reuse, on by default), so a worker loads each model once, not once per
 batch or partition.
 """
@@ -39,7 +39,7 @@ class ArrowScorer:
     feature values, and each is encoded here (deepfm/encode.py) before the model sees it.
     """
 
-    version: str
+    weights_digest: str
     model_config: dict[str, Any]
     categorical: tuple[str, ...]
     dense: tuple[str, ...]
@@ -68,7 +68,7 @@ class ArrowScorer:
         if self.device == "cuda" and device.type != "cuda":
             raise RuntimeError("score.device is 'cuda' but this executor sees no GPU; set score.device=auto")
         torch.set_num_threads(self.threads)
-        key = f"{self.version}/{device}"
+        key = f"{self.weights_digest}/{device}"
         with _LOCK:
             if key not in _MODELS:
                 _MODELS[key] = load_state(self.model_config, self.weights(), device)

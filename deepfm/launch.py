@@ -16,24 +16,34 @@ import logging
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from deepfm import logs
-from deepfm.checkpoint import CHECKPOINT, METRICS
+from deepfm.checkpoint import CHECKPOINT
 from deepfm.config import TrainConfig
 from deepfm.fs import Location
 from deepfm.lease import held
-from deepfm.model_versions import BUILDING, ModelRoot
+from deepfm.model_versions import BUILDING, ModelRoot, TrainingResult, VersionRecord, open_model_version
 from deepfm.preprocess_output import PreprocessOutput
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainedVersion:
+    """What `run_training` made: a committed model version and its training result."""
+
+    version: str  # the version's name (its run date or start time)
+    model: str  # its directory
+    up_to_date: bool  # nothing was trained: the version was already built from this input and config
+    result: TrainingResult
+
+
 def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_date: str | None = None,
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False) -> TrainedVersion:
     """Train a new version of the model under cfg.output with cfg.workers workers on cfg.backend,
-    placed by cfg.launcher, and commit it (deepfm/model_versions.py); rank 0's result, with the
-    version's name and directory.
+    placed by cfg.launcher, and commit it (deepfm/model_versions.py).
 
     The version is named by `run_date`, else by the time. A run whose input and training config
     equal those of the version it would replace (the same date's, or without a date the latest)
@@ -54,7 +64,7 @@ def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_d
 
 
 def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["auto"], run_date: str | None,
-                   force: bool) -> dict[str, Any]:
+                   force: bool) -> TrainedVersion:
     data = None
     if resume == "auto":
         data = PreprocessOutput.open(cfg.data)
@@ -77,19 +87,21 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
         version = root.new_version_name(run_date)
         current = run_date if run_date else root.latest()
         record = root.record(current) if current else None
-        if record is not None and record.get("signature") == signature and not force:
+        if record is not None and record.signature == signature and not force:
             log.info("model version %s is up to date with its input and training config; nothing to do "
                      "(--force retrains)", root.path / current)
-            return {**json.loads((root.path / current / METRICS).read_text()), "version": current,
-                    "model": str(root.path / current), "up_to_date": True}
+            model = open_model_version(root.path / current)
+            return TrainedVersion(current, str(model.path), up_to_date=True, result=model.training_result())
         root.start_build(version, signature)  # the build of a failed run of this version: start over
     build = root.building(version)
     log.info("training model version %s in %s", version, build)
-    result = _launch(cfg.model_copy(update={"output": str(build)}), resume)
-    model = root.commit(version, {"version": version, "run_date": run_date, "signature": signature,
-                                  "data": cfg.data, "test": result["test"],
-                                  "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    return {**result, "version": version, "model": str(model), "up_to_date": False}
+    _launch(cfg.model_copy(update={"output": str(build)}), resume)
+    # Rank 0 wrote the result into the build, whichever launcher ran it: one way back for all of them.
+    result = TrainingResult.read(build)
+    model = root.commit(version, VersionRecord(
+        version=version, run_date=run_date, signature=signature, data=cfg.data, test=result.test,
+        committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+    return TrainedVersion(version, str(model), up_to_date=False, result=result)
 
 
 def training_signature(data: PreprocessOutput, cfg: TrainConfig) -> str:
@@ -99,22 +111,23 @@ def training_signature(data: PreprocessOutput, cfg: TrainConfig) -> str:
     return hashlib.sha256(data.manifest_bytes + b"\0" + config).hexdigest()
 
 
-def _launch(cfg: TrainConfig, resume: bool) -> dict[str, Any]:
+def _launch(cfg: TrainConfig, resume: bool) -> None:
     plain = cfg.model_dump(mode="json")
     if cfg.backend == "none":
-        return worker(plain, resume)
-    if cfg.launcher == "spark":
-        return _on_spark(cfg, plain, resume)
-    if cfg.backend == "horovod":
+        worker(plain, resume)
+    elif cfg.launcher == "spark":
+        _on_spark(cfg, plain, resume)
+    elif cfg.backend == "horovod":
         import horovod
 
-        results = horovod.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True,
-                              hosts=f"localhost:{cfg.workers}")
-        return results[0]
-    return _spawn_torch(cfg, plain, resume)
+        horovod.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True, hosts=f"localhost:{cfg.workers}")
+    else:
+        import torch.multiprocessing as mp
+
+        mp.spawn(_spawned, args=(cfg.workers, free_port(), plain, resume), nprocs=cfg.workers, join=True)
 
 
-def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
+def worker(plain: dict[str, Any], resume: bool) -> None:
     """Runs in every worker process: build the backend, train, shut down."""
     import faulthandler
 
@@ -129,11 +142,10 @@ def worker(plain: dict[str, Any], resume: bool) -> dict[str, Any]:
     cfg = TrainConfig.model_validate(plain)
     backend = make_backend(cfg.backend, cfg.device)
     try:
-        result = train(cfg, backend, resume=resume)
+        train(cfg, backend, resume=resume)
         # No rank may tear its process group down while a peer is still in a collective with it:
         # gloo aborts the process ("terminate called without an active exception") when it does.
         backend.barrier()
-        return result
     finally:
         backend.close()
 
@@ -162,14 +174,7 @@ def _spawned(rank: int, world: int, port: int, plain: dict[str, Any], resume: bo
     os._exit(0)
 
 
-def _spawn_torch(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_spawned, args=(cfg.workers, free_port(), plain, resume), nprocs=cfg.workers, join=True)
-    return json.loads((Location.of(cfg.output) / METRICS).read_text())
-
-
-def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str, Any]:
+def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> None:
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
@@ -186,9 +191,10 @@ def _on_spark(cfg: TrainConfig, plain: dict[str, Any], resume: bool) -> dict[str
         executable = spark.conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
         # stdout/stderr: the workers' output streams back to the driver, so rank 0's progress is in
         # the driver log (and the Airflow task log), not only in the executors'.
-        return horovod.spark.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True,
-                                 verbose=1, executable=executable, stdout=sys.stdout, stderr=sys.stderr)[0]
+        horovod.spark.run(worker, args=(plain, resume), num_proc=cfg.workers, use_gloo=True,
+                          verbose=1, executable=executable, stdout=sys.stdout, stderr=sys.stderr)
+        return
     from pyspark.ml.torch.distributor import TorchDistributor
 
     distributor = TorchDistributor(num_processes=cfg.workers, local_mode=False, use_gpu=cfg.device == "cuda")
-    return distributor.run(worker, plain, resume)
+    distributor.run(worker, plain, resume)

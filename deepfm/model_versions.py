@@ -1,45 +1,213 @@
-"""Model versions: each train run builds a new version beside the ones in use and commits it whole.
+"""Model versions: what the train stage writes and the score, evaluate, export and tracking stages read.
+
+One version (a `ModelVersion`, read and written only here):
+
+    model.pt                  weights (a plain state dict: loads with weights_only=True)
+    model.json                model config, feature map, vocabulary fingerprint, training config, data
+    metrics.json              the `TrainingResult`: test metrics and the per-epoch history
+    version.json              the `VersionRecord`: run date, the signature of its input and config
+    training_curves.png       loss and validation AUC against step
+    vocab/vocabulary.parquet  the exact vocabulary the model was trained with
+    model.torchscript.pt      after `deepfm-pipeline export`
+
+Versions live in a model root (`ModelRoot`), each train run building a new one beside those in use:
 
     <train.output>/               the model's root
-        2026-11-27/               a version: a complete model directory (deepfm/model_dir.py)
+        2026-11-27/               a version
         2026-11-28/
         LATEST                    the name of the newest complete version
         .building-2026-11-29/     a run in progress, or one that was killed: --resume continues it
             training_signature    the input and config of the run that builds it (--resume auto)
 
 A version is named by the run date (`--run-date`), else by the UTC time its run started, so names
-sort by age. It is built in `.building-<version>/`, marked complete by `version.json` (its run date
-and the signature of its input and config), and then renamed into place on a local or HDFS root.
-An object store has no rename: the files are copied, with `version.json` last. `LATEST` moves
-only after that, to the newest complete version; a backfill of an older date does not move it back.
-A run that fails or is killed leaves every version and `LATEST` as they were.
+sort by age. It is built in `.building-<version>/`, marked complete by `version.json`, and then
+renamed into place on a local or HDFS root. An object store has no rename: the files are copied,
+with `version.json` last. `LATEST` moves only after that, to the newest complete version; a
+backfill of an older date does not move it back. A run that fails or is killed leaves every
+version and `LATEST` as they were.
 
-Readers name a version directory, the root (meaning its latest version), or `<root>/latest`.
+Readers name a version directory, the root (meaning its latest version), or `<root>/latest`; they
+get a `ModelVersion`, checked for completeness, and never unpickle anything from it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
+import math
+import pickle
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
+from deepfm import checkpoint as ckpt
 from deepfm import strict_json
-from deepfm.checkpoint import CHECKPOINT, MODEL_CONFIG
+from deepfm.errors import first_line
+from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
+from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.preprocess_output import PreprocessOutput
 
 log = logging.getLogger(__name__)
 
+WEIGHTS = "model.pt"
+MODEL_CONFIG = "model.json"
+METRICS = "metrics.json"
+VOCABULARY = "vocab/vocabulary.parquet"
+CURVES = "training_curves.png"
+TORCHSCRIPT = "model.torchscript.pt"
 LATEST = "LATEST"
 RECORD = "version.json"
 BUILDING = ".building-"
 BUILD_SIGNATURE = "training_signature"
 
 
-class VersionError(ValueError):
-    """A model root or version that cannot be used as asked."""
+class ModelVersionError(ValueError):
+    """A model root or version that is missing, incomplete or inconsistent, or cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a training run reports: rank 0 writes it as the version's metrics.json."""
+
+    valid_auc_best: float  # NaN where the validation split has one class (see early_stopping_on)
+    early_stopping_on: str  # "auc", or "-logloss"
+    stopped: bool  # ended by the caller's stop_after_epoch (the tuner's pruning)
+    test: dict[str, float]  # deepfm/metrics.py's binary_metrics on the test split
+    epochs: int
+    steps: int
+    history: list[dict[str, Any]]  # per epoch: train_loss, valid_auc, valid_logloss, samples_per_s, lr
+    workers: int
+    regularization: dict[str, Any]  # the strengths as resolved for this data and batch
+    replica_fingerprints: list[list[float]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return strict_json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, directory: Where) -> TrainingResult:
+        """The result in a version (or in the build of one: rank 0 writes it there)."""
+        return cls.from_json((Location.of(directory) / METRICS).read_text())
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingResult:
+        data = json.loads(text)
+        # Strict JSON writes an undefined figure (the AUC of one class) as null: it reads back as NaN.
+        return cls(**{**data, "valid_auc_best": _nan_for_null(data["valid_auc_best"]),
+                      "test": {k: _nan_for_null(v) for k, v in data["test"].items()},
+                      "history": [{k: _nan_for_null(v) for k, v in epoch.items()} for epoch in data["history"]]})
+
+
+def _nan_for_null(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """version.json: written last when a version is committed, so its presence marks it complete."""
+
+    version: str
+    run_date: str | None
+    signature: str  # of the preprocess output and training config (deepfm/launch.py's training_signature)
+    data: str
+    test: dict[str, float]
+    committed_at: str
+
+    def to_json(self) -> str:
+        return strict_json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VersionRecord:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    path: Location
+    config: DeepFMConfig
+    feature_map: FeatureMap
+    vocab_fingerprint: str
+    weights_digest: str  # content hash of the weights: two models with equal digests score identically
+    train_config: dict[str, Any]  # the training config that trained it (even when the run was resumed)
+
+    @property
+    def name(self) -> str:
+        """The version's name (its run date or start time): its directory's name."""
+        return self.path.name
+
+    @property
+    def weights(self) -> Location:
+        return self.path / WEIGHTS
+
+    @property
+    def vocabulary(self) -> Location:
+        return self.path / VOCABULARY
+
+    def load(self, device: str | torch.device = "cpu") -> DeepFM:
+        """The model in eval mode, weights loaded with weights_only=True.
+
+        Score and evaluate call this on the driver before any input work, so that a corrupt or
+        foreign model.pt fails in a second with its name, not in every executor minutes later.
+        """
+        model = DeepFM(self.config)
+        try:
+            model.load_state_dict(ckpt.load_torch(self.weights, device))
+        except pickle.UnpicklingError:
+            # torch's message advises weights_only=False, which would run whatever code the file holds.
+            raise ModelVersionError(f"{self.weights} holds objects other than tensors and was refused (loading it "
+                                    "could run code): use a model.pt written by `deepfm-pipeline train`") from None
+        except (RuntimeError, EOFError, KeyError, TypeError, ValueError) as err:
+            raise ModelVersionError(f"{self.weights} is not a readable state dict of the model in "
+                                    f"{self.path / MODEL_CONFIG} ({first_line(err)}): retrain, or copy the model "
+                                    "directory again") from None
+        return model.to(device).eval()
+
+    def training_result(self) -> TrainingResult:
+        return TrainingResult.read(self.path)
+
+    def record(self) -> VersionRecord | None:
+        """What the version records of its run; None for a model directory outside a model root."""
+        path = self.path / RECORD
+        return VersionRecord.from_json(path.read_text()) if path.is_file() else None
+
+
+def open_model_version(where: Where) -> ModelVersion:
+    """Read and check a model version (a local path or URI), or a model root's latest version;
+    every problem names the file to look at."""
+    path = resolve(where)
+    missing = [name for name in (MODEL_CONFIG, WEIGHTS) if not (path / name).is_file()]
+    if len(missing) == 2 and not path.is_dir():  # an object store has no directories, only its files
+        raise ModelVersionError(f"model directory {path} does not exist (train one with `deepfm-pipeline train`)")
+    if missing:
+        raise ModelVersionError(f"{path / missing[0]} is missing: {path} is not a complete model directory")
+    try:
+        meta = json.loads((path / MODEL_CONFIG).read_text())
+        config = DeepFMConfig.from_dict(meta["model"])
+        fmap = FeatureMap.from_dict(meta["feature_map"])
+        fingerprint = meta["vocab_fingerprint"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelVersionError(f"{path / MODEL_CONFIG} is unreadable: {err!r}") from err
+    fmap.check_transforms(path / MODEL_CONFIG)
+    return ModelVersion(path, config, fmap, fingerprint, _file_hash(path / WEIGHTS)[:16], meta["train"])
+
+
+def write_model_version(out: Location, model: DeepFM, data: PreprocessOutput, train_config: dict[str, Any],
+                        result: TrainingResult) -> None:
+    """Rank 0 writes everything but the weights (saved as training improves) and the curves."""
+    ckpt.save_json({
+        "model": model.config.to_dict(),
+        "feature_map": data.feature_map.to_dict(),
+        "vocab_fingerprint": data.vocab_fingerprint,
+        "data": str(data.location),
+        "train": train_config,
+    }, out / MODEL_CONFIG)
+    (out / METRICS).write_text(result.to_json())
+    if data.vocabulary.is_file():  # the scorer needs the exact vocabulary the model was trained with
+        data.vocabulary.copy_to(out / VOCABULARY)
 
 
 @dataclass(frozen=True)
@@ -64,11 +232,11 @@ class ModelRoot:
         try:
             name = pointer.read_text().strip()
         except UnicodeDecodeError:
-            raise VersionError(f"{pointer} is not text: it must hold the name of a version in {self.path} (one of "
+            raise ModelVersionError(f"{pointer} is not text: it must hold the name of a version in {self.path} (one of "
                                f"{self.versions() or 'none yet'}); write one there, or delete it") from None
         if (not name or "/" in name or "\\" in name or name.startswith((".", "_"))
                 or not (self.path / name / RECORD).is_file()):  # what versions() lists, without listing them
-            raise VersionError(f"{pointer} names {name[:80]!r}, which is not a complete version in {self.path} "
+            raise ModelVersionError(f"{pointer} names {name[:80]!r}, which is not a complete version in {self.path} "
                                f"(versions: {self.versions() or 'none yet'}): write one of them there, or delete it")
         return name
 
@@ -76,10 +244,10 @@ class ModelRoot:
         pointer = self.path / LATEST
         return pointer.read_bytes().decode("utf-8", errors="replace").strip() if pointer.is_file() else None
 
-    def record(self, version: str) -> dict[str, Any] | None:
+    def record(self, version: str) -> VersionRecord | None:
         """What a complete version records of its run; None when the version is not complete."""
         path = self.path / version / RECORD
-        return json.loads(path.read_text()) if path.is_file() else None
+        return VersionRecord.from_json(path.read_text()) if path.is_file() else None
 
     def new_version_name(self, run_date: str | None) -> str:
         """The run date, else the UTC time (with -2, -3... when a run of the same second exists)."""
@@ -97,7 +265,7 @@ class ModelRoot:
         is never replaced: committing the version would delete it."""
         dest = self.path / version
         if dest.exists() and not (dest / RECORD).is_file():
-            raise VersionError(f"{dest} exists and is not a model version written by deepfm-pipeline (it has no "
+            raise ModelVersionError(f"{dest} exists and is not a model version written by deepfm-pipeline (it has no "
                                f"{RECORD}): it is never replaced; move it away yourself, or choose another "
                                "train.output or --run-date")
 
@@ -115,7 +283,7 @@ class ModelRoot:
         """`version` (else the newest interrupted build) when a run of this same input and config
         left it with a checkpoint; None otherwise."""
         version = version or self.resumable()
-        if version is None or not (self.building(version) / CHECKPOINT).is_file():
+        if version is None or not (self.building(version) / ckpt.CHECKPOINT).is_file():
             return None
         marked = self.building(version) / BUILD_SIGNATURE
         return version if marked.is_file() and marked.read_text().strip() == signature else None
@@ -123,22 +291,22 @@ class ModelRoot:
     def resumable(self) -> str | None:
         """The newest version whose build was left with a checkpoint (a killed or failed run)."""
         names = [n.removeprefix(BUILDING) for n in self.path.subdirs() if n.startswith(BUILDING)]
-        return max((n for n in names if (self.building(n) / CHECKPOINT).is_file()), default=None)
+        return max((n for n in names if (self.building(n) / ckpt.CHECKPOINT).is_file()), default=None)
 
     def check_is_root(self) -> None:
         """A model directory of the earlier, unversioned layout is not a root: never build inside it."""
         if (self.path / MODEL_CONFIG).is_file():
-            raise VersionError(f"train.output {self.path} is a model directory, not a model root: versions are "
+            raise ModelVersionError(f"train.output {self.path} is a model directory, not a model root: versions are "
                                f"written under train.output, so choose a new one (e.g. {self.path.parent}/models/"
                                f"<name>); score and evaluate still read {self.path} as it is")
 
-    def commit(self, version: str, record: dict[str, Any]) -> Location:
+    def commit(self, version: str, record: VersionRecord) -> Location:
         """Make the build of `version` a complete version (replacing one of that name), then move LATEST."""
         build, dest = self.building(version), self.path / version
         self.check_replaceable(version)  # checked at the start too; a directory may appear while training
-        (build / CHECKPOINT).unlink()  # only an interrupted run resumes: a version is never trained further
+        (build / ckpt.CHECKPOINT).unlink()  # only an interrupted run resumes: a version is never trained further
         (build / BUILD_SIGNATURE).unlink()  # version.json records it
-        (build / RECORD).write_text(strict_json.dumps(record, indent=2, sort_keys=True))
+        (build / RECORD).write_text(record.to_json())
         if self.path.can_rename:
             replaced = self.path / f".replaced-{version}-{uuid.uuid4().hex[:8]}"
             if dest.exists():
@@ -165,7 +333,7 @@ def resolve(where: Where) -> Location:
     path = Location.of(where)
     if (path / MODEL_CONFIG).is_file():
         if (path.parent / LATEST).is_file() and not (path / RECORD).is_file():
-            raise VersionError(f"{path} is not a complete version ({RECORD} is missing): it is being written, or "
+            raise ModelVersionError(f"{path} is not a complete version ({RECORD} is missing): it is being written, or "
                                f"its copy was cut short; use {path.parent}/latest")
         return path
     root = ModelRoot(path.parent if path.name == "latest" else path)
@@ -173,6 +341,14 @@ def resolve(where: Where) -> Location:
     if latest is not None:
         return root.path / latest
     if path.name == "latest" or any(n.startswith(BUILDING) for n in root.path.subdirs()):
-        raise VersionError(f"{root.path} has no complete model version yet ({LATEST} is missing): wait for its "
+        raise ModelVersionError(f"{root.path} has no complete model version yet ({LATEST} is missing): wait for its "
                            "first `deepfm-pipeline train` to finish")
     return path
+
+
+def _file_hash(path: Location) -> str:
+    digest = hashlib.sha256()
+    with path.filesystem.open_input_stream(path.path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

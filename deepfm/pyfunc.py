@@ -19,14 +19,14 @@ import pyarrow.parquet as pq
 from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import FIRST_VALUE_ID, FeatureMap
 from deepfm.inference import PROBABILITY, predict_batch
-from deepfm.model_dir import VOCABULARY, open_model_dir
+from deepfm.model_versions import VOCABULARY, open_model_version
 
 MODEL_ARTIFACT = "model"  # the name of the model directory among the pyfunc's artifacts
 
 
 class DeepFMModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        model_dir = open_model_dir(context.artifacts[MODEL_ARTIFACT])
+        model_dir = open_model_version(context.artifacts[MODEL_ARTIFACT])
         self._model = model_dir.load()
         self._feature_map = model_dir.feature_map
         vocabulary = pq.read_table(model_dir.vocabulary.local_path) if model_dir.vocabulary.is_file() else None

@@ -166,7 +166,8 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 img {{ max-width: 520px; }}
 </style></head><body>
 <h1>DeepFM evaluation</h1>
-<p>Predictions: {source}<br>Model version: {html.escape(str(metrics.get("model_version") or "unknown"))}</p>
+<p>Predictions: {source}<br>Model version: {html.escape(str(metrics.get("model_version") or "unknown"))}
+(weights {html.escape(str(metrics.get("model_digest") or "unknown"))})</p>
 {_table([overall], ["rows", "auc", "logloss", "ctr_observed", "ctr_predicted"])}
 <p>Rows without a label (left out): {metrics.get("rows_without_label", 0)}</p>
 {figures}

@@ -24,13 +24,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deepfm import checkpoint as ckpt
 from deepfm import strict_json
 from deepfm.config import Config, TrackingConfig
 from deepfm.errors import first_line
 from deepfm.fs import Location
+
+if TYPE_CHECKING:
+    from deepfm.launch import TrainedVersion
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ _MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # "models from code
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
 
 
-def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> str | None:
+def log_training(cfg: Config, trained: TrainedVersion, run_date: str | None) -> str | None:
     """Log a trained (not an up-to-date) model version; the MLflow run id, or None when off or failed.
 
     Versions of the same root whose tracking failed before are sent first. A version whose tracking
@@ -55,16 +57,16 @@ def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> s
     tracking = cfg.tracking
     if not tracking.enabled:
         return None
-    root = Location.of(result["model"]).parent
+    root = Location.of(trained.model).parent
     send_pending(cfg, root)
-    if result.get("up_to_date"):
+    if trained.up_to_date:
         return None
     try:
         with _http_limits(tracking):
-            return _log_training(tracking, cfg, result, run_date)
+            return _log_training(tracking, cfg, trained.model, run_date)
     except Exception as err:  # tracking must not fail the job that trained the model  # noqa: BLE001
-        pending = root / PENDING / f"{result['version']}.json"
-        pending.write_text(strict_json.dumps({"version": result["version"], "model": result["model"],
+        pending = root / PENDING / f"{trained.version}.json"
+        pending.write_text(strict_json.dumps({"version": trained.version, "model": trained.model,
                                               "run_date": run_date, "config": cfg.model_dump(mode="json")}))
         log.warning("MLflow tracking at %s failed, the model version is committed all the same: %s; recorded in "
                     "%s, and sent by the next train into %s or by `deepfm-pipeline track`", tracking.destination()[0],
@@ -75,18 +77,17 @@ def log_training(cfg: Config, result: dict[str, Any], run_date: str | None) -> s
 def send_pending(cfg: Config, root: Location) -> list[str]:
     """Log the versions of a model root whose tracking failed, oldest first, to the store `cfg`
     names; the run ids. What is sent is forgotten; the first failure leaves the rest pending."""
+    from deepfm.model_versions import METRICS
+
     sent = []
     for pending in (root / PENDING).files(".json"):
         record = json.loads(pending.read_text())
-        metrics = Location.of(record["model"]) / ckpt.METRICS
-        if not metrics.is_file():  # the version was removed (or replaced, and then tracked anew)
+        if not (Location.of(record["model"]) / METRICS).is_file():  # removed (or replaced, then tracked anew)
             pending.unlink()
             continue
-        result = {**json.loads(metrics.read_text()), "model": record["model"], "version": record["version"],
-                  "up_to_date": False}
         try:
             with _http_limits(cfg.tracking):
-                run_id = _log_training(cfg.tracking, Config.model_validate(record["config"]), result,
+                run_id = _log_training(cfg.tracking, Config.model_validate(record["config"]), record["model"],
                                        record["run_date"])
         except Exception as err:  # noqa: BLE001 - still unreachable: it stays pending
             log.warning("MLflow tracking at %s failed again; model version %s stays pending (%s): %s",
@@ -108,7 +109,7 @@ def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Lo
     the model version `model` (else the newest run of a model with the weights that scored the
     predictions: two versions can have equal weights); the run id, or None."""
     tracking = cfg.tracking
-    weights = metrics.get("model_version")
+    weights = metrics.get("model_digest")
     if not tracking.enabled or not (model or weights):
         return None
     # By version first; by weights where no run names the version (one logged under another spelling of its path)
@@ -217,34 +218,34 @@ def _http_limits(tracking: TrackingConfig) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def _log_training(tracking: TrackingConfig, cfg: Config, result: dict[str, Any], run_date: str | None) -> str:
+def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date: str | None) -> str:
     import mlflow
 
-    from deepfm.model_dir import CURVES, VOCABULARY, open_model_dir
+    from deepfm.model_versions import CURVES, METRICS, MODEL_CONFIG, VOCABULARY, WEIGHTS, open_model_version
     from deepfm.pyfunc import MODEL_ARTIFACT, input_example, signature
 
     start = time.perf_counter()
     _client(tracking)  # creates the experiment where the configuration says
-    model = open_model_dir(result["model"])
-    with mlflow.start_run(run_name=f"{Location.of(result['model']).name}", tags={
-        MODEL_TAG: result["model"], VERSION_TAG: result["version"], RUN_DATE_TAG: run_date or "",
-        "deepfm.data": cfg.train.data, WEIGHTS_TAG: model.version,
+    model = open_model_version(version)
+    result = model.training_result()
+    with mlflow.start_run(run_name=model.name, tags={
+        MODEL_TAG: version, VERSION_TAG: model.name, RUN_DATE_TAG: run_date or "",
+        "deepfm.data": cfg.train.data, WEIGHTS_TAG: model.weights_digest,
     }) as run:
         resolved = cfg.model_dump(mode="json", exclude={"spark"})
         # The training config the version records is the one that trained it, even on a resumed run.
-        recorded = json.loads((model.path / ckpt.MODEL_CONFIG).read_text()).get("train", resolved["train"])
-        resolved["train"] = {**recorded, "output": resolved["train"]["output"]}
+        resolved["train"] = {**model.train_config, "output": resolved["train"]["output"]}
         mlflow.log_params(_flat_params({k: v for k, v in resolved.items() if k in ("train", "dataset")}))
         mlflow.log_dict(resolved, "config.json")
-        for epoch in result.get("history", []):
+        for epoch in result.history:
             mlflow.log_metrics({k: float(v) for k, v in epoch.items() if k not in ("epoch", "step")},
                                step=int(epoch["epoch"]) + 1)  # epoch 1 is the first, as the log counts
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in result["test"].items() if _is_number(v)})
-        mlflow.log_metric("valid_auc_best", float(result["valid_auc_best"]))
-        with _local_copy(model.path, (ckpt.METRICS, ckpt.MODEL_CONFIG, CURVES)) as local:
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in result.test.items() if _is_number(v)})
+        mlflow.log_metric("valid_auc_best", float(result.valid_auc_best))
+        with _local_copy(model.path, (METRICS, MODEL_CONFIG, CURVES)) as local:
             mlflow.log_artifacts(str(local), "training")
         if tracking.log_model:
-            with _local_copy(model.path, (ckpt.WEIGHTS, ckpt.MODEL_CONFIG, VOCABULARY)) as local:
+            with _local_copy(model.path, (WEIGHTS, MODEL_CONFIG, VOCABULARY)) as local:
                 mlflow.pyfunc.log_model(
                     name=PYFUNC, python_model=str(_MODEL_SCRIPT), artifacts={MODEL_ARTIFACT: str(local)},
                     signature=signature(model.feature_map), input_example=input_example(model.feature_map, local),

@@ -32,7 +32,7 @@ from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.model_dir import CURVES, write_model_dir
+from deepfm.model_versions import CURVES, METRICS, WEIGHTS, TrainingResult, write_model_version
 from deepfm.optim import make_optimizers
 from deepfm.precision import check_precision
 from deepfm.preprocess_output import PreprocessOutput
@@ -144,11 +144,11 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
 
 
 def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
-          stop_after_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
+          stop_after_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> TrainingResult:
     """Train, evaluate on test with the best weights, and (rank 0) write the model directory.
 
     `stop_after_epoch(epoch, validation metrics)` (one process only: the tuner's pruning) ends
-    training early when it returns True; the result then says `"stopped": True`.
+    training early when it returns True; the result then says `stopped`.
     """
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, backend.world)))
     data, out = PreprocessOutput.open(cfg.data), Location.of(cfg.output)
@@ -182,22 +182,21 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
                      state.epoch, train_loss, valid["auc"], valid["logloss"], samples / max(seconds, 1e-9),
                      " (best)" if improved else "")
             if improved:
-                ckpt.save_torch(run.evaluated.state_dict(), out / ckpt.WEIGHTS)
+                ckpt.save_torch(run.evaluated.state_dict(), out / WEIGHTS)
             _save_checkpoint(out, run, state)
         backend.barrier()
         stopped = stop_after_epoch is not None and bool(stop_after_epoch(state.epoch - 1, valid))
 
-    run.raw_model.load_state_dict(ckpt.load_torch(out / ckpt.WEIGHTS, backend.device))
+    run.raw_model.load_state_dict(ckpt.load_torch(out / WEIGHTS, backend.device))
     test = evaluate(run.raw_model, data.split("test"), fmap, cfg.eval_batch_size, backend)
-    result = {"valid_auc_best": state.best_criterion if state.monitor == "auc" else float("nan"),
-              "early_stopping_on": state.monitor, "stopped": stopped, "test": test, "epochs": state.epoch,
-              "steps": state.global_step, "history": state.history, "workers": backend.world,
-              "regularization": run.regularization,
-              "replica_fingerprints": state.replica_fingerprints}
+    result = TrainingResult(
+        valid_auc_best=state.best_criterion if state.monitor == "auc" else math.nan,
+        early_stopping_on=state.monitor, stopped=stopped, test=test, epochs=state.epoch, steps=state.global_step,
+        history=state.history, workers=backend.world, regularization=run.regularization,
+        replica_fingerprints=state.replica_fingerprints)
     if backend.rank == 0:
-        write_model_dir(out, run.raw_model, data,
-                        cfg.model_dump(mode="json"), result)
-        plot_training_curves(result["history"], out / CURVES)
+        write_model_version(out, run.raw_model, data, cfg.model_dump(mode="json"), result)
+        plot_training_curves(result.history, out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
     return result
 
@@ -313,7 +312,7 @@ def evaluate(model: DeepFM, split_dir: Where, fmap: FeatureMap, batch_size: int,
 
 # ------------------------------------------------------------------------------------ checkpoints
 def _fresh_output(out: Location) -> None:
-    for name in (ckpt.CHECKPOINT, ckpt.WEIGHTS, ckpt.METRICS):
+    for name in (ckpt.CHECKPOINT, WEIGHTS, METRICS):
         (out / name).unlink()
     out.mkdir()
 

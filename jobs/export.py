@@ -15,9 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from deepfm.export import export_torchscript
-    from deepfm.model_dir import open_model_dir
+    from deepfm.model_versions import open_model_version
 
     model = args.model or cfg.require("train").output
-    path, difference = export_torchscript(open_model_dir(model), args.output)
+    path, difference = export_torchscript(open_model_version(model), args.output)
     print(strict_json.dumps({"torchscript": str(path), "max_abs_difference": difference}))
     return 0

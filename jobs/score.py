@@ -21,5 +21,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     cfg.require("score")
     result = run_score(get_spark(cfg.spark, "score", args.run_date), cfg, args.run_date)
     print(strict_json.dumps({"output": result.partition, "rows": result.rows, "rejected": result.rejected,
-                      "model_version": result.model_version, "seconds": round(result.seconds, 1)}))
+                      "model_version": result.model_version, "model_digest": result.model_digest,
+                             "seconds": round(result.seconds, 1)}))
     return 0

@@ -27,10 +27,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         from pipelines.spark import get_spark
 
         get_spark(cfg.spark, "train", args.run_date)
-    result = run_training(train_cfg, resume=args.resume, run_date=args.run_date, force=args.force)
-    mlflow_run = log_training(cfg, result, args.run_date)
-    print(strict_json.dumps({"model": result["model"], "version": result["version"], "up_to_date": result["up_to_date"],
-                      "mlflow_run": mlflow_run,
-                      "test": result["test"], "valid_auc_best": result["valid_auc_best"],
-                      "epochs": result["epochs"], "workers": result["workers"]}))
+    trained = run_training(train_cfg, resume=args.resume, run_date=args.run_date, force=args.force)
+    mlflow_run = log_training(cfg, trained, args.run_date)
+    result = trained.result
+    print(strict_json.dumps({"model": trained.model, "version": trained.version, "up_to_date": trained.up_to_date,
+                             "mlflow_run": mlflow_run, "test": result.test, "valid_auc_best": result.valid_auc_best,
+                             "epochs": result.epochs, "workers": result.workers}))
     return 0

@@ -20,7 +20,7 @@ from deepfm.config import Config, EvaluateConfig
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY
 from deepfm.metrics import calibration, grouped_metrics, roc_points
-from deepfm.model_dir import CURVES, ModelDir, open_model_dir
+from deepfm.model_versions import CURVES, ModelVersion, open_model_version
 from deepfm.report import check_replaceable, write_report
 from pipelines import score
 from pipelines.read import InputError
@@ -41,7 +41,7 @@ class EvaluateResult:
 def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     ev: EvaluateConfig = cfg.require("evaluate")
     check_replaceable(ev.output)  # before any work: the report would not be written
-    model = open_model_dir(ev.model) if ev.model else None
+    model = open_model_version(ev.model) if ev.model else None
     if model is not None and ev.data is not None:
         model.load()  # a model that cannot be loaded fails here, before the executors score with it
     label = ev.label or (model.feature_map.label if model else "label")
@@ -50,7 +50,8 @@ def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
         counts, unlabelled = aggregate(frame, label, ev.slice)
     metrics = report_metrics(counts, ev.calibration_bins, ev.slice, ev.max_slices)
     metrics.update({"source": source, "label": label, "rows_without_label": unlabelled,
-                    "model_version": model.version if model else _single_version(frame)})
+                    **({"model_version": model.name, "model_digest": model.weights_digest} if model
+                       else {name: _single_value(frame, name) for name in ("model_version", "model_digest")})})
     overall = metrics["overall"]
     log.info("AUC %.4f, logloss %.4f, observed CTR %.4f, predicted CTR %.4f over %d rows",
              overall["auc"], overall["logloss"], overall["ctr_observed"], overall["ctr_predicted"], overall["rows"])
@@ -60,7 +61,7 @@ def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     return EvaluateResult(report, metrics, model.path if model else None)
 
 
-def _predictions(spark: SparkSession, ev: EvaluateConfig, model: ModelDir | None, label: str
+def _predictions(spark: SparkSession, ev: EvaluateConfig, model: ModelVersion | None, label: str
                  ) -> tuple[DataFrame, str]:
     if ev.predictions is not None:
         frame = spark.read.parquet(ev.predictions)
@@ -119,8 +120,9 @@ def report_metrics(counts: pd.DataFrame, bins: int, slice_column: str | None, ma
     return metrics
 
 
-def _single_version(frame: DataFrame) -> str | None:
-    if score.MODEL_VERSION not in frame.columns:
+def _single_value(frame: DataFrame, column: str) -> str | None:
+    """The one value of a column the scores carry (model_version, model_digest), or "mixed: a, b"."""
+    if column not in frame.columns:
         return None
-    versions = [r[0] for r in frame.select(score.MODEL_VERSION).distinct().limit(2).collect()]
-    return versions[0] if len(versions) == 1 else "mixed: " + ", ".join(map(str, versions))
+    values = [r[0] for r in frame.select(column).distinct().limit(2).collect()]
+    return values[0] if len(values) == 1 else "mixed: " + ", ".join(map(str, values))

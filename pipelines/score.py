@@ -12,8 +12,9 @@ predict    mapInArrow: each Python worker builds the model once, from a broadcas
 write      output/run_date=D/ (Parquet, _rejects/, _SUCCESS), swapped in by rename: a rerun for the
            same date replaces the whole partition, and a failed run leaves the old one untouched
 
-Output columns: score.keep, `probability` (float), `model_version`, `scored_at`; `run_date` comes
-from the directory name when the output is read as a table.
+Output columns: score.keep, `probability` (float), `model_version` (the version's name: its run date
+or start time), `model_digest` (a hash of its weights: equal digests score identically), `scored_at`;
+`run_date` comes from the directory name when the output is read as a table.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run
 from deepfm.feature_map import FeatureMap
 from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer, LineScorer
-from deepfm.model_dir import ModelDir, ModelDirError, open_model_dir
+from deepfm.model_versions import ModelVersion, ModelVersionError, open_model_version
 from deepfm.parse import ParseLines
 from deepfm.preprocess_output import PreprocessOutput, manifest_path
 from pipelines import features, quarantine, read
@@ -46,7 +47,7 @@ from pipelines.vocab import fingerprint as vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION, SCORED_AT, RUN_DATE = "model_version", "scored_at", "run_date"
+MODEL_VERSION, MODEL_DIGEST, SCORED_AT, RUN_DATE = "model_version", "model_digest", "scored_at", "run_date"
 REJECTS = "_rejects"
 _ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _RAW_PREFIX = "_raw_value_of_"
@@ -57,7 +58,8 @@ class ScoreResult:
     partition: str
     rows: int
     rejected: int
-    model_version: str
+    model_version: str  # the version's name
+    model_digest: str  # of its weights
     seconds: float
 
 
@@ -69,7 +71,7 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     storage = Storage(spark)
     read.check_output_outside_inputs(spark, score.output, "score.output",
                                      {"input": score.preprocessed or _input_spec(cfg).path})
-    model = open_model_dir(score.model)
+    model = open_model_version(score.model)
     model.load()  # a model that cannot be loaded fails here, before any input work
     partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -77,7 +79,8 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
         with step("check the model's vocabulary"):
             vocabulary = checked_vocabulary(spark, model)
         encoder = _arrow_encoder(spark, cfg, model)
-        scoring = f"score with model {model.version}" + (" (encoding in Arrow)" if encoder is not None else "")
+        scoring = (f"score with model version {model.name} ({model.weights_digest})"
+                   + (" (encoding in Arrow)" if encoder is not None else ""))
         if encoder is not None and _arrow_parses(cfg):
             with step(f"read, quarantine and {scoring.replace('encoding', 'parsing and encoding')}"):
                 predictions, counts = _score_lines(spark, cfg, model, encoder, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
@@ -91,7 +94,8 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
                 if name.startswith(_RAW_PREFIX):
                     predictions = predictions.withColumnRenamed(name, name.removeprefix(_RAW_PREFIX))
         with step(scoring):
-            (predictions.withColumn(MODEL_VERSION, F.lit(model.version))
+            (predictions.withColumn(MODEL_VERSION, F.lit(model.name))
+             .withColumn(MODEL_DIGEST, F.lit(model.weights_digest))
              .withColumn(SCORED_AT, F.lit(scored_at).cast("timestamp"))
              .write.mode("append").parquet(tmp))
         storage.delete(f"{tmp}/_staging")
@@ -101,17 +105,17 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     seconds = time.perf_counter() - start
     log.info("scored %d rows (%d rejected) in %.1fs, %.0f rows/s, into %s", rows, counts["rejected"], seconds,
              rows / max(seconds, 1e-9), partition)
-    return ScoreResult(partition, rows, counts["rejected"], model.version, seconds)
+    return ScoreResult(partition, rows, counts["rejected"], model.name, model.weights_digest, seconds)
 
 
-def checked_vocabulary(spark: SparkSession, model: ModelDir) -> DataFrame:
+def checked_vocabulary(spark: SparkSession, model: ModelVersion) -> DataFrame:
     """The model's vocabulary table, after checking it is the one the model was trained with."""
     if not model.vocabulary.is_file():
-        raise ModelDirError(f"{model.vocabulary} is missing: the model cannot be applied without its vocabulary")
+        raise ModelVersionError(f"{model.vocabulary} is missing: the model cannot be applied without its vocabulary")
     vocabulary = _read_vocabulary(spark, model.vocabulary)
     found = vocab_fingerprint(vocabulary, list(model.feature_map.fields))
     if found != model.vocab_fingerprint:
-        raise ModelDirError(
+        raise ModelVersionError(
             f"{model.vocabulary} does not match the model: its fingerprint is {found[:12]}, the model was "
             f"trained with {model.vocab_fingerprint[:12]} ({model.path / 'model.json'}). Copy the vocabulary "
             "from the preprocess output the model was trained on, or retrain."
@@ -138,7 +142,7 @@ def _read_vocabulary(spark: SparkSession, location: Location) -> DataFrame:
         spark.conf.set(arrow, previous)
 
 
-def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelDir) -> Broadcast | None:
+def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelVersion) -> Broadcast | None:
     """The broadcast vocabulary when raw input is encoded in the Python workers that score it."""
     score: ScoreConfig = cfg.score
     if score.preprocessed is not None or score.encode != "arrow":
@@ -155,12 +159,12 @@ def _arrow_parses(cfg: Config) -> bool:
     return not cfg.require("dataset").side_tables and read.arrow_parses(_input_spec(cfg))
 
 
-def _scorer(spark: SparkSession, model: ModelDir, keep: list[str], threads: int, device: str,
+def _scorer(spark: SparkSession, model: ModelVersion, keep: list[str], threads: int, device: str,
             vocabulary: Broadcast | None) -> ArrowScorer:
     weights = spark.sparkContext.broadcast(model.weights.read_bytes())
     fmap = model.feature_map
     return ArrowScorer(
-        version=model.version,
+        weights_digest=model.weights_digest,
         model_config=model.config.to_dict(),
         categorical=tuple(f.name for f in fmap.categorical),
         dense=tuple(f.name for f in fmap.dense),
@@ -173,7 +177,7 @@ def _scorer(spark: SparkSession, model: ModelDir, keep: list[str], threads: int,
     )
 
 
-def _score_lines(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: Broadcast, staging: str,
+def _score_lines(spark: SparkSession, cfg: Config, model: ModelVersion, vocabulary: Broadcast, staging: str,
                  rejects: str) -> tuple[DataFrame, dict[str, Any]]:
     """Raw text logs scored in one pass: the lines go to the Python workers, which parse, encode and
     score them; good rows' scores and rejected rows' reasons are staged together (a few narrow
@@ -196,7 +200,7 @@ def _score_lines(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: 
     return quarantine.staged(spark, f"{staging}/input", "ok"), rows["input"]
 
 
-def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
+def predict(inputs: DataFrame, model: ModelVersion, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
             device: str = "auto", vocabulary: Broadcast | None = None) -> DataFrame:
     """`keep` columns plus `probability`, computed in the executors by mapInArrow; with `vocabulary`
     (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too."""
@@ -208,14 +212,14 @@ def predict(inputs: DataFrame, model: ModelDir, keep: list[str], batch_rows: int
     return inputs.mapInArrow(scorer, schema)
 
 
-def encoded_split(spark: SparkSession, path: str, model: ModelDir, keep: list[str]) -> DataFrame:
+def encoded_split(spark: SparkSession, path: str, model: ModelVersion, keep: list[str]) -> DataFrame:
     """Already-encoded rows (a preprocess split), checked against the model's feature map."""
     frame = spark.read.parquet(path)
     _require_columns(frame.columns, [f.name for f in model.feature_map.fields], path, "the model's inputs")
     _require_columns(frame.columns, keep, path, "score.keep")
     encoded_by = _preprocess_output_of(Storage(spark), path)
     if encoded_by is not None and encoded_by.vocab_fingerprint != model.vocab_fingerprint:
-        raise ModelDirError(
+        raise ModelVersionError(
             f"{path} was encoded with another vocabulary (fingerprint {encoded_by.vocab_fingerprint[:12]}) "
             f"than model {model.path} ({model.vocab_fingerprint[:12]}): its ids mean different values. "
             "Score the raw logs instead, or the split of the preprocess run the model was trained on."
@@ -224,7 +228,7 @@ def encoded_split(spark: SparkSession, path: str, model: ModelDir, keep: list[st
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _model_inputs(spark: SparkSession, cfg: Config, model: ModelDir, vocabulary: DataFrame, staging: str,
+def _model_inputs(spark: SparkSession, cfg: Config, model: ModelVersion, vocabulary: DataFrame, staging: str,
                   rejects: str, raw: bool = False) -> tuple[DataFrame, list[str], dict[str, Any]]:
     """The rows to score: encoded model inputs and `keep`, or with `raw` the raw feature values."""
     score: ScoreConfig = cfg.score

@@ -119,9 +119,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             return {**outcome, "state": "fail", "reason": first_line(err), "seconds": time.perf_counter() - start}
         finally:
             backend.close()
-    history = [h["valid_auc"] for h in result["history"]]
-    return {**outcome, "state": "pruned" if result["stopped"] else "complete", "value": result["valid_auc_best"],
-            "valid_auc_per_epoch": history, "epochs": result["epochs"], "seconds": time.perf_counter() - start}
+    history = [h["valid_auc"] for h in result.history]
+    return {**outcome, "state": "pruned" if result.stopped else "complete", "value": result.valid_auc_best,
+            "valid_auc_per_epoch": history, "epochs": result.epochs, "seconds": time.perf_counter() - start}
 
 
 def _check_study_reached(outcomes: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import torch
 from deepfm.config import TrainConfig
 from deepfm.inference import ArrowScorer, predict_batch
 from deepfm.launch import run_training
-from deepfm.model_dir import open_model_dir
+from deepfm.model_versions import open_model_version
 from deepfm.precision import ALLOW_SLOW_BF16
 
 DEVICE = os.environ.get("DEEPFM_TEST_DEVICE", "cuda")
@@ -42,9 +42,9 @@ def _train(data, output, **kw):
 def test_training_on_the_device_commits_a_model_that_loads_on_the_cpu(criteo_shards, tmp_path, monkeypatch,
                                                                       precision):
     monkeypatch.setenv(ALLOW_SLOW_BF16, "1")  # a dry run on a CPU without bf16 units checks the numerics
-    result = _train(criteo_shards, tmp_path / "m", precision=precision)
-    assert 0.62 < result["test"]["auc"] < 0.85
-    md = open_model_dir(result["model"])
+    trained = _train(criteo_shards, tmp_path / "m", precision=precision)
+    assert 0.62 < trained.result.test["auc"] < 0.85
+    md = open_model_version(trained.model)
     assert md.config.precision == precision
     assert all(p.device.type == "cpu" for p in md.load("cpu").parameters())
 
@@ -55,15 +55,15 @@ def test_the_data_parallel_backends_train_on_the_device(criteo_shards, tmp_path,
         import horovod.torch as hvd
 
         assert hvd.nccl_built(), "Horovod was built without NCCL: rerun scripts/setup.sh on the GPU machine"
-    result = _train(criteo_shards, tmp_path / "m", backend=backend, workers=1)
-    assert result["workers"] == 1 and 0.62 < result["test"]["auc"] < 0.85
-    meta = json.loads((Path(result["model"]) / "model.json").read_text())
+    trained = _train(criteo_shards, tmp_path / "m", backend=backend, workers=1)
+    assert trained.result.workers == 1 and 0.62 < trained.result.test["auc"] < 0.85
+    meta = json.loads((Path(trained.model) / "model.json").read_text())
     # NCCL has no sparse allreduce: DDP on a GPU trains the tables with dense gradients.
     assert meta["model"]["sparse_embeddings"] is not (backend == "torch" and DEVICE == "cuda")
 
 
 def test_the_scorer_on_the_device_equals_the_cpu(criteo_shards, tmp_path):
-    md = open_model_dir(_train(criteo_shards, tmp_path / "m", epochs=1)["model"])
+    md = open_model_version(_train(criteo_shards, tmp_path / "m", epochs=1).model)
     batch = pq.read_table(criteo_shards / "test").to_batches(max_chunksize=4096)[0]
     categorical = tuple(f.name for f in md.feature_map.categorical)
     dense = tuple(f.name for f in md.feature_map.dense)

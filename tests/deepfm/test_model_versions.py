@@ -8,8 +8,7 @@ import pytest
 from deepfm.config import TrainConfig
 from deepfm.distributed import make_backend
 from deepfm.launch import run_training, training_signature
-from deepfm.model_dir import open_model_dir
-from deepfm.model_versions import ModelRoot, VersionError
+from deepfm.model_versions import ModelRoot, ModelVersionError, open_model_version
 from deepfm.preprocess_output import PreprocessOutput
 from deepfm.train import train
 
@@ -27,55 +26,56 @@ def _cfg(data, output, **kw):
 def test_dated_runs_make_versions_and_latest_follows_the_newest(shards, tmp_path):
     root = ModelRoot.of(tmp_path / "models" / "criteo")
     first = run_training(_cfg(shards, root.path), run_date="2026-11-27")
-    assert (first["version"], first["up_to_date"]) == ("2026-11-27", False)
+    assert (first.version, first.up_to_date) == ("2026-11-27", False)
     assert root.versions() == ["2026-11-27"] and root.latest() == "2026-11-27"
     record = root.record("2026-11-27")
-    assert record["run_date"] == "2026-11-27" and record["test"] == first["test"]
+    assert record.run_date == "2026-11-27" and record.test == first.result.test
 
     # A retry of the same date with the same input and config trains nothing.
     again = run_training(_cfg(shards, root.path), run_date="2026-11-27")
-    assert again["up_to_date"] and again["test"] == first["test"] and again["model"] == first["model"]
+    assert again.up_to_date and again.result.test == first.result.test and again.model == first.model
 
     second = run_training(_cfg(shards, root.path), run_date="2026-11-28")
     assert root.versions() == ["2026-11-27", "2026-11-28"] and root.latest() == "2026-11-28"
-    assert open_model_dir(root.path).path == open_model_dir(root.path / "latest").path == root.path / "2026-11-28"
-    assert open_model_dir(root.path / "2026-11-27").path == root.path / "2026-11-27"
+    latest = root.path / "2026-11-28"
+    assert open_model_version(root.path).path == open_model_version(root.path / "latest").path == latest
+    assert open_model_version(root.path / "2026-11-27").path == root.path / "2026-11-27"
 
     # A backfill of an earlier date with another config replaces that version; LATEST stays on the newest.
     weights_before = (root.path / "2026-11-27" / "model.pt").read_bytes()
     backfill = run_training(_cfg(shards, root.path, seed=7), run_date="2026-11-27")
-    assert not backfill["up_to_date"] and root.latest() == "2026-11-28"
+    assert not backfill.up_to_date and root.latest() == "2026-11-28"
     assert (root.path / "2026-11-27" / "model.pt").read_bytes() != weights_before
-    assert root.record("2026-11-27")["signature"] != record["signature"]
+    assert root.record("2026-11-27").signature != record.signature
     assert sorted(p.name for p in root.path.local_path.iterdir() if p.name.startswith(".")) == []  # nothing left aside
-    assert second["version"] == root.latest()
+    assert second.version == root.latest()
 
 
 def test_without_a_run_date_a_changed_config_makes_a_new_version_and_an_unchanged_one_is_up_to_date(shards,
                                                                                                       tmp_path):
     root = ModelRoot.of(tmp_path / "m")
     first = run_training(_cfg(shards, root.path))
-    assert run_training(_cfg(shards, root.path))["up_to_date"]
-    assert run_training(_cfg(shards, root.path), force=True)["version"] != first["version"]
+    assert run_training(_cfg(shards, root.path)).up_to_date
+    assert run_training(_cfg(shards, root.path), force=True).version != first.version
     changed = run_training(_cfg(shards, root.path, lr=3e-3))
-    assert not changed["up_to_date"] and root.latest() == changed["version"] and len(root.versions()) == 3
+    assert not changed.up_to_date and root.latest() == changed.version and len(root.versions()) == 3
 
 
 def test_a_model_directory_is_not_a_root_and_an_incomplete_version_is_refused(shards, tmp_path):
     root = ModelRoot.of(tmp_path / "m")
-    version = run_training(_cfg(shards, root.path), run_date="2026-11-27")["model"]
-    with pytest.raises(VersionError, match="is a model directory, not a model root"):
+    version = run_training(_cfg(shards, root.path), run_date="2026-11-27").model
+    with pytest.raises(ModelVersionError, match="is a model directory, not a model root"):
         run_training(_cfg(shards, version))
     # A version whose copy was cut short (no version.json) is not read, even by name.
     shutil.copytree(version, root.path.local_path / "2026-11-28")
     (root.path.local_path / "2026-11-28" / "version.json").unlink()
-    with pytest.raises(VersionError, match="2026-11-28 is not a complete version"):
-        open_model_dir(root.path / "2026-11-28")
+    with pytest.raises(ModelVersionError, match="2026-11-28 is not a complete version"):
+        open_model_version(root.path / "2026-11-28")
     assert root.versions() == ["2026-11-27"]
     # A root whose first run has not finished has no latest version to read.
     (tmp_path / "new" / ".building-2026-11-29").mkdir(parents=True)
-    with pytest.raises(VersionError, match="has no complete model version yet"):
-        open_model_dir(tmp_path / "new")
+    with pytest.raises(ModelVersionError, match="has no complete model version yet"):
+        open_model_version(tmp_path / "new")
     assert root.latest() == "2026-11-27"
 
 
@@ -100,9 +100,9 @@ def test_resume_auto_continues_only_an_interrupted_run_of_the_same_input_and_con
     newest_interrupted = root.resumable_with(training_signature(PreprocessOutput.open(cfg.data), cfg))
     assert newest_interrupted == "2026-11-28"
     caplog.clear()
-    result = run_training(cfg, resume="auto", run_date="2026-11-28")
+    trained = run_training(cfg, resume="auto", run_date="2026-11-28")
     assert "continuing the interrupted run of model version 2026-11-28" in caplog.text
-    assert "resumed from" in caplog.text and result["version"] == "2026-11-28"
+    assert "resumed from" in caplog.text and trained.version == "2026-11-28"
     assert root.versions() == ["2026-11-27", "2026-11-28"] and not [n for n in root.path.subdirs() if n.startswith(".")]
 
 
@@ -111,7 +111,7 @@ def test_a_users_directory_named_like_the_run_date_is_refused_and_kept(shards, t
     mine = root.path.local_path / "2026-11-27"
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("mine")
-    with pytest.raises(VersionError, match=r"2026-11-27 exists and is not a model version written by deepfm-pipeline"):
+    with pytest.raises(ModelVersionError, match=r"2026-11-27 exists and is not a model version written by deepfm-"):
         run_training(_cfg(shards, root.path), run_date="2026-11-27")
     assert (mine / "notes.txt").read_text() == "mine" and root.versions() == []
     assert not any(p.name.startswith(".building") for p in root.path.local_path.iterdir())  # refused before training
@@ -125,8 +125,8 @@ def test_a_latest_pointer_that_is_not_a_version_of_its_root_is_refused_naming_it
     root = ModelRoot.of(tmp_path / "m")
     run_training(_cfg(shards, root.path), run_date="2026-11-28")
     (root.path.local_path / "LATEST").write_bytes(pointer)
-    with pytest.raises(VersionError) as err:
-        open_model_dir(root.path)
+    with pytest.raises(ModelVersionError) as err:
+        open_model_version(root.path)
     assert str(root.path / "LATEST") in str(err.value) and "2026-11-28" in str(err.value)
     # the next version mends it
     run_training(_cfg(shards, root.path), run_date="2026-11-29")

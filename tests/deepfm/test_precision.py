@@ -13,7 +13,7 @@ from deepfm.config import TrainConfig
 from deepfm.export import example_inputs, export_torchscript
 from deepfm.launch import run_training
 from deepfm.model import DeepFM
-from deepfm.model_dir import open_model_dir
+from deepfm.model_versions import open_model_version
 from deepfm.precision import ALLOW_SLOW_BF16, Bf16Support, PrecisionError, bf16_support, refuse_slow_bf16
 from tests.conftest import CLI, run_cli
 
@@ -36,9 +36,9 @@ def both(criteo_shards, tmp_path_factory):
 
 
 def test_bf16_training_runs_the_mlp_in_bfloat16_and_keeps_fp32_quality(both):
-    md = open_model_dir(both["bf16"]["model"])
+    md = open_model_version(both["bf16"].model)
     assert md.config.precision == "bf16"
-    assert json.loads((Path(both["bf16"]["model"]) / "model.json").read_text())["train"]["precision"] == "bf16"
+    assert json.loads((Path(both["bf16"].model) / "model.json").read_text())["train"]["precision"] == "bf16"
     model = md.load()
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     seen = {}
@@ -47,12 +47,12 @@ def test_bf16_training_runs_the_mlp_in_bfloat16_and_keeps_fp32_quality(both):
     logits = model(*example_inputs(md, 32))
     assert seen == {"mlp": torch.bfloat16, "fm": torch.float32} and logits.dtype == torch.float32
     # Same seed, same data: only the arithmetic differs, so quality must too by no more than noise.
-    assert abs(both["bf16"]["test"]["auc"] - both["fp32"]["test"]["auc"]) < 0.005
-    assert abs(both["bf16"]["test"]["logloss"] - both["fp32"]["test"]["logloss"]) < 0.005
+    assert abs(both["bf16"].result.test["auc"] - both["fp32"].result.test["auc"]) < 0.005
+    assert abs(both["bf16"].result.test["logloss"] - both["fp32"].result.test["logloss"]) < 0.005
 
 
 def test_a_bf16_model_scores_and_exports_in_bf16(both):
-    md = open_model_dir(both["bf16"]["model"])
+    md = open_model_version(both["bf16"].model)
     model = md.load()
     as_fp32 = DeepFM(dataclasses.replace(md.config, precision="fp32"))
     as_fp32.load_state_dict(model.state_dict())
@@ -64,7 +64,7 @@ def test_a_bf16_model_scores_and_exports_in_bf16(both):
     difference = (bf16 - fp32).abs().max().item()
     assert 0 < difference < 0.01  # the loaded model computes in bf16, and bf16 is close
     assert (first_rows - bf16[:300]).abs().max() < 1e-6  # nor does a row's score depend on its batch
-    _, exported_difference = export_torchscript(md, Path(both["bf16"]["model"]).parent / "exported.pt")
+    _, exported_difference = export_torchscript(md, Path(both["bf16"].model).parent / "exported.pt")
     assert exported_difference <= 1e-6  # the traced model keeps the bf16 casts
 
 
@@ -84,7 +84,7 @@ def test_the_train_command_trains_bf16_or_exits_2_as_this_cpu_decides(criteo_sha
                       "--set", "train.device=cpu"])
     if support.fast:
         assert result.returncode == 0, result.stderr[-2000:]
-        assert open_model_dir(tmp_path / "m").config.precision == "bf16"
+        assert open_model_version(tmp_path / "m").config.precision == "bf16"
     else:
         assert result.returncode == 2
         last = result.stderr.strip().splitlines()[-1]

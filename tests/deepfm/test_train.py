@@ -36,14 +36,14 @@ def _cfg(data, output, **kw):
 
 
 def test_single_process_training_commits_a_complete_model_version(criteo_shards, tmp_path):
-    result = run_training(_cfg(criteo_shards, tmp_path / "model"))
-    out = tmp_path / "model" / result["version"]
-    assert result["model"] == str(out) and (tmp_path / "model" / "LATEST").read_text().strip() == result["version"]
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(["LATEST", result["version"]])
+    trained = run_training(_cfg(criteo_shards, tmp_path / "model"))
+    out = tmp_path / "model" / trained.version
+    assert trained.model == str(out) and (tmp_path / "model" / "LATEST").read_text().strip() == trained.version
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(["LATEST", trained.version])
     files = {p.name for p in out.iterdir()}
     assert {"model.pt", "model.json", "metrics.json", "training_curves.png", "version.json", "vocab"} == files
-    assert 0.62 < result["test"]["auc"] < 0.85  # the 10k sample is small; ~0.70 is typical
-    assert result["test"]["rows"] == json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"][
+    assert 0.62 < trained.result.test["auc"] < 0.85  # the 10k sample is small; ~0.70 is typical
+    assert trained.result.test["rows"] == json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"][
         "test"]["rows"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["vocab_fingerprint"] == json.loads((criteo_shards / "manifest.json").read_text())["vocab"][
@@ -68,11 +68,11 @@ def test_training_outside_a_terminal_logs_progress_lines_with_rate_and_time_left
 
 
 def test_early_stopping(criteo_shards, tmp_path):
-    result = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=30, lr=0.01, early_stopping_patience=0))
-    aucs = [h["valid_auc"] for h in result["history"]]
-    assert result["epochs"] < 30  # stopped early
+    trained = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=30, lr=0.01, early_stopping_patience=0))
+    aucs = [h["valid_auc"] for h in trained.result.history]
+    assert trained.result.epochs < 30  # stopped early
     assert aucs[-1] <= max(aucs[:-1])  # ...because the last epoch did not improve
-    assert result["valid_auc_best"] == max(aucs)
+    assert trained.result.valid_auc_best == max(aucs)
 
 
 def test_a_validation_split_of_one_class_early_stops_on_logloss(criteo_shards, tmp_path):
@@ -82,11 +82,11 @@ def test_a_validation_split_of_one_class_early_stops_on_logloss(criteo_shards, t
         table = pq.read_table(f)
         pq.write_table(table.set_column(table.column_names.index("label"), "label",
                                         pa.array(np.zeros(table.num_rows, np.float32))), f)
-    result = run_training(_cfg(data, tmp_path / "m", epochs=3))
-    assert result["early_stopping_on"] == "-logloss" and np.isnan(result["valid_auc_best"])
-    assert all(np.isnan(h["valid_auc"]) for h in result["history"])
-    assert (Path(result["model"]) / "model.pt").is_file()  # the best weights by logloss were kept
-    assert 0.62 < result["test"]["auc"] < 0.85
+    trained = run_training(_cfg(data, tmp_path / "m", epochs=3))
+    assert trained.result.early_stopping_on == "-logloss" and np.isnan(trained.result.valid_auc_best)
+    assert all(np.isnan(h["valid_auc"]) for h in trained.result.history)
+    assert (Path(trained.model) / "model.pt").is_file()  # the best weights by logloss were kept
+    assert 0.62 < trained.result.test["auc"] < 0.85
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards, tmp_path):
@@ -117,8 +117,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(criteo_shards,
 
 def test_auto_averaging_follows_the_steps_per_epoch_and_is_recorded_in_metrics(criteo_shards, tmp_path):
     train_rows = json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"]["train"]["rows"]
-    result = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=1, batch_size=256))
-    recorded = json.loads((tmp_path / "m" / result["version"] / "metrics.json").read_text())["regularization"]
+    trained = run_training(_cfg(criteo_shards, tmp_path / "m", epochs=1, batch_size=256))
+    recorded = json.loads((tmp_path / "m" / trained.version / "metrics.json").read_text())["regularization"]
     steps = train_rows // 256
     assert recorded["steps_per_epoch"] == steps and recorded["ema_setting"] == "auto"
     assert recorded["ema_decay"] == pytest.approx(1 - 2 / steps, abs=1e-6)  # half an epoch of steps
@@ -127,7 +127,7 @@ def test_auto_averaging_follows_the_steps_per_epoch_and_is_recorded_in_metrics(c
     assert prior["value_seen_10_times"] > prior["value_in_1_percent_of_rows"] > prior["value_seen_1000_times"] > 0
     # A batch so large an epoch is a few steps: no averaging, rather than one spanning epochs.
     few = run_training(_cfg(criteo_shards, tmp_path / "big", epochs=1, batch_size=4096))
-    assert json.loads((tmp_path / "big" / few["version"] / "metrics.json").read_text())["regularization"][
+    assert json.loads((tmp_path / "big" / few.version / "metrics.json").read_text())["regularization"][
         "ema_decay"] == 0.0
 
 
@@ -137,7 +137,7 @@ def test_the_moving_average_of_the_weights_is_evaluated_and_shipped(criteo_shard
     saved = load_torch(tmp_path / "m" / "checkpoint.pt")
     shipped = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
     averaged = {k.removeprefix("module."): v for k, v in saved["averaged"].items() if k.startswith("module.")}
-    assert int(saved["averaged"]["n_averaged"]) == result["steps"] > 1  # updated after every step
+    assert int(saved["averaged"]["n_averaged"]) == result.steps > 1  # updated after every step
     assert shipped.keys() == averaged.keys() == saved["model"].keys()
     assert all(torch.equal(shipped[k], averaged[k]) for k in shipped)
     trained = saved["model"]["embeddings.table.weight"]
@@ -145,7 +145,7 @@ def test_the_moving_average_of_the_weights_is_evaluated_and_shipped(criteo_shard
     # and the test metrics are those of the shipped weights
     model = DeepFM(DeepFMConfig.from_dict(json.loads((tmp_path / "m" / "model.json").read_text())["model"]))
     model.load_state_dict(shipped)
-    assert result["test"]["auc"] == pytest.approx(_test_auc(model, criteo_shards), abs=1e-6)
+    assert result.test["auc"] == pytest.approx(_test_auc(model, criteo_shards), abs=1e-6)
 
 
 def _test_auc(model, data) -> float:
@@ -203,16 +203,16 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
 def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_path, backend):
     # with the embedding prior and the tables' own learning rate: their gradients cross ranks too;
     # with count features, whose frequencies each rank reads from the vocabulary itself
-    result = run_training(_cfg(criteo_shards, tmp_path / backend, backend=backend, workers=2,
+    trained = run_training(_cfg(criteo_shards, tmp_path / backend, backend=backend, workers=2,
                                embedding_l2=10.0, embedding_lr=3e-3, model={**SMALL_MODEL, "count_features": True}))
-    assert result["workers"] == 2
-    assert 0.6 < result["test"]["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
-    assert json.loads((Path(result["model"]) / "metrics.json").read_text())["workers"] == 2
+    assert trained.result.workers == 2
+    assert 0.6 < trained.result.test["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
+    assert json.loads((Path(trained.model) / "metrics.json").read_text())["workers"] == 2
     # The replicas hold bit-identical weights after every epoch (each rank trained on other rows:
     # without a working gradient exchange they would differ, and training would have stopped).
-    first, second = result["replica_fingerprints"]
+    first, second = trained.result.replica_fingerprints
     assert first == second and first[1] > 0
-    shipped = torch.load(Path(result["model"]) / "model.pt", weights_only=True)["log_frequencies"]
+    shipped = torch.load(Path(trained.model) / "model.pt", weights_only=True)["log_frequencies"]
     counts = pq.read_table(criteo_shards / "vocab" / "vocabulary.parquet").column("count").to_numpy()
     train_rows = json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"]["train"]["rows"]
     assert int((shipped > 0).sum()) == len(counts)  # one frequency per counted value
@@ -220,8 +220,8 @@ def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_pa
 
 
 def test_training_launched_through_spark(spark, criteo_shards, tmp_path):
-    result = run_training(_cfg(criteo_shards, tmp_path / "spark", backend="torch", workers=2, launcher="spark"))
-    assert result["workers"] == 2 and 0.6 < result["test"]["auc"] < 0.85
+    trained = run_training(_cfg(criteo_shards, tmp_path / "spark", backend="torch", workers=2, launcher="spark"))
+    assert trained.result.workers == 2 and 0.6 < trained.result.test["auc"] < 0.85
 
 
 def test_spark_submit_trains_through_torch_distributor_and_returns(criteo_shards, tmp_path):
@@ -241,9 +241,9 @@ def test_spark_submit_trains_through_torch_distributor_and_returns(criteo_shards
 
 @pytest.mark.slow
 def test_horovod_training_launched_through_spark(spark, criteo_shards, tmp_path):
-    result = run_training(_cfg(criteo_shards, tmp_path / "hvd-spark", backend="horovod", workers=2,
+    trained = run_training(_cfg(criteo_shards, tmp_path / "hvd-spark", backend="horovod", workers=2,
                                launcher="spark", epochs=1))
-    assert result["workers"] == 2 and 0.6 < result["test"]["auc"] < 0.85
+    assert trained.result.workers == 2 and 0.6 < trained.result.test["auc"] < 0.85
 
 
 @pytest.mark.parametrize("sparse", [True, False])

@@ -12,7 +12,7 @@ import torch
 
 from deepfm.config import Config, TrainConfig
 from deepfm.launch import run_training
-from deepfm.model_dir import open_model_dir
+from deepfm.model_versions import open_model_version
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
 from tests.conftest import CRITEO_SAMPLE, criteo_dataset
@@ -52,12 +52,12 @@ def trained(spark, tmp_path_factory):
     missing = [str(MISSING_ID_ROW), "2", "1", *([""] * 39)]
     (new_logs / "part-1.tsv").write_text("\t".join(unseen) + "\n" + "\t".join(missing) + "\n")
     # "model": the version directory; root / "model" is the model's root (its latest version)
-    return {"root": root, "cfg": cfg, "logs": new_logs, "model": Path(trained["model"])}
+    return {"root": root, "cfg": cfg, "logs": new_logs, "model": Path(trained.model)}
 
 
 def in_process_probabilities(model_dir: Path, table: pa.Table) -> np.ndarray:
     """The reference: the eager model run directly on encoded columns, no scoring code involved."""
-    md = open_model_dir(model_dir)
+    md = open_model_version(model_dir)
     model = md.load()
     fmap = md.feature_map
     ids = torch.from_numpy(np.stack([table[f.name].to_numpy() for f in fmap.categorical], axis=1))

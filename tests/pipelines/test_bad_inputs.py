@@ -115,7 +115,7 @@ def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parse
     rows, preprocess_rejects, logs = row_run
     model = run_training(TrainConfig.model_validate({
         "data": str(logs.parent / "prep"), "output": str(tmp_path / "model"), "epochs": 1, "batch_size": 512,
-        "model": {"embedding_dim": 4, "hidden": [16]}, "threads": 1}))["model"]
+        "model": {"embedding_dim": 4, "hidden": [16]}, "threads": 1})).model
     runs = {}
     for parse in ("arrow", "spark"):
         cfg = make_config(criteo_dataset(logs), str(tmp_path / "prep")).model_copy(update={"score": ScoreConfig(

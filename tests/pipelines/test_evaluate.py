@@ -51,7 +51,8 @@ def test_report_is_one_self_contained_html_with_all_plots(spark, trained, scored
     page = report.read_text()
     assert page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page  # nothing to fetch: readable offline
-    assert json.loads((out / "metrics.json").read_text())["model_version"] == result.model_version
+    written = json.loads((out / "metrics.json").read_text())
+    assert (written["model_version"], written["model_digest"]) == (result.model_version, result.model_digest)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 

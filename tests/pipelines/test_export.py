@@ -5,12 +5,12 @@ import pyarrow.parquet as pq
 import torch
 
 from deepfm.export import export_torchscript
-from deepfm.model_dir import open_model_dir
+from deepfm.model_versions import open_model_version
 from tests.pipelines.conftest import in_process_probabilities
 
 
 def test_torchscript_scores_equal_the_eager_model(trained, tmp_path):
-    md = open_model_dir(trained["model"])
+    md = open_model_version(trained["model"])
     path, difference = export_torchscript(md, tmp_path / "model.ts")
     assert difference <= 1e-6
     scripted = torch.jit.load(str(path))
@@ -27,6 +27,6 @@ def test_torchscript_scores_equal_the_eager_model(trained, tmp_path):
 
 
 def test_export_goes_into_the_model_directory_by_default(trained):
-    md = open_model_dir(trained["model"])
+    md = open_model_version(trained["model"])
     path, _ = export_torchscript(md)
     assert path == md.path / "model.torchscript.pt" and path.local_path.stat().st_size > 0

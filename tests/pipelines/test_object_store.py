@@ -21,7 +21,7 @@ from deepfm.config import Config, TrainConfig
 from deepfm.fs import Location, UnsupportedFileSystemError
 from deepfm.launch import run_training
 from deepfm.lease import OutputLockedError, held, lease_file
-from deepfm.model_dir import open_model_dir
+from deepfm.model_versions import open_model_version
 from pipelines.evaluate import run_evaluate
 from pipelines.score import run_score
 from tests.pipelines.conftest import in_process_probabilities
@@ -120,12 +120,12 @@ def test_train_from_s3_to_s3_then_score_and_evaluate_read_the_model_from_s3(spar
         Location(f"s3://{BUCKET}/prep/{file.relative_to(prep).as_posix()}").write_bytes(file.read_bytes())
     model_uri = f"s3://{BUCKET}/models/deepfm"
 
-    result = run_training(_train_cfg(f"s3://{BUCKET}/prep", model_uri))
+    remote = run_training(_train_cfg(f"s3://{BUCKET}/prep", model_uri))
     reference = run_training(_train_cfg(str(prep), str(tmp_path / "local-model")))
     # The same shards in the same order: the same weights, whichever store they came from.
-    remote, local = load_torch(f"{result['model']}/model.pt"), load_torch(f"{reference['model']}/model.pt")
-    assert remote.keys() == local.keys() and all(torch.equal(remote[k], local[k]) for k in local)
-    assert result["test"] == reference["test"]
+    weights, local = load_torch(f"{remote.model}/model.pt"), load_torch(f"{reference.model}/model.pt")
+    assert weights.keys() == local.keys() and all(torch.equal(weights[k], local[k]) for k in local)
+    assert remote.result.test == reference.result.test
     paths = [i.path for i in s3_env.filesystem().get_file_info(pafs.FileSelector(f"{BUCKET}/models/deepfm",
                                                                                   recursive=True))]
     listed = {path.rsplit("/", 1)[-1] for path in paths}
@@ -133,13 +133,15 @@ def test_train_from_s3_to_s3_then_score_and_evaluate_read_the_model_from_s3(spar
             "vocabulary.parquet", "LATEST"} <= listed and "checkpoint.pt" not in listed
     # A version is committed by copying its objects: the build's objects are gone, no temporary ones left.
     assert not [path for path in paths if "/." in path]
-    model = open_model_dir(model_uri)
+    model = open_model_version(model_uri)
 
     test_split = str(prep / "test")
     scored = run_score(spark, Config.model_validate({**trained["cfg"], "score": {
         "model": model_uri, "output": str(tmp_path / "scores"), "preprocessed": test_split}}), "2026-11-27")
     table = pq.read_table(scored.partition.removeprefix("file:"))
-    assert scored.model_version == model.version and set(table["model_version"].to_pylist()) == {model.version}
+    assert scored.model_version == model.name and set(table["model_version"].to_pylist()) == {model.name}
+    assert scored.model_digest == model.weights_digest and set(table["model_digest"].to_pylist()) == {
+        model.weights_digest}
     encoded = pq.read_table(test_split)
     expected = dict(zip(encoded["row_id"].to_pylist(), in_process_probabilities(model_uri, encoded), strict=True))
     got = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
@@ -153,6 +155,6 @@ def test_train_from_s3_to_s3_then_score_and_evaluate_read_the_model_from_s3(spar
     page = Location(report_uri) / "report.html"
     assert page.read_text().count('src="data:image/png;base64,') == 3  # ROC, calibration, training curves
     metrics = json.loads((Location(report_uri) / "metrics.json").read_text())
-    assert metrics["model_version"] == model.version
-    assert metrics["overall"]["auc"] == pytest.approx(result["test"]["auc"], abs=1e-6)
+    assert (metrics["model_version"], metrics["model_digest"]) == (model.name, model.weights_digest)
+    assert metrics["overall"]["auc"] == pytest.approx(remote.result.test["auc"], abs=1e-6)
     assert np.isfinite(metrics["overall"]["logloss"])

@@ -18,7 +18,7 @@ import torch
 from deepfm.config import Config, TrainConfig
 from deepfm.feature_map import TransformsVersionError
 from deepfm.launch import run_training
-from deepfm.model_dir import ModelDirError, open_model_dir
+from deepfm.model_versions import ModelVersionError, open_model_version
 from deepfm.precision import ALLOW_SLOW_BF16
 from deepfm.preprocess_output import PreprocessOutput
 from pipelines.read import InputError
@@ -36,9 +36,12 @@ def _score_cfg(trained, **score):
 def test_scores_raw_logs_into_a_dated_partition(spark, trained, scored):
     result, table = scored
     assert result.rows == 10_002 and result.rejected == 0
-    assert table.column_names == ["row_id", "day", "label", "probability", "model_version", "scored_at"]
+    assert table.column_names == ["row_id", "day", "label", "probability", "model_version", "model_digest",
+                                  "scored_at"]
     assert table.schema.field("probability").type == pa.float32()
-    assert set(table["model_version"].to_pylist()) == {open_model_dir(trained["model"]).version}
+    model = open_model_version(trained["model"])
+    assert set(table["model_version"].to_pylist()) == {Path(trained["model"]).name}
+    assert set(table["model_digest"].to_pylist()) == {model.weights_digest}
     partition = Path(result.partition.removeprefix("file:"))
     assert partition.name == "run_date=2026-11-27" and (partition / "_SUCCESS").exists()
     as_table = spark.read.parquet(str(trained["root"] / "scores"))
@@ -82,7 +85,7 @@ def test_a_bf16_model_is_scored_in_bf16_equal_to_in_process(spark, trained, tmp_
     monkeypatch.setenv(ALLOW_SLOW_BF16, "1")  # the numerics are checked on any CPU
     model = Path(run_training(TrainConfig.model_validate({
         "data": str(trained["root"] / "prep"), "output": str(tmp_path / "model"), "epochs": 1, "batch_size": 256,
-        "model": {"embedding_dim": 8, "hidden": [32, 16]}, "threads": 1, "precision": "bf16"}))["model"])
+        "model": {"embedding_dim": 8, "hidden": [32, 16]}, "threads": 1, "precision": "bf16"})).model)
     result = run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "scores")), "2026-11-27")
     table = pq.read_table(Path(result.partition.removeprefix("file:")))
     spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
@@ -98,7 +101,7 @@ def test_a_bf16_model_is_scored_in_bf16_equal_to_in_process(spark, trained, tmp_
 def test_unseen_values_score_as_oov_and_missing_values_as_missing(trained, scored):
     _, table = scored
     spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
-    md = open_model_dir(trained["model"])
+    md = open_model_version(trained["model"])
     fmap = md.feature_map
     # Unseen row: categorical values present but unknown (OOV = 1); its numeric fields are empty.
     unseen = {f.name: [0 if f.source_role == "numeric" else 1] for f in fmap.categorical}
@@ -155,7 +158,7 @@ def test_vocabulary_that_does_not_match_the_model_fails_and_keeps_the_old_partit
     out = tmp_path / "scores"
     run_score(spark, _score_cfg(trained, output=str(out), input_path=str(trained["logs"] / "part-1.tsv")),
               "2026-11-27")
-    with pytest.raises(ModelDirError, match="vocabulary.parquet does not match the model"):
+    with pytest.raises(ModelVersionError, match="vocabulary.parquet does not match the model"):
         run_score(spark, _score_cfg(trained, model=str(model), output=str(out)), "2026-11-27")
     assert pq.read_table(out / "run_date=2026-11-27").num_rows == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
@@ -165,7 +168,7 @@ def test_missing_model_file_names_the_file(spark, trained, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(trained["model"], model)
     (model / "model.pt").unlink()
-    with pytest.raises(ModelDirError, match=r"model\.pt is missing"):
+    with pytest.raises(ModelVersionError, match=r"model\.pt is missing"):
         run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "s")), "2026-11-27")
 
 
@@ -247,7 +250,7 @@ def test_a_model_that_cannot_be_loaded_fails_on_the_driver_before_any_input_work
         torch.save({"embeddings.table.weight": _RunsCode()}, model / "model.pt")
     else:
         (model / "model.pt").write_bytes(weights)
-    with pytest.raises(ModelDirError, match=reason) as err:
+    with pytest.raises(ModelVersionError, match=reason) as err:
         run_score(spark, _score_cfg(trained, model=str(model), output=str(tmp_path / "s")), "2026-11-27")
     assert str(model / "model.pt") in str(err.value) and "weights_only=False" not in str(err.value)
     assert not (tmp_path / "s").exists()  # nothing was read or written
@@ -260,7 +263,7 @@ def test_a_model_or_data_from_another_transforms_version_is_refused(trained, tmp
     meta["feature_map"]["transforms_version"] = 1
     (model / "model.json").write_text(json.dumps(meta))
     with pytest.raises(TransformsVersionError, match=f"{model / 'model.json'} was made with version 1 .* re-run"):
-        open_model_dir(model)
+        open_model_version(model)
     prep = tmp_path / "prep"
     shutil.copytree(trained["root"] / "prep", prep)
     manifest = json.loads((prep / "manifest.json").read_text())
