@@ -2,7 +2,7 @@
 
 Everything goes through `torch.save` of plain containers of tensors and numbers, so readers use
 `torch.load(..., weights_only=True)`: a checkpoint from an untrusted path cannot run code. Paths
-are `Location`s: a local path or any URI `deepfm.fs` reaches.
+are `Location`s: a local path or any URI `deepfm.storage.location` reaches.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from deepfm import strict_json
-from deepfm.fs import Location, Where
+from deepfm.storage.location import Location, Where
 
 CHECKPOINT = "checkpoint.pt"
 

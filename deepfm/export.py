@@ -12,8 +12,8 @@ import warnings
 
 import torch
 
-from deepfm.fs import Location, Where
 from deepfm.model_versions import TORCHSCRIPT, ModelVersion
+from deepfm.storage.location import Location, Where
 
 TOLERANCE = 1e-6
 

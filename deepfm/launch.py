@@ -22,10 +22,10 @@ from typing import Any, Literal
 from deepfm import logs
 from deepfm.checkpoint import CHECKPOINT
 from deepfm.config import TrainConfig
-from deepfm.fs import Location
-from deepfm.lease import held
 from deepfm.model_versions import BUILDING, ModelRoot, TrainingResult, VersionRecord, open_model_version
 from deepfm.preprocess_output import PreprocessOutput
+from deepfm.storage.lease import held
+from deepfm.storage.location import Location
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import pickle
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,9 +47,11 @@ from deepfm import checkpoint as ckpt
 from deepfm import strict_json
 from deepfm.errors import first_line
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Location, Where
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.preprocess_output import PreprocessOutput
+from deepfm.storage.commit import swap_into_place
+from deepfm.storage.files import ARROW_FILES
+from deepfm.storage.location import Location, Where
 
 log = logging.getLogger(__name__)
 
@@ -307,19 +308,7 @@ class ModelRoot:
         (build / ckpt.CHECKPOINT).unlink()  # only an interrupted run resumes: a version is never trained further
         (build / BUILD_SIGNATURE).unlink()  # version.json records it
         (build / RECORD).write_text(record.to_json())
-        if self.path.can_rename:
-            replaced = self.path / f".replaced-{version}-{uuid.uuid4().hex[:8]}"
-            if dest.exists():
-                dest.rename_to(replaced)
-            build.rename_to(dest)
-            replaced.delete_dir()
-        else:
-            (dest / RECORD).unlink()  # a version being replaced is incomplete until its record is back
-            for name in build.tree():
-                if name != RECORD:
-                    (build / name).copy_to(dest / name)
-            (build / RECORD).copy_to(dest / RECORD)
-            build.delete_dir()
+        swap_into_place(ARROW_FILES, str(build), str(dest), last=RECORD)
         newest = self.versions()[-1]
         if self._pointer_text() != newest:  # a damaged LATEST is mended by the next version
             (self.path / LATEST).write_text(newest + "\n")

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deepfm import strict_json
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import ARROW_FILES, Location, TextFiles, Where
+from deepfm.storage.files import ARROW_FILES, Files
+from deepfm.storage.location import Location, Where
 
 MANIFEST = "manifest.json"
 VOCABULARY = "vocab/vocabulary.parquet"
@@ -114,7 +115,7 @@ class PreprocessOutput:
         self._manifest_text = manifest_text
 
     @classmethod
-    def open(cls, where: Where, files: TextFiles | None = None) -> PreprocessOutput:
+    def open(cls, where: Where, files: Files | None = None) -> PreprocessOutput:
         """Read the manifest of the output at `where` (through `files`: Hadoop's file systems for the
         Spark stages, pyarrow's by default) and refuse one this code's transforms would not reproduce."""
         path = manifest_path(where)
@@ -128,7 +129,7 @@ class PreprocessOutput:
         return output
 
     @staticmethod
-    def write_manifest(directory: str, manifest: Manifest, files: TextFiles) -> None:
+    def write_manifest(directory: str, manifest: Manifest, files: Files) -> None:
         files.write_text(manifest_path(directory), manifest.to_json())
 
     @cached_property

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Location, Where
+from deepfm.storage.location import Location, Where
 
 
 @dataclass

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Where
 from deepfm.model import DeepFM
+from deepfm.storage.location import Where
 from deepfm.vocabulary import row_counts
 
 

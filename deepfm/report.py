@@ -14,71 +14,39 @@ from __future__ import annotations
 import base64
 import html
 import io
-import shutil
-import tempfile
-import uuid
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepfm import outputs, strict_json
-from deepfm.fs import Location, Where
+from deepfm import strict_json
+from deepfm.storage import commit
+from deepfm.storage.files import ARROW_FILES
+from deepfm.storage.location import Location, Where
 
 METRICS, HTML = "metrics.json", "report.html"
 ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
 
 
-def check_replaceable(out: Where) -> Location:
+def check_replaceable(out: Where) -> None:
     """The report directory may be written: nothing there, or a report this project wrote."""
-    out = Location.of(out)
-    if out.is_file():  # a report is a directory: a file there is someone else's, never replaced
-        raise FileExistsError(f"{out} is a file, not a report directory: choose another evaluate.output")
-    if not (out / outputs.MARKER).is_file() and (out.files() or out.subdirs()):
-        raise outputs.not_ours(out, "evaluate.output")
-    return out
+    commit.check_replaceable(ARROW_FILES, str(Location.of(out)), "evaluate.output")
 
 
 def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.ndarray],
                  training_curves: Location | None = None) -> Location:
-    """Write the report directory: the files are made in memory, then written out.
-
-    A local directory is built beside `out` and renamed over it, so it is replaced whole. Elsewhere
-    (an object store has no rename) each file is replaced atomically and report.html goes last.
-    """
-    out = check_replaceable(out)
+    """Write the report directory, committed whole (deepfm/storage/commit.py); its report.html."""
     files = {METRICS: strict_json.dumps(metrics, indent=2, sort_keys=True).encode(),
              ROC: _png(_plot_roc, *roc, metrics["overall"]["auc"]),
              CALIBRATION: _png(_plot_calibration, metrics["calibration"])}
     if training_curves is not None and training_curves.is_file():
         files[CURVES] = training_curves.read_bytes()
     files[HTML] = _html(metrics, {name: files[name] for name in (ROC, CALIBRATION, CURVES) if name in files}).encode()
-    files[outputs.MARKER] = outputs.marker_text("evaluate").encode()
-    if out.is_local:
-        _replace_local_dir(out.local_path, files)
-    else:
-        if CURVES not in files:
-            (out / CURVES).unlink()  # not left from an earlier report of another model
-        for name in sorted(files, key=lambda n: n == HTML):  # report.html last
-            (out / name).write_bytes(files[name])
-    return out / HTML
-
-
-def _replace_local_dir(out: Path, files: dict[str, bytes]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared
-    try:
+    out = Location.of(out)
+    with commit.committed_directory(ARROW_FILES, str(out), "evaluate", "evaluate.output") as tmp:
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            (Location.of(tmp) / name).write_bytes(data)
+    return out / HTML
 
 
 def _png(plot, *args) -> bytes:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from deepfm import strict_json
 from deepfm.config import Config, TrackingConfig
 from deepfm.errors import first_line
-from deepfm.fs import Location
+from deepfm.storage.location import Location
 
 if TYPE_CHECKING:
     from deepfm.launch import TrainedVersion

@@ -29,7 +29,6 @@ from deepfm.config import TrainConfig
 from deepfm.distributed import Backend
 from deepfm.errors import UserError
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Location, Where
 from deepfm.metrics import binary_metrics
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.model_versions import CURVES, METRICS, WEIGHTS, TrainingResult, write_model_version
@@ -39,6 +38,7 @@ from deepfm.preprocess_output import PreprocessOutput
 from deepfm.readers import Reader, evaluation_reader, make_reader
 from deepfm.regularization import EmbeddingPrior
 from deepfm.report import plot_training_curves
+from deepfm.storage.location import Location, Where
 from deepfm.vocabulary import row_counts
 
 log = logging.getLogger(__name__)

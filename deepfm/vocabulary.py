@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Location, Where
+from deepfm.storage.location import Location, Where
 
 
 def row_counts(vocabulary: Where, fmap: FeatureMap) -> np.ndarray:

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from deepfm.fs import Location
+    from deepfm.storage.location import Location
     from deepfm.tracking import log_tuning
     from pipelines.spark import get_spark
     from pipelines.tune import run_tune

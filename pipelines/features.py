@@ -14,7 +14,7 @@ from pyspark.sql import types as T
 from deepfm.config import Column, DatasetConfig, PreprocessConfig
 from deepfm.encode import ArrowEncoding, vocabulary_to_bytes
 from deepfm.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
-from deepfm.fs import Location
+from deepfm.storage.location import Location
 from pipelines import numeric, vocab
 
 log = logging.getLogger(__name__)

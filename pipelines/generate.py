@@ -27,10 +27,7 @@ regenerated alone, and 45M rows stream through in bounded memory.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +36,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from deepfm.config import GenerateConfig
+from deepfm.storage.commit import committed_directory
+from deepfm.storage.files import ARROW_FILES
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +161,11 @@ def generate(cfg: GenerateConfig) -> dict[str, object]:
     start = time.perf_counter()
     teacher = Teacher.create(cfg)
     chunks = -(-cfg.rows // cfg.rows_per_file)
-    dest = Path(cfg.output)
+    dest = Path(cfg.output).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     clicks = 0
-    try:
+    with committed_directory(ARROW_FILES, str(dest), "generate", "generate.output") as building:
+        tmp = Path(building)
         for chunk in range(chunks):
             n = min(cfg.rows_per_file, cfg.rows - chunk * cfg.rows_per_file)
             rng = np.random.default_rng([cfg.seed, chunk])
@@ -185,9 +184,6 @@ def generate(cfg: GenerateConfig) -> dict[str, object]:
                      (chunk * cfg.rows_per_file + n) / (time.perf_counter() - start))
         if cfg.mode == "joined":
             _write_tsv(_items_table(teacher), tmp / "items" / "items.tsv", header=True)
-        _replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"output": str(dest), "rows": cfg.rows, "files": chunks, "label_rate": clicks / cfg.rows,
             "seconds": round(time.perf_counter() - start, 2)}
 
@@ -282,14 +278,6 @@ def _write_tsv(table: pa.Table, path: Path, header: bool = False) -> None:
         if header:  # Arrow always quotes header names; logs carry them bare
             out.write(("\t".join(table.column_names) + "\n").encode())
         pacsv.write_csv(table, out, options)
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _zipf_cdf(cardinality: int, exponent: float) -> np.ndarray:

@@ -22,7 +22,6 @@ from pyspark.sql import functions as F
 from deepfm import __version__, strict_json
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
 from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap
-from deepfm.fs import Location
 from deepfm.preprocess_output import (
     VOCAB_SUMMARY,
     VOCABULARY,
@@ -33,11 +32,13 @@ from deepfm.preprocess_output import (
     SplitRows,
     TableRows,
 )
+from deepfm.storage.commit import committed_directory, is_committed
+from deepfm.storage.hadoop import HadoopFiles
+from deepfm.storage.location import Location
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
 from pipelines.steps import step
-from pipelines.storage import Storage
 from pipelines.vocab import FIELD, ID
 from pipelines.vocab import fingerprint as vocab_fingerprint
 
@@ -56,7 +57,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
     """Run the whole job. Reruns on unchanged input and config return early unless `force`."""
     dataset: DatasetConfig = cfg.require("dataset")
     pre: PreprocessConfig = cfg.require("preprocess")
-    storage = Storage(spark)
+    storage = HadoopFiles(spark)
     output = storage.qualify(pre.output)
     tables = _tables(dataset)
     read.check_output_outside_inputs(spark, output, "preprocess.output", {n: s.path for n, s in tables.items()})
@@ -71,7 +72,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         log.info("%s is up to date with its input and config; nothing to do (--force rebuilds)", output)
         return PreprocessResult(output, previous, skipped=True)
 
-    with storage.atomic_output(output, "preprocess", "preprocess.output") as tmp:
+    with committed_directory(storage, output, "preprocess", "preprocess.output") as tmp:
         staging = f"{tmp}/_staging"
         with step("parse inputs and quarantine malformed rows"):
             rows = {
@@ -119,7 +120,7 @@ def _tables(dataset: DatasetConfig) -> dict[str, TableSpec]:
     return tables
 
 
-def _describe_input(storage: Storage, spec: TableSpec) -> InputFiles:
+def _describe_input(storage: HadoopFiles, spec: TableSpec) -> InputFiles:
     files = storage.list_files(spec.path)
     return InputFiles(path=spec.path, files=len(files), bytes=sum(f.size for f in files),
                       fingerprint=storage.fingerprint(spec.path))
@@ -183,7 +184,7 @@ def _fit(
     dataset: DatasetConfig,
     pre: PreprocessConfig,
     tmp: str,
-    storage: Storage,
+    storage: HadoopFiles,
 ) -> tuple[FeatureMap, DataFrame]:
     declared = features.declared_fields(dataset, pre)
     _write_single_parquet(storage, features.fit_vocabulary(train, declared, pre.vocab.hash_seed).orderBy(FIELD, ID),
@@ -207,7 +208,7 @@ def _fit(
     return fmap, vocabulary
 
 
-def _write_single_parquet(storage: Storage, frame: DataFrame, path: str) -> None:
+def _write_single_parquet(storage: HadoopFiles, frame: DataFrame, path: str) -> None:
     """One Parquet file with a stable name, so reruns can be compared byte for byte."""
     scratch = f"{path.rsplit('/', 1)[0]}/_writing"
     frame.coalesce(1).write.parquet(scratch)
@@ -293,8 +294,8 @@ def _manifest(
     )
 
 
-def _committed_manifest(storage: Storage, output: str) -> Manifest | None:
-    if not storage.is_committed(output):
+def _committed_manifest(storage: HadoopFiles, output: str) -> Manifest | None:
+    if not is_committed(storage, output):
         return None
     try:
         return PreprocessOutput.open(output, storage).manifest

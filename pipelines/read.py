@@ -22,9 +22,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Column, TableSpec
-from deepfm.fs import Location
 from deepfm.parse import FLOAT_PATTERN, INT_PATTERN, QUOTED_CHARACTERS, LineParser, ParsedColumn, ParseLines
-from pipelines.storage import Storage
+from deepfm.storage.hadoop import HadoopFiles
+from deepfm.storage.location import Location
 
 REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
 BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
@@ -149,7 +149,7 @@ def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | N
     if found := _NO_CODEC.search(text):
         codec = found.group(1)
         suffixes = _CODEC_SUFFIXES.get(codec.lower(), (f".{codec.lower()}",))
-        named = file or next((f.path for f in Storage(spark).list_files(path) if f.path.endswith(suffixes)), path)
+        named = file or next((f.path for f in HadoopFiles(spark).list_files(path) if f.path.endswith(suffixes)), path)
         return InputError(f"{named} is {codec}-compressed, and this Spark's Hadoop has no native {codec} library "
                           "to read it: decompress it, or compress it with gzip or bzip2")
     if any(marker in text for marker in _DENIED):
@@ -159,7 +159,7 @@ def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | N
                                "the file, or remove it from the input")
     if any(marker in text for marker in _BROKEN_GZIP):
         candidates = [file] if file and file.endswith(".gz") else [
-            f.path for f in Storage(spark).list_files(path) if f.path.endswith(".gz")]
+            f.path for f in HadoopFiles(spark).list_files(path) if f.path.endswith(".gz")]
         for candidate in candidates:
             if problem := _gzip_problem(Location.of(candidate)):
                 return InputError(f"{candidate} is a truncated or corrupt gzip file ({problem}): replace or "
@@ -173,7 +173,7 @@ def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | N
 def check_output_outside_inputs(spark: SparkSession, output: str, key: str, inputs: dict[str, str]) -> None:
     """An output inside an input directory would be read as input by every later run (and the run
     would never be up to date with its input): refused, naming both."""
-    storage = Storage(spark)
+    storage = HadoopFiles(spark)
     out = storage.qualify(output).rstrip("/")
     for table, path in inputs.items():
         directory = storage.literal_directory(path)
@@ -195,7 +195,7 @@ def _gzip_problem(file: Location) -> str | None:
 def _listed_input(spark: SparkSession, path: str, table: str) -> tuple[str, list[str]]:
     """The glob Spark is to read a table from, and the files it must read there. A table without
     data files is refused; hidden files, which Spark skips, are named in a warning."""
-    storage = Storage(spark)
+    storage = HadoopFiles(spark)
     files, hidden = storage.listing(path)
     if not files:
         raise InputError(f"{table}: no input files at {path} (check the path in the config)")

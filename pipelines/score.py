@@ -33,15 +33,16 @@ from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
 from deepfm.feature_map import FeatureMap
-from deepfm.fs import Location
 from deepfm.inference import PROBABILITY, ArrowScorer, LineScorer
 from deepfm.model_versions import ModelVersion, ModelVersionError, open_model_version
 from deepfm.parse import ParseLines
 from deepfm.preprocess_output import PreprocessOutput, manifest_path
+from deepfm.storage.commit import committed_directory
+from deepfm.storage.hadoop import HadoopFiles
+from deepfm.storage.location import Location
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table
 from pipelines.steps import step
-from pipelines.storage import Storage
 from pipelines.vocab import VOCAB_SCHEMA
 from pipelines.vocab import fingerprint as vocab_fingerprint
 
@@ -68,14 +69,14 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     score: ScoreConfig = cfg.require("score")
     parse_run_date(run_date)
     start = time.perf_counter()
-    storage = Storage(spark)
+    storage = HadoopFiles(spark)
     read.check_output_outside_inputs(spark, score.output, "score.output",
                                      {"input": score.preprocessed or _input_spec(cfg).path})
     model = open_model_version(score.model)
     model.load()  # a model that cannot be loaded fails here, before any input work
     partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    with storage.atomic_output(partition, "score", "score.output") as tmp:
+    with committed_directory(storage, partition, "score", "score.output") as tmp:
         with step("check the model's vocabulary"):
             vocabulary = checked_vocabulary(spark, model)
         encoder = _arrow_encoder(spark, cfg, model)
@@ -129,7 +130,7 @@ def _read_vocabulary(spark: SparkSession, location: Location) -> DataFrame:
     if location.is_local:
         if spark.sparkContext.master.startswith("local"):
             return spark.read.parquet(location.as_uri)
-    elif Storage(spark).supports(location.uri):
+    elif HadoopFiles(spark).supports(location.uri):
         return spark.read.parquet(location.uri)
     with location.open() as f:
         table = pq.read_table(f)
@@ -217,7 +218,7 @@ def encoded_split(spark: SparkSession, path: str, model: ModelVersion, keep: lis
     frame = spark.read.parquet(path)
     _require_columns(frame.columns, [f.name for f in model.feature_map.fields], path, "the model's inputs")
     _require_columns(frame.columns, keep, path, "score.keep")
-    encoded_by = _preprocess_output_of(Storage(spark), path)
+    encoded_by = _preprocess_output_of(HadoopFiles(spark), path)
     if encoded_by is not None and encoded_by.vocab_fingerprint != model.vocab_fingerprint:
         raise ModelVersionError(
             f"{path} was encoded with another vocabulary (fingerprint {encoded_by.vocab_fingerprint[:12]}) "
@@ -306,7 +307,7 @@ def _require_columns(available: list[str], required: list[str], where: str, what
         raise read.InputError(f"{where} lacks column(s) {missing} needed for {what}")
 
 
-def _preprocess_output_of(storage: Storage, path: str) -> PreprocessOutput | None:
+def _preprocess_output_of(storage: HadoopFiles, path: str) -> PreprocessOutput | None:
     """The preprocess output a split directory (one level up) belongs to, or that `path` is."""
     for candidate in (path.rstrip("/"), path.rstrip("/").rsplit("/", 1)[0]):
         if storage.is_file(manifest_path(candidate)):

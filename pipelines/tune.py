@@ -25,8 +25,8 @@ from pyspark.sql import SparkSession
 
 from deepfm.config import Config, SearchRange, TrainConfig, TuneConfig, with_settings
 from deepfm.errors import UserError, first_line, is_expected
-from deepfm.fs import Location
-from deepfm.lease import held
+from deepfm.storage.lease import held
+from deepfm.storage.location import Location
 from pipelines.steps import step
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import pytest
 
 from deepfm.config import ConfigError
 from deepfm.errors import exit_code
-from deepfm.fs import UnsupportedFileSystemError
+from deepfm.storage.location import UnsupportedFileSystemError
 from tests.conftest import CLI, CLI_ENV, run_cli
 from tests.s3server import CREDENTIALS
 

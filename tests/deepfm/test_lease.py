@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from deepfm.lease import OutputLockedError, held, lease_file
+from deepfm.storage.lease import OutputLockedError, held, lease_file
 
 
 def _write_lease(output, **owner):
@@ -36,7 +36,7 @@ def test_a_lease_of_a_process_that_is_gone_is_taken_over_with_a_warning(tmp_path
     out = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     _write_lease(out, pid=int(dead.stdout))
-    with caplog.at_level(logging.WARNING, logger="deepfm.lease"), held(out, "score"):
+    with caplog.at_level(logging.WARNING, logger="deepfm.storage.lease"), held(out, "score"):
         assert json.loads(lease_file(out).read_text())["pid"] == os.getpid()
     assert "taking over the lease" in caplog.text and dead.stdout.strip() in caplog.text
 
@@ -63,7 +63,7 @@ def test_the_heartbeat_is_renewed_while_the_job_runs(tmp_path):
 
 def test_a_job_whose_lease_was_taken_over_stops_renewing_it_and_says_so(tmp_path, caplog):
     out = tmp_path / "out"
-    with caplog.at_level(logging.ERROR, logger="deepfm.lease"), held(out, "train", renew_s=0.05):
+    with caplog.at_level(logging.ERROR, logger="deepfm.storage.lease"), held(out, "train", renew_s=0.05):
         _write_lease(out, host="worker-7", pid=1)  # another job took it over while this one stalled
         deadline = time.monotonic() + 30
         while "lost the lease" not in caplog.text:

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from deepfm.config import Config
-from deepfm.outputs import marker_text
+from deepfm.storage.commit import marker_text
 from pipelines.evaluate import run_evaluate
 from pipelines.read import InputError
 
@@ -47,7 +47,7 @@ def test_report_is_one_self_contained_html_with_all_plots(spark, trained, scored
     report = _evaluate(spark, trained, tmp_path, predictions=result.partition.removeprefix("file:")).report.local_path
     out = report.parent
     assert {p.name for p in out.iterdir()} == {"metrics.json", "roc.png", "calibration.png",
-                                               "training_curves.png", "report.html", "_DEEPFM_OUTPUT"}
+                                               "training_curves.png", "report.html", "_DEEPFM_OUTPUT", "_SUCCESS"}
     page = report.read_text()
     assert page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page  # nothing to fetch: readable offline

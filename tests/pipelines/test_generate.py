@@ -74,14 +74,23 @@ def test_gzip_and_atomic_replace(tmp_path):
     with gzip.open(out / "part-00000.tsv.gz", "rt") as f:
         assert sum(1 for _ in f) == 2_000
     generate(GenerateConfig(output=str(out), rows=500))  # a rerun replaces the whole directory
-    assert [p.name for p in out.iterdir()] == ["part-00000.tsv"]
-    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no temporary leftovers
+    assert sorted(p.name for p in out.iterdir()) == ["_DEEPFM_OUTPUT", "_SUCCESS", "part-00000.tsv"]
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no temporary leftovers, no lease
+
+
+def test_a_directory_generate_did_not_write_is_never_replaced(tmp_path):
+    mine = tmp_path / "raw"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="was not written by deepfm-pipeline"):
+        generate(GenerateConfig(output=str(mine), rows=100))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and [p.name for p in tmp_path.iterdir()] == ["raw"]
 
 
 def test_joined_mode_writes_three_tables(tmp_path):
     out = tmp_path / "raw"
     generate(GenerateConfig(output=str(out), rows=5_000, mode="joined"))
-    assert sorted(p.name for p in out.iterdir()) == ["clicks", "impressions", "items"]
+    assert sorted(p.name for p in out.iterdir()) == ["_DEEPFM_OUTPUT", "_SUCCESS", "clicks", "impressions", "items"]
     header = (out / "impressions" / "part-00000.tsv").read_text().splitlines()[0].split("\t")
     assert header[:3] == ["impression_id", "ts", "item_id"] and header[-1] == "p_true"
     assert (out / "clicks" / "part-00000.tsv").read_text().startswith("impression_id\tclick_ts\n")

@@ -176,7 +176,8 @@ def test_a_version_trained_while_the_store_was_down_is_tracked_by_the_next_train
     assert log_training(_down(cfg), result, "2026-11-27") is None
     pending = Path(result.model).parent / ".tracking-pending" / f"{result.version}.json"
     assert pending.is_file()
-    assert log_training(_down(cfg), dataclasses.replace(result, up_to_date=True), "2026-11-27") is None  # still down: kept
+    # still down: kept
+    assert log_training(_down(cfg), dataclasses.replace(result, up_to_date=True), "2026-11-27") is None
     assert pending.is_file() and len(_runs_of(client, cfg, result.model)) == runs_before
     # The store is back; the next train is up to date (it trains and logs nothing of its own) yet sends it.
     assert log_training(cfg, dataclasses.replace(result, up_to_date=True), "2026-11-27") is None

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from deepfm.encode import FeatureEncoder
 from deepfm.feature_map import TRANSFORMS_VERSION
-from deepfm.fs import Location
+from deepfm.storage.location import Location
 from deepfm.transforms import TRANSFORMS
 from pipelines import features
 from tests.pipelines.test_features import ROWS, SCHEMA, _config, _fit

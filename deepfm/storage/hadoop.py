@@ -1,31 +1,21 @@
-"""Output directories on any Hadoop file system (local, HDFS, S3A, GCS), committed atomically.
+"""`Files` on any Hadoop file system (local, HDFS, S3A, GCS), reached through the SparkSession's JVM.
 
-A job writes into a hidden sibling of its destination, writes `_SUCCESS` last, and then swaps the
-directory into place by rename. A job that fails, or is killed, never leaves a half-written
-destination: its leftover temporary sibling is removed by the next run. The job holds the
-destination's lease throughout (deepfm/lease.py): a second job into the same output exits 2
-naming the first, instead of removing its live temporary directory. Only a directory the project
-wrote (deepfm/outputs.py) is ever replaced.
+What the Spark stages read and write: Spark's own connectors and credentials apply, and nothing
+beyond them is needed. Besides `Files` (deepfm/storage/files.py), it lists input files as Spark
+reads them (hidden names skipped) and fingerprints an input by their names, sizes and times.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-from deepfm import lease, outputs
-from deepfm.fs import NO_SPACE, is_object_store
+from deepfm.storage.commit import MARKER, SUCCESS
+from deepfm.storage.location import is_object_store
 
-log = logging.getLogger(__name__)
-
-SUCCESS = "_SUCCESS"
 _GLOB_CHARACTERS = re.compile(r"([\\*?\[\]{}])")
-_BOOKKEEPING = {SUCCESS, outputs.MARKER, "_metadata", "_common_metadata", ".keep", ".gitkeep"}
+_BOOKKEEPING = {SUCCESS, MARKER, "_metadata", "_common_metadata", ".keep", ".gitkeep"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +25,7 @@ class FileInfo:
     modified_ms: int
 
 
-class Storage:
+class HadoopFiles:
     """Thin wrapper over Hadoop's FileSystem, reached through the SparkSession's JVM."""
 
     def __init__(self, spark) -> None:
@@ -164,55 +154,36 @@ class Storage:
             if s.getPath().getName().startswith(prefix)
         ]
 
-    @contextmanager
-    def atomic_output(self, dest: str, stage: str, key: str) -> Iterator[str]:
-        """Yield a temporary directory; on success swap it into `dest` with a _SUCCESS marker.
-        `key` is the config key that named `dest`, for the messages."""
-        dest = self.qualify(dest).rstrip("/")
-        if self.is_file(dest):  # an output is a directory: a file there is someone else's, never replaced
-            raise FileExistsError(f"{dest} is a file, not an output directory: choose another {key}")
-        if self.exists(dest) and not self.exists(f"{dest}/{outputs.MARKER}") and self.list_all(dest):
-            raise outputs.not_ours(dest, key)
-        name = dest.rsplit("/", 1)[-1]
-        parent = dest[: -len(name) - 1]
-        with lease.held(dest, stage, lease=HadoopLease(self, f"{parent}/.{name}.lease"), key=key):
-            for stale in self.siblings(dest, f".{name}.tmp-"):
-                log.warning("removing leftover temporary output of an earlier failed run: %s", stale)
-                self.delete(stale)
-            tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
-            try:
-                yield tmp
-                self.write_text(f"{tmp}/{outputs.MARKER}", outputs.marker_text(stage))
-                self.write_text(f"{tmp}/{SUCCESS}", "")
-                old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:12]}"
-                if self.exists(dest):
-                    self.rename(dest, old)
-                self.rename(tmp, dest)
-                self.delete(old)
-                log.info("committed %s", dest)
-            except Exception as err:
-                if "No space left on device" not in str(err):
-                    raise
-                # Spark's error is a stack from a task, whose first line names neither cause nor place
-                raise OSError(f"{NO_SPACE} while writing {dest}: free space on its file system (or in Spark's "
-                              f"scratch space, spark.local.dir), or choose another {key}; {dest} is as it was"
-                              ) from None
-            finally:
-                self.delete(tmp)
-
-    def list_all(self, path: str) -> list[str]:
-        """Names of everything directly in a directory, hidden files included."""
+    def list_names(self, path: str) -> list[str]:
         return [s.getPath().getName() for s in self._fs(path).listStatus(self._path(path))]
 
-    def is_committed(self, path: str) -> bool:
-        return self.exists(f"{path.rstrip('/')}/{SUCCESS}")
+    def tree(self, path: str) -> list[str]:
+        base = self.qualify(path).rstrip("/") + "/"
+        it = self._fs(path).listFiles(self._path(path), True)
+        names = []
+        while it.hasNext():
+            names.append(it.next().getPath().toString().removeprefix(base))
+        return sorted(names)
+
+    def mkdir(self, path: str) -> None:
+        self._fs(path).mkdirs(self._path(path))
+
+    def can_rename(self, path: str) -> bool:
+        return True  # Hadoop's connectors emulate a directory rename where the store has none
+
+    def copy(self, src: str, dst: str) -> None:
+        self._jvm.org.apache.hadoop.fs.FileUtil.copy(self._fs(src), self._path(src), self._fs(dst), self._path(dst),
+                                                     False, self._hconf)
+
+    def lease(self, path: str) -> HadoopLease:
+        return HadoopLease(self, path)
 
 
 @dataclass(frozen=True)
 class HadoopLease:
-    """A lease file on a Hadoop file system (deepfm/lease.py's LeaseFile)."""
+    """A lease file on a Hadoop file system (deepfm/storage/lease.py's LeaseFile)."""
 
-    storage: Storage
+    storage: HadoopFiles
     path: str
 
     def __str__(self) -> str:

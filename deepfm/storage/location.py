@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -203,31 +203,6 @@ Where = str | os.PathLike | Location  # what functions that read or write a plac
 
 
 NO_SPACE = "no space left on device"
-
-
-class TextFiles(Protocol):
-    """Text files named by string: what the stage contracts (deepfm/preprocess_output.py) read and
-    write through. pyarrow's file systems (`ARROW_FILES`) and Hadoop's (pipelines/storage.py) serve it."""
-
-    def is_file(self, path: str) -> bool: ...
-
-    def read_text(self, path: str) -> str: ...
-
-    def write_text(self, path: str, text: str) -> None: ...
-
-
-class _ArrowFiles:
-    def is_file(self, path: str) -> bool:
-        return Location.of(path).is_file()
-
-    def read_text(self, path: str) -> str:
-        return Location.of(path).read_text()
-
-    def write_text(self, path: str, text: str) -> None:
-        Location.of(path).write_text(text)
-
-
-ARROW_FILES: TextFiles = _ArrowFiles()
 
 
 def _write_local(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -14,7 +14,7 @@ earlier writer reads the other's name back and exits 2. Only a write delayed by 
 `settle_s` after its check could still slip through.
 
 The file is reached through a `LeaseFile`: a `Location` here (the torch side: train), or Hadoop's
-FileSystem for the Spark stages' outputs (pipelines/storage.py), so that `hdfs://` and `s3a://`
+FileSystem for the Spark stages' outputs (deepfm/storage/hadoop.py), so that `hdfs://` and `s3a://`
 outputs need nothing beyond Spark's own connectors.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from deepfm.errors import UserError
-from deepfm.fs import Location, Where
+from deepfm.storage.location import Location, Where
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class LeaseFile(Protocol):
 
 @dataclass(frozen=True)
 class LocationLease:
-    """A lease file on any file system `deepfm.fs` reaches."""
+    """A lease file on any file system `deepfm.storage.location` reaches."""
 
     path: Location
 
