@@ -38,7 +38,7 @@ from machine import machine  # noqa: E402
 from synthetic_data import CONF_FILES, generate, preprocess, run_stage, settings  # noqa: E402
 
 from deepfm.config import Config, load_config  # noqa: E402
-from deepfm.model_versions import open_model_version  # noqa: E402
+from deepfm.training.model_versions import open_model_version  # noqa: E402
 
 MODEL = settings("train.model.embedding_dim=16", "train.model.hidden=[400,400,400]")
 
@@ -72,9 +72,9 @@ def in_process_rate(model_dir: Path, data: Path, batch_rows: int) -> dict:
 def in_process_raw_rate(model_dir: Path, raw: Path, batch_rows: int) -> dict:
     """The score job's Python side alone, on every core: the raw lines read from the file, parsed,
     encoded and scored in batches by the same LineScorer, with no Spark around it."""
-    from deepfm.encode import vocabulary_to_bytes
-    from deepfm.inference import ArrowScorer, LineScorer
-    from deepfm.parse import ParseLines
+    from deepfm.features.encode import vocabulary_to_bytes
+    from deepfm.features.parse import ParseLines
+    from deepfm.serving.inference import ArrowScorer, LineScorer
     from pipelines import read
 
     md = open_model_version(model_dir)

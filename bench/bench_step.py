@@ -2,8 +2,9 @@
 
 The real model, optimizers and `train_step` on Criteo-shaped batches (39 categorical fields,
 Zipf-distributed ids over about 1M embedding rows; embedding 16, MLP 400-400-400 unless told),
-staged in host memory as the readers hand them over (`deepfm.readers.Batch`) (pinned on a GPU), so the figures are the
-step's and the host-to-device copy's, not the file reader's (`bench_train.py` measures those).
+staged in host memory as the readers hand them over (`deepfm.training.readers.Batch`) (pinned on a
+GPU), so the figures are the step's and the host-to-device copy's, not the file reader's
+(`bench_train.py` measures those).
 
 For every batch size x precision x embedding-gradient case:
   samples_per_s   timed steps after a warm-up, nothing synchronized but the end;
@@ -12,7 +13,7 @@ For every batch size x precision x embedding-gradient case:
                   optimizer; their sum is slower than the free-running step (the syncs cost).
 `dense` cases run the tables with dense gradients and Adam, which is what DDP over NCCL does on
 GPUs (NCCL has no sparse allreduce); `sparse` is lazy Adam on the rows a batch touched
-(deepfm/optim.py).
+(deepfm/training/optim.py).
 
     python bench/bench_step.py [--device cuda] [--batches 8192 65536] [--precisions fp32 bf16]
                                [--steps 50] [--ddp]
@@ -38,12 +39,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import machine  # noqa: E402
 
-from deepfm.distributed import make_backend  # noqa: E402
 from deepfm.model import DeepFM, DeepFMConfig  # noqa: E402
-from deepfm.optim import make_optimizers  # noqa: E402
-from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
-from deepfm.readers import Batch  # noqa: E402
-from deepfm.train import train_step  # noqa: E402
+from deepfm.training.distributed import make_backend  # noqa: E402
+from deepfm.training.optim import make_optimizers  # noqa: E402
+from deepfm.training.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
+from deepfm.training.readers import Batch  # noqa: E402
+from deepfm.training.train import train_step  # noqa: E402
 
 # Criteo-shaped: 13 bucketized numeric fields (tens of buckets) and 26 categorical ones.
 VOCAB_SIZES = (*([64] * 13), 1_460, 580, 300_000, 200_000, 310, 24, 12_500, 630, 3, 93_000, 5_700, 250_000,
@@ -152,7 +153,7 @@ def main() -> None:
         sys.exit("bench_step.py: --device cuda but torch sees no GPU (a CPU build of torch, or no driver); "
                  "use --device cpu")
     if args.ddp:
-        from deepfm.launch import free_port, set_local_rendezvous
+        from deepfm.training.launch import free_port, set_local_rendezvous
 
         set_local_rendezvous(0, 1, free_port())
     backend = make_backend("torch" if args.ddp else "none", args.device)

@@ -31,13 +31,13 @@ from machine import machine  # noqa: E402
 from synthetic_data import generate, preprocess  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
-from deepfm.distributed import make_backend  # noqa: E402
+from deepfm.features.preprocess_output import PreprocessOutput  # noqa: E402
 from deepfm.model import DeepFM  # noqa: E402
-from deepfm.optim import make_optimizers  # noqa: E402
-from deepfm.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
-from deepfm.preprocess_output import PreprocessOutput  # noqa: E402
-from deepfm.readers import InMemoryReader, make_reader  # noqa: E402
-from deepfm.train import model_config, train_step  # noqa: E402
+from deepfm.training.distributed import make_backend  # noqa: E402
+from deepfm.training.optim import make_optimizers  # noqa: E402
+from deepfm.training.precision import ALLOW_SLOW_BF16, bf16_support  # noqa: E402
+from deepfm.training.readers import InMemoryReader, make_reader  # noqa: E402
+from deepfm.training.train import model_config, train_step  # noqa: E402
 
 MODEL = {"embedding_dim": 16, "hidden": [400, 400, 400]}
 BATCH = 4096
@@ -88,7 +88,7 @@ def measure(plain: dict, steps: int, result_path: str) -> None:
 
 
 def _spawned(rank: int, world: int, port: int, plain: dict, steps: int, path: str) -> None:
-    from deepfm.launch import set_local_rendezvous
+    from deepfm.training.launch import set_local_rendezvous
 
     set_local_rendezvous(rank, world, port)
     measure(plain, steps, path)
@@ -106,7 +106,7 @@ def run_case(data: Path, steps: int, reader: str, backend: str = "none", workers
         elif backend == "torch":
             import torch.multiprocessing as mp
 
-            from deepfm.launch import free_port
+            from deepfm.training.launch import free_port
 
             mp.spawn(_spawned, args=(workers, free_port(), plain, steps, out.name), nprocs=workers)
         else:

@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine import machine  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
-from deepfm.launch import run_training  # noqa: E402
-from deepfm.metrics import binary_metrics  # noqa: E402
-from deepfm.preprocess_output import PreprocessOutput  # noqa: E402
-from deepfm.readers import InMemoryReader  # noqa: E402
+from deepfm.features.preprocess_output import PreprocessOutput  # noqa: E402
+from deepfm.training.launch import run_training  # noqa: E402
+from deepfm.training.metrics import binary_metrics  # noqa: E402
+from deepfm.training.readers import InMemoryReader  # noqa: E402
 
 EMBEDDING, HIDDEN, LR, BATCH, EPOCHS, PATIENCE, SEED = 16, [400, 400, 400], 1e-3, 256, 10, 2, 2017
 

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from deepfm.precision import bf16_support, cpu_model
+from deepfm.training.precision import bf16_support, cpu_model
 
 # The flags that decide which kernels oneDNN and torch pick for the model's arithmetic.
 ARITHMETIC_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")

@@ -40,7 +40,7 @@ from machine import machine  # noqa: E402
 from synthetic_data import generate, preprocess  # noqa: E402
 
 from deepfm.config import GenerateConfig, TrainConfig, with_settings  # noqa: E402
-from deepfm.launch import run_training  # noqa: E402
+from deepfm.training.launch import run_training  # noqa: E402
 from pipelines import generate as gen  # noqa: E402
 
 GLOBAL_BATCH = 4096

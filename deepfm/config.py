@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deepfm.transforms import TransformName, transform
+from deepfm.features.transforms import TransformName, transform
 
 
 class ConfigError(ValueError):
@@ -67,7 +67,7 @@ class ColumnSpec(_Strict):
     role: Literal["label", "id", "timestamp", "categorical", "numeric", "passthrough", "ignore"]
     dtype: Literal["int", "float", "string"] | None = None  # how the raw value is validated (`int` rejects `2.5`)
     # Numeric fields: `log_bucketize` (then categorical), `log1p_standardize` (a dense feature),
-    # `standardize` or `none`; default preprocess.numeric_transform (deepfm/transforms.py).
+    # `standardize` or `none`; default preprocess.numeric_transform (deepfm/features/transforms.py).
     transform: TransformName | None = None
     clip: tuple[float, float] | None = None  # [lo, hi], applied to the raw value first
     # Categorical (and bucketized numeric) fields: this field's vocabulary options; unset, those of
@@ -324,12 +324,12 @@ class PreprocessConfig(_Strict):
     numeric_transform: TransformName = "log_bucketize"  # for numeric columns without their own transform
     vocab: VocabConfig = VocabConfig()
     shards: ShardConfig = ShardConfig()
-    # How rows are encoded (as score.encode): `arrow` in the Python workers (deepfm/encode.py, the
+    # How rows are encoded (as score.encode): `arrow` in the Python workers (deepfm/features/encode.py, the
     # vocabulary broadcast once), `spark` in Spark SQL (one vocabulary join per field).
     # Vocabularies over vocab.broadcast_max_entries use `spark`.
     encode: Literal["arrow", "spark"] = "arrow"
     # How text input is split and validated (as score.parse): `arrow` in the Python workers
-    # (deepfm/parse.py), `spark` in Spark SQL; the same rows, values and reasons. Tables with
+    # (deepfm/features/parse.py), `spark` in Spark SQL; the same rows, values and reasons. Tables with
     # timestamp columns, and Parquet input, are parsed by Spark.
     parse: Literal["arrow", "spark"] = "arrow"
     # The job fails when more than this fraction of input rows is rejected.
@@ -364,7 +364,7 @@ class ModelConfig(_Strict):
     batch_norm: bool = False
     use_fm: bool = True  # the factorization machine's logit (first order + pairwise)
     use_deep: bool = True  # the MLP's logit
-    # Sparse embedding gradients (lazy Adam on the tables, deepfm/optim.py): an update touches only
+    # Sparse embedding gradients (lazy Adam on the tables, deepfm/training/optim.py): an update touches only
     # the rows in the batch instead of every row of a million-row table.
     sparse_embeddings: bool = True
     # The MLP also reads each categorical value's training frequency (deepfm/model.py).
@@ -380,7 +380,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Training a model version from a preprocess output (deepfm/train.py, deepfm/launch.py)."""
+    """Training a model version from a preprocess output (deepfm/training/train.py, deepfm/training/launch.py)."""
 
     data: PathStr  # a preprocess output directory (manifest.json, train/, valid/, test/)
     output: PathStr  # the model directory
@@ -402,7 +402,7 @@ class TrainConfig(_Strict):
     # lr per step, and a value's row steps only when the value occurs: rows need a larger one.
     embedding_lr: Annotated[float, Field(gt=0)] | None = None
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
-    # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/regularization.py).
+    # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/training/regularization.py).
     # Being in rows, it needs no scaling with data size: evidence grows with the rows, the prior not.
     embedding_l2: Annotated[float, Field(ge=0)] = 0.2
     # The prior of a value seen in c of N training rows is embedding_l2 * (N / c)^exponent: 0 holds
@@ -452,10 +452,10 @@ class ScoreConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     # How raw logs become model inputs: `arrow` encodes each batch in the Python worker that scores
-    # it (deepfm/encode.py, the vocabulary shipped once per worker); `spark` in Spark SQL, one
+    # it (deepfm/features/encode.py, the vocabulary shipped once per worker); `spark` in Spark SQL, one
     # vocabulary join per field. Vocabularies over preprocess.vocab.broadcast_max_entries use `spark`.
     encode: Literal["arrow", "spark"] = "arrow"
-    # How raw text logs are split and validated: `arrow` in the Python workers (deepfm/parse.py);
+    # How raw text logs are split and validated: `arrow` in the Python workers (deepfm/features/parse.py);
     # with encode arrow and no side tables, in the very workers that score them, which receive one
     # string per line. `spark` in Spark SQL (pipelines/read.py). Both reject the same rows for the
     # same reasons. Tables with timestamp columns, and Parquet input, are parsed by Spark.
@@ -609,7 +609,7 @@ def with_settings(plain: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
 
 
 class TrackingConfig(_Strict):
-    """MLflow experiment tracking (deepfm/tracking.py): one run per trained model version."""
+    """MLflow experiment tracking (deepfm/tracking/runs.py): one run per trained model version."""
 
     enabled: bool = True
     # A tracking server (http(s)://), a database (sqlite:///, postgresql://...), `databricks`, or a

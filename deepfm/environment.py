@@ -29,7 +29,7 @@ PACKAGES = ("deepfm", "pipelines", "jobs")
 CODE_SUFFIXES = (".py", ".yaml", ".properties")
 # What Python workers import on executors: parsing and encoding, scoring, the training processes.
 EXECUTOR_MODULES = ("numpy", "pyarrow.parquet", "pandas", "torch", "torch.distributed", "sklearn.metrics",
-                    "petastorm", "horovod.torch", "pipelines.score", "deepfm.train", "deepfm.readers")
+                    "petastorm", "horovod.torch", "pipelines.score", "deepfm.training.train", "deepfm.training.readers")
 
 
 def code_digest() -> str:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from deepfm.precision import PRECISIONS, autocast
+from deepfm.training.precision import PRECISIONS, autocast
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -48,7 +48,7 @@ class DeepFMConfig:
     use_fm: bool = True  # False: DNN only (ablation)
     use_deep: bool = True  # False: FM only (ablation)
     sparse_embeddings: bool = False  # sparse gradients: only the rows in the batch are touched
-    precision: str = "fp32"  # "bf16": the MLP's products in bfloat16 (deepfm/precision.py)
+    precision: str = "fp32"  # "bf16": the MLP's products in bfloat16 (deepfm/training/precision.py)
     count_features: bool = False  # the MLP also reads each categorical value's log frequency
     mixed_dim_exponent: float = 0.0  # > 0: a value's vector has fewer dimensions the rarer it is
     extra: dict = field(default_factory=dict)

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from deepfm.tracking import log_report
+    from deepfm.tracking.runs import log_report
     from pipelines.evaluate import run_evaluate
     from pipelines.spark import get_spark
 

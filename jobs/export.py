@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from deepfm.export import export_torchscript
-    from deepfm.model_versions import open_model_version
+    from deepfm.serving.export import export_torchscript
+    from deepfm.training.model_versions import open_model_version
 
     model = args.model or cfg.require("train").output
     path, difference = export_torchscript(open_model_version(model), args.output)

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from deepfm.storage.location import Location
-    from deepfm.tracking import pending_versions, send_pending
+    from deepfm.tracking.runs import pending_versions, send_pending
 
     root = Location.of(cfg.require("train").output)
     if not cfg.tracking.enabled:

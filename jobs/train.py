@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from deepfm.launch import run_training
-    from deepfm.tracking import log_training
+    from deepfm.tracking.runs import log_training
+    from deepfm.training.launch import run_training
 
     train_cfg = cfg.require("train")
     if train_cfg.launcher == "spark":

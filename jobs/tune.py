@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from deepfm.storage.location import Location
-    from deepfm.tracking import log_tuning
+    from deepfm.tracking.runs import log_tuning
     from pipelines.spark import get_spark
     from pipelines.tune import run_tune
 

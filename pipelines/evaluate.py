@@ -17,11 +17,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm.config import Config, EvaluateConfig
-from deepfm.inference import PROBABILITY
-from deepfm.metrics import calibration, grouped_metrics, roc_points
-from deepfm.model_versions import CURVES, ModelVersion, open_model_version
-from deepfm.report import check_replaceable, write_report
+from deepfm.serving.inference import PROBABILITY
 from deepfm.storage.location import Location
+from deepfm.tracking.report import check_replaceable, write_report
+from deepfm.training.metrics import calibration, grouped_metrics, roc_points
+from deepfm.training.model_versions import CURVES, ModelVersion, open_model_version
 from pipelines import score
 from pipelines.read import InputError
 from pipelines.steps import step

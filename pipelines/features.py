@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Column, DatasetConfig, PreprocessConfig
-from deepfm.encode import ArrowEncoding, vocabulary_to_bytes
-from deepfm.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
+from deepfm.features.encode import ArrowEncoding, vocabulary_to_bytes
+from deepfm.features.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
 from deepfm.storage.location import Location
 from pipelines import numeric, vocab
 
@@ -92,7 +92,7 @@ def broadcast_vocabulary(spark: SparkSession, path: Location, broadcast_max_entr
 
 def apply_feature_map_in_arrow(frame: DataFrame, fmap: FeatureMap, vocabulary: Broadcast,
                                keep: tuple[str, ...] = ()) -> DataFrame:
-    """What `apply_feature_map` outputs, encoded by deepfm/encode.py in the Python workers with
+    """What `apply_feature_map` outputs, encoded by deepfm/features/encode.py in the Python workers with
     `vocabulary` (from `broadcast_vocabulary`) instead of one join per field."""
     has_label = fmap.label in frame.columns
     fields = [T.StructField(fmap.label, T.FloatType())] if has_label else []

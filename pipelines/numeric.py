@@ -1,6 +1,6 @@
 """Numeric fields in Spark SQL: clipping, the training statistics, the dense value the model reads.
 
-The transforms themselves are in deepfm/transforms.py. A missing dense value becomes 0.0, the
+The transforms themselves are in deepfm/features/transforms.py. A missing dense value becomes 0.0, the
 training mean after standardization, so it neither pushes nor pulls the embedding.
 """
 
@@ -12,8 +12,8 @@ from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deepfm.feature_map import MISSING_DENSE_VALUE, FeatureField
-from deepfm.transforms import transform
+from deepfm.features.feature_map import MISSING_DENSE_VALUE, FeatureField
+from deepfm.features.transforms import transform
 
 
 def clipped(value: SparkColumn, clip: tuple[float, float] | None) -> SparkColumn:

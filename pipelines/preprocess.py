@@ -21,8 +21,8 @@ from pyspark.sql import functions as F
 
 from deepfm import __version__, strict_json
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
-from deepfm.feature_map import TRANSFORMS_VERSION, FeatureMap
-from deepfm.preprocess_output import (
+from deepfm.features.feature_map import TRANSFORMS_VERSION, FeatureMap
+from deepfm.features.preprocess_output import (
     VOCAB_SUMMARY,
     VOCABULARY,
     InputFiles,

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Column, TableSpec
-from deepfm.parse import FLOAT_PATTERN, INT_PATTERN, QUOTED_CHARACTERS, LineParser, ParsedColumn, ParseLines
+from deepfm.features.parse import FLOAT_PATTERN, INT_PATTERN, QUOTED_CHARACTERS, LineParser, ParsedColumn, ParseLines
 from deepfm.storage.hadoop import HadoopFiles
 from deepfm.storage.location import Location
 
@@ -30,7 +30,7 @@ REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
 BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
 BAD_UTF8 = "_bad_utf8"
 log = logging.getLogger(__name__)
-# The names deepfm/parse.py is given, in its order, and the types of the bookkeeping columns.
+# The names deepfm/features/parse.py is given, in its order, and the types of the bookkeeping columns.
 ARROW_BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE, BAD_UTF8)
 BOOKKEEPING_FIELDS = (T.StructField(REASON, T.StringType()), T.StructField(RAW, T.StringType()),
                       T.StructField(RAW_BYTES, T.BinaryType()), T.StructField(SOURCE, T.StringType()))
@@ -45,7 +45,7 @@ def read_table(spark: SparkSession, spec: TableSpec, table: str = "input", parse
 
     Args:
         table: a name used in error messages ("input", "clicks", a side table's name).
-        parse: `arrow` splits and validates text lines in the Python workers (deepfm/parse.py),
+        parse: `arrow` splits and validates text lines in the Python workers (deepfm/features/parse.py),
             where the table allows it (`arrow_parses`); `spark` in Spark SQL. The same rows and reasons.
 
     Raises:

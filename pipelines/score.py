@@ -5,7 +5,7 @@ read       raw logs (the data set's layout, or one of their own) or already-enco
 transform  the model directory's feature map and vocabulary, never refitted: unseen values map to
            OOV, missing ones to the missing id, numeric fields use the training statistics. With
            score.encode arrow (the default) each Python worker encodes the Arrow batches it scores
-           (deepfm/encode.py, the vocabulary broadcast once); with spark in Spark SQL (one join of
+           (deepfm/features/encode.py, the vocabulary broadcast once); with spark in Spark SQL (one join of
            the vocabulary per field). Neither runs per-row Python.
 predict    mapInArrow: each Python worker builds the model once, from a broadcast of its weights,
            and scores Arrow batches of score.batch_rows rows
@@ -32,14 +32,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
-from deepfm.feature_map import FeatureMap
-from deepfm.inference import PROBABILITY, ArrowScorer, LineScorer
-from deepfm.model_versions import ModelVersion, ModelVersionError, open_model_version
-from deepfm.parse import ParseLines
-from deepfm.preprocess_output import PreprocessOutput, manifest_path
+from deepfm.features.feature_map import FeatureMap
+from deepfm.features.parse import ParseLines
+from deepfm.features.preprocess_output import PreprocessOutput, manifest_path
+from deepfm.serving.inference import PROBABILITY, ArrowScorer, LineScorer
 from deepfm.storage.commit import committed_directory
 from deepfm.storage.hadoop import HadoopFiles
 from deepfm.storage.location import Location
+from deepfm.training.model_versions import ModelVersion, ModelVersionError, open_model_version
 from pipelines import features, quarantine, read
 from pipelines.join import join_side_table
 from pipelines.steps import step

@@ -90,8 +90,8 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     """One trial, in a Spark task: train one process, reporting validation AUC after each epoch."""
     import optuna
 
-    from deepfm.distributed import make_backend
-    from deepfm.train import train
+    from deepfm.training.distributed import make_backend
+    from deepfm.training.train import train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     outcome = {"number": spec["number"], "settings": spec["settings"]}

@@ -19,8 +19,8 @@ from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from deepfm.feature_map import FIRST_VALUE_ID, MISSING_ID, OOV_ID, FeatureField
-from deepfm.transforms import transform
+from deepfm.features.feature_map import FIRST_VALUE_ID, MISSING_ID, OOV_ID, FeatureField
+from deepfm.features.transforms import transform
 from pipelines.numeric import clipped
 
 FIELD, TOKEN, ID, COUNT = "field", "token", "id", "count"

@@ -116,7 +116,7 @@ def test_every_stage_runs_on_the_cluster_from_the_shipped_environment(cluster, p
         summary = summaries[backend]
         assert summary["workers"] == 2 and summary["test"]["auc"] > 0.6, summary
         # Rank 0's progress, logged in an executor, reaches the driver's log.
-        assert "deepfm.train: epoch 2: train loss" in summary["log"] and "test AUC" in summary["log"]
+        assert "deepfm.training.train: epoch 2: train loss" in summary["log"] and "test AUC" in summary["log"]
         assert "Cleared scope" not in summary["log"]  # Horovod's rendezvous chatter is filtered
         assert (cluster.work / f"model_{backend}" / summary["version"] / "model.pt").is_file()
     assert summaries["score"]["rows"] == 10_000

@@ -10,7 +10,7 @@ temporary sibling. A second job into the same output exits 2 naming the first.
 Only a directory the project wrote (it holds `_DEEPFM_OUTPUT`) or an empty one is ever replaced:
 anything else at an output path (a user's data, another tool's output) stops the job with exit 2
 and is left as it is. The leading underscores keep Spark and pyarrow from reading either marker as
-data. The same swap (`swap_into_place`) commits a model version (deepfm/model_versions.py).
+data. The same swap (`swap_into_place`) commits a model version (deepfm/training/model_versions.py).
 """
 
 from __future__ import annotations

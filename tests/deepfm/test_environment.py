@@ -26,7 +26,7 @@ def test_the_digest_is_the_same_for_a_copy_of_the_code_and_changes_with_one_byte
     (tmp_path / "deepfm" / "__pycache__").mkdir(exist_ok=True)
     (tmp_path / "deepfm" / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"compiled")  # not code
     assert _digest_of(tmp_path) == code_digest()
-    encode = tmp_path / "deepfm" / "encode.py"
+    encode = tmp_path / "deepfm" / "features" / "encode.py"
     encode.write_text(encode.read_text() + "\n")
     assert _digest_of(tmp_path) != code_digest()
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from deepfm.config import TrainConfig
-from deepfm.inference import ArrowScorer, predict_batch
-from deepfm.launch import run_training
-from deepfm.model_versions import open_model_version
-from deepfm.precision import ALLOW_SLOW_BF16
+from deepfm.serving.inference import ArrowScorer, predict_batch
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import open_model_version
+from deepfm.training.precision import ALLOW_SLOW_BF16
 
 DEVICE = os.environ.get("DEEPFM_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.gpu

@@ -6,11 +6,11 @@ import shutil
 import pytest
 
 from deepfm.config import TrainConfig
-from deepfm.distributed import make_backend
-from deepfm.launch import run_training, training_signature
-from deepfm.model_versions import ModelRoot, ModelVersionError, open_model_version
-from deepfm.preprocess_output import PreprocessOutput
-from deepfm.train import train
+from deepfm.features.preprocess_output import PreprocessOutput
+from deepfm.training.distributed import make_backend
+from deepfm.training.launch import run_training, training_signature
+from deepfm.training.model_versions import ModelRoot, ModelVersionError, open_model_version
+from deepfm.training.train import train
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.optim import RowSparseAdam, make_optimizers
+from deepfm.training.optim import RowSparseAdam, make_optimizers
 
 
 def _train(model: DeepFM, table_optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from deepfm.config import TrainConfig
-from deepfm.export import example_inputs, export_torchscript
-from deepfm.launch import run_training
 from deepfm.model import DeepFM
-from deepfm.model_versions import open_model_version
-from deepfm.precision import ALLOW_SLOW_BF16, Bf16Support, PrecisionError, bf16_support, refuse_slow_bf16
+from deepfm.serving.export import example_inputs, export_torchscript
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import open_model_version
+from deepfm.training.precision import ALLOW_SLOW_BF16, Bf16Support, PrecisionError, bf16_support, refuse_slow_bf16
 from tests.conftest import CLI, run_cli
 
 SMALL = {"embedding_dim": 8, "hidden": [64, 32]}

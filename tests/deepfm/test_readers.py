@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from deepfm.feature_map import FeatureField, FeatureMap
-from deepfm.readers import InMemoryReader, NativeReader, PetastormReader
+from deepfm.features.feature_map import FeatureField, FeatureMap
+from deepfm.training.readers import InMemoryReader, NativeReader, PetastormReader
 
 FILES = ((300, 100), (250, 50), (157, 60))  # (rows, row-group size): 3 + 5 + 3 row groups
 TOTAL = sum(rows for rows, _ in FILES)

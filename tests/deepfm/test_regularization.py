@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from deepfm.feature_map import FeatureField, FeatureMap
+from deepfm.features.feature_map import FeatureField, FeatureMap
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.regularization import EmbeddingPrior
+from deepfm.training.regularization import EmbeddingPrior
 
 FMAP = FeatureMap(label="label", fields=(
     FeatureField("a", "categorical", "categorical", vocab_size=6),

@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from deepfm.checkpoint import load_torch
 from deepfm.config import TrainConfig
-from deepfm.distributed import make_backend
-from deepfm.launch import run_training
+from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.model_versions import ModelRoot
-from deepfm.optim import make_optimizers
-from deepfm.preprocess_output import PreprocessOutput
-from deepfm.train import NonFiniteLossError, evaluate, train
+from deepfm.training.checkpoint import load_torch
+from deepfm.training.distributed import make_backend
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import ModelRoot
+from deepfm.training.optim import make_optimizers
+from deepfm.training.train import NonFiniteLossError, evaluate, train
 from tests.conftest import REPO_ROOT, run_cli
 
 SMALL_MODEL = {"embedding_dim": 8, "hidden": [64, 32]}
@@ -59,7 +59,7 @@ def test_training_outside_a_terminal_logs_progress_lines_with_rate_and_time_left
                                                                                   monkeypatch, caplog):
     """pytest's captured stderr is not a terminal, as a log file is not: no bar, lines instead."""
     monkeypatch.setenv("DEEPFM_PROGRESS_S", "0")  # a line every step
-    with caplog.at_level(logging.INFO, logger="deepfm.train"):
+    with caplog.at_level(logging.INFO, logger="deepfm.training.train"):
         run_training(_cfg(criteo_shards, tmp_path / "model", epochs=1))
     lines = [r.getMessage() for r in caplog.records if "steps (" in r.getMessage()]
     steps = int(lines[0].split("/")[1].split()[0])

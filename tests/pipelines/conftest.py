@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from deepfm.config import Config, TrainConfig
-from deepfm.launch import run_training
-from deepfm.model_versions import open_model_version
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import open_model_version
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
 from tests.conftest import CRITEO_SAMPLE, criteo_dataset

@@ -17,7 +17,7 @@ import pytest
 
 from deepfm.config import ScoreConfig, TrainConfig
 from deepfm.errors import exit_code
-from deepfm.launch import run_training
+from deepfm.training.launch import run_training
 from pipelines import read
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
@@ -109,7 +109,7 @@ def test_each_bad_input_file_ends_as_its_case_says(spark, tmp_path, caplog, name
 
 def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parses(spark, row_run, tmp_path,
                                                                                  caplog):
-    """The score job's two parsers (deepfm/parse.py in the Python workers, pipelines/read.py in
+    """The score job's two parsers (deepfm/features/parse.py in the Python workers, pipelines/read.py in
     Spark SQL) on the whole corpus: the same rejects with the same reasons, raw text and bytes,
     and the same score for every accepted row."""
     rows, preprocess_rejects, logs = row_run

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from deepfm.export import export_torchscript
-from deepfm.model_versions import open_model_version
+from deepfm.serving.export import export_torchscript
+from deepfm.training.model_versions import open_model_version
 from tests.pipelines.conftest import in_process_probabilities
 
 

@@ -6,10 +6,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from deepfm.config import Config
-from deepfm.encode import FeatureEncoder
-from deepfm.feature_map import FeatureMap
-from deepfm.spark_hash import seed_of, xxhash64
-from deepfm.transforms import TRANSFORMS
+from deepfm.features.encode import FeatureEncoder
+from deepfm.features.feature_map import FeatureMap
+from deepfm.features.spark_hash import seed_of, xxhash64
+from deepfm.features.transforms import TRANSFORMS
 from pipelines import features, vocab
 
 ROWS = [
@@ -199,7 +199,7 @@ def test_standardized_statistics_stay_finite_with_values_near_the_float_limit(sp
     import statistics
 
     from deepfm import strict_json
-    from deepfm.feature_map import FeatureField
+    from deepfm.features.feature_map import FeatureField
     from pipelines.numeric import fit_dense_stats
 
     values = [float(v) for v in range(1, 995)] + [1e300] * 6

@@ -16,12 +16,12 @@ import pytest
 import torch
 from pyarrow import fs as pafs
 
-from deepfm.checkpoint import load_torch
 from deepfm.config import Config, TrainConfig
-from deepfm.launch import run_training
-from deepfm.model_versions import open_model_version
 from deepfm.storage.lease import OutputLockedError, held, lease_file
 from deepfm.storage.location import Location, UnsupportedFileSystemError
+from deepfm.training.checkpoint import load_torch
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import open_model_version
 from pipelines.evaluate import run_evaluate
 from pipelines.score import run_score
 from tests.pipelines.conftest import in_process_probabilities

@@ -5,7 +5,7 @@ test_bad_inputs.py reads every odd value together, in one batch)."""
 import pyarrow as pa
 import pytest
 
-from deepfm.parse import LineParser, ParsedColumn
+from deepfm.features.parse import LineParser, ParsedColumn
 
 
 def _parse(kind: str, *values: str) -> tuple[list, list]:

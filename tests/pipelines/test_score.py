@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from deepfm.config import Config, TrainConfig
-from deepfm.feature_map import TransformsVersionError
-from deepfm.launch import run_training
-from deepfm.model_versions import ModelVersionError, open_model_version
-from deepfm.precision import ALLOW_SLOW_BF16
-from deepfm.preprocess_output import PreprocessOutput
+from deepfm.features.feature_map import TransformsVersionError
+from deepfm.features.preprocess_output import PreprocessOutput
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import ModelVersionError, open_model_version
+from deepfm.training.precision import ALLOW_SLOW_BF16
 from pipelines.read import InputError
 from pipelines.score import run_score
 from tests.conftest import CLI, REPO_ROOT, run_cli

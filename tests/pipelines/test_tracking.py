@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from deepfm.config import Config, EvaluateConfig
-from deepfm.launch import TrainedVersion
-from deepfm.model_versions import open_model_version
-from deepfm.tracking import WEIGHTS_TAG, log_report, log_training
+from deepfm.tracking.runs import WEIGHTS_TAG, log_report, log_training
+from deepfm.training.launch import TrainedVersion
+from deepfm.training.model_versions import open_model_version
 from pipelines.evaluate import run_evaluate
 from tests.conftest import CLI, run_cli
 from tests.pipelines.conftest import COLUMNS

@@ -2,7 +2,7 @@
 
 A model is applied only to inputs encoded by the transforms version it was trained with (train,
 score, evaluate and export check it), so a change of encoding must come with a new version.
-After a deliberate change: bump TRANSFORMS_VERSION in deepfm/feature_map.py, then regenerate with
+After a deliberate change: bump TRANSFORMS_VERSION in deepfm/features/feature_map.py, then regenerate with
 `python -m tests.pipelines.test_transforms_golden --update`.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from deepfm.encode import FeatureEncoder
-from deepfm.feature_map import TRANSFORMS_VERSION
+from deepfm.features.encode import FeatureEncoder
+from deepfm.features.feature_map import TRANSFORMS_VERSION
+from deepfm.features.transforms import TRANSFORMS
 from deepfm.storage.location import Location
-from deepfm.transforms import TRANSFORMS
 from pipelines import features
 from tests.pipelines.test_features import ROWS, SCHEMA, _config, _fit
 
@@ -58,11 +58,11 @@ def test_encodings_match_the_golden_file_of_this_transforms_version(spark):
         "regenerate it (see this module's docstring)")
     assert golden["fit_rows"] == [list(r) for r in ROWS]
     assert encodings(spark) == golden["rows"], (
-        "an encoding changed: bump TRANSFORMS_VERSION in deepfm/feature_map.py and regenerate the golden file")
+        "an encoding changed: bump TRANSFORMS_VERSION in deepfm/features/feature_map.py and regenerate the golden file")
 
 
 def test_the_arrow_encoder_matches_the_golden_file_too(spark):
-    """deepfm/encode.py (MLflow model, no Spark) encodes exactly as the Spark transforms do."""
+    """deepfm/features/encode.py (MLflow model, no Spark) encodes exactly as the Spark transforms do."""
     fmap, vocabulary = _fit(spark, _config())
     names = SCHEMA_NAMES
     probe = pa.table({name: [row[i] for row in PROBE] for i, name in enumerate(names)})

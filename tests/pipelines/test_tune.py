@@ -10,7 +10,7 @@ import yaml
 from deepfm.config import Config, load_config
 from deepfm.errors import exit_code
 from deepfm.storage.location import Location
-from deepfm.tracking import log_tuning
+from deepfm.tracking.runs import log_tuning
 from pipelines.tune import StudyNotSharedError, _check_study_reached, run_trial, run_tune
 from tests.conftest import CLI, run_cli
 

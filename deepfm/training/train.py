@@ -23,23 +23,23 @@ import torch
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from deepfm import checkpoint as ckpt
 from deepfm import progress
 from deepfm.config import TrainConfig
-from deepfm.distributed import Backend
 from deepfm.errors import UserError
-from deepfm.feature_map import FeatureMap
-from deepfm.metrics import binary_metrics
+from deepfm.features.feature_map import FeatureMap
+from deepfm.features.preprocess_output import PreprocessOutput
+from deepfm.features.vocabulary import row_counts
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.model_versions import CURVES, METRICS, WEIGHTS, TrainingResult, write_model_version
-from deepfm.optim import make_optimizers
-from deepfm.precision import check_precision
-from deepfm.preprocess_output import PreprocessOutput
-from deepfm.readers import Reader, evaluation_reader, make_reader
-from deepfm.regularization import EmbeddingPrior
-from deepfm.report import plot_training_curves
 from deepfm.storage.location import Location, Where
-from deepfm.vocabulary import row_counts
+from deepfm.tracking.report import plot_training_curves
+from deepfm.training import checkpoint as ckpt
+from deepfm.training.distributed import Backend
+from deepfm.training.metrics import binary_metrics
+from deepfm.training.model_versions import CURVES, METRICS, WEIGHTS, TrainingResult, write_model_version
+from deepfm.training.optim import make_optimizers
+from deepfm.training.precision import check_precision
+from deepfm.training.readers import Reader, evaluation_reader, make_reader
+from deepfm.training.regularization import EmbeddingPrior
 
 log = logging.getLogger(__name__)
 

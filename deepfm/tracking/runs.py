@@ -3,7 +3,7 @@
 train     params (the resolved config, flattened: `train.lr`, `train.model.hidden`, ...), the whole
           config as `config.json`, per-epoch metrics (step = epoch, from 1), test metrics, the training
           curves, model.json and metrics.json, and the model as a pyfunc that scores a pandas frame
-          of raw feature rows (deepfm/pyfunc.py), with its signature
+          of raw feature rows (deepfm/serving/pyfunc.py), with its signature
 evaluate  the report (report.html, PNGs, metrics.json) and its overall metrics, into the run of
           the model version it evaluated (found by the version's directory; for predictions alone,
           by the hash of the weights that scored them, which score outputs carry)
@@ -32,7 +32,7 @@ from deepfm.errors import first_line
 from deepfm.storage.location import Location
 
 if TYPE_CHECKING:
-    from deepfm.launch import TrainedVersion
+    from deepfm.training.launch import TrainedVersion
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ TUNE_TAG, TRIAL_TAG = "deepfm.tune", "deepfm.trial"  # a study's parent run (its
 PENDING = ".tracking-pending"  # in a model root: versions whose tracking failed, to send later
 # What the pyfunc needs where it is loaded; the deepfm code itself travels with the model.
 _PYFUNC_REQUIREMENTS = ("torch", "pyarrow", "numpy", "pandas", "pydantic", "pyyaml")
-_MODEL_SCRIPT = Path(__file__).with_name("pyfunc_model.py")  # "models from code": nothing pickled
+_MODEL_SCRIPT = Path(__file__).parents[1] / "serving" / "pyfunc_model.py"  # "models from code": nothing pickled
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
 
 
@@ -77,7 +77,7 @@ def log_training(cfg: Config, trained: TrainedVersion, run_date: str | None) -> 
 def send_pending(cfg: Config, root: Location) -> list[str]:
     """Log the versions of a model root whose tracking failed, oldest first, to the store `cfg`
     names; the run ids. What is sent is forgotten; the first failure leaves the rest pending."""
-    from deepfm.model_versions import METRICS
+    from deepfm.training.model_versions import METRICS
 
     sent = []
     for pending in (root / PENDING).files(".json"):
@@ -221,8 +221,8 @@ def _http_limits(tracking: TrackingConfig) -> Iterator[None]:
 def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date: str | None) -> str:
     import mlflow
 
-    from deepfm.model_versions import CURVES, METRICS, MODEL_CONFIG, VOCABULARY, WEIGHTS, open_model_version
-    from deepfm.pyfunc import MODEL_ARTIFACT, input_example, signature
+    from deepfm.serving.pyfunc import MODEL_ARTIFACT, input_example, signature
+    from deepfm.training.model_versions import CURVES, METRICS, MODEL_CONFIG, VOCABULARY, WEIGHTS, open_model_version
 
     start = time.perf_counter()
     _client(tracking)  # creates the experiment where the configuration says
@@ -249,7 +249,7 @@ def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date:
                 mlflow.pyfunc.log_model(
                     name=PYFUNC, python_model=str(_MODEL_SCRIPT), artifacts={MODEL_ARTIFACT: str(local)},
                     signature=signature(model.feature_map), input_example=input_example(model.feature_map, local),
-                    code_paths=[str(Path(__file__).parent)],
+                    code_paths=[str(Path(__file__).parents[1])],  # the deepfm package, whole
                     pip_requirements=[_pinned(name) for name in _PYFUNC_REQUIREMENTS])
         log.info("MLflow run %s (experiment %s at %s) logged in %.1fs", run.info.run_id, tracking.experiment,
                  tracking.destination()[0], time.perf_counter() - start)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from deepfm.feature_map import FeatureMap
+from deepfm.features.feature_map import FeatureMap
 from deepfm.storage.location import Location, Where
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deepfm import strict_json
-from deepfm.feature_map import FeatureMap
+from deepfm.features.feature_map import FeatureMap
 from deepfm.storage.files import ARROW_FILES, Files
 from deepfm.storage.location import Location, Where
 

@@ -43,15 +43,15 @@ from typing import Any
 
 import torch
 
-from deepfm import checkpoint as ckpt
 from deepfm import strict_json
 from deepfm.errors import first_line
-from deepfm.feature_map import FeatureMap
+from deepfm.features.feature_map import FeatureMap
+from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.preprocess_output import PreprocessOutput
 from deepfm.storage.commit import swap_into_place
 from deepfm.storage.files import ARROW_FILES
 from deepfm.storage.location import Location, Where
+from deepfm.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class TrainingResult:
     valid_auc_best: float  # NaN where the validation split has one class (see early_stopping_on)
     early_stopping_on: str  # "auc", or "-logloss"
     stopped: bool  # ended by the caller's stop_after_epoch (the tuner's pruning)
-    test: dict[str, float]  # deepfm/metrics.py's binary_metrics on the test split
+    test: dict[str, float]  # deepfm/training/metrics.py's binary_metrics on the test split
     epochs: int
     steps: int
     history: list[dict[str, Any]]  # per epoch: train_loss, valid_auc, valid_logloss, samples_per_s, lr
@@ -113,7 +113,7 @@ class VersionRecord:
 
     version: str
     run_date: str | None
-    signature: str  # of the preprocess output and training config (deepfm/launch.py's training_signature)
+    signature: str  # of the preprocess output and training config (deepfm/training/launch.py's training_signature)
     data: str
     test: dict[str, float]
     committed_at: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from deepfm.feature_map import FeatureMap
+from deepfm.features.feature_map import FeatureMap
 from deepfm.storage.location import Location, Where
 
 

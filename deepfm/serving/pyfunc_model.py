@@ -3,6 +3,6 @@ model is code plus the model directory's files, and nothing is pickled."""
 
 import mlflow
 
-from deepfm.pyfunc import DeepFMModel
+from deepfm.serving.pyfunc import DeepFMModel
 
 mlflow.models.set_model(DeepFMModel())

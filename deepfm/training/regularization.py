@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepfm.feature_map import FeatureMap
+from deepfm.features.feature_map import FeatureMap
+from deepfm.features.vocabulary import row_counts
 from deepfm.model import DeepFM
 from deepfm.storage.location import Where
-from deepfm.vocabulary import row_counts
 
 
 class EmbeddingPrior:

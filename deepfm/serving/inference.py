@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from deepfm.encode import FeatureEncoder, cached_encoder
+from deepfm.features.encode import FeatureEncoder, cached_encoder
+from deepfm.features.parse import ParseLines
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.parse import ParseLines
 
 PROBABILITY = "probability"
 
@@ -36,7 +36,7 @@ class ArrowScorer:
     `weights` returns the serialized state dict (a Spark broadcast's `.value`, or the file's bytes);
     it is called only by the first batch a process sees for this model version. With `vocabulary`
     (the Arrow IPC bytes of the model's vocabulary, likewise) and `feature_map`, batches hold raw
-    feature values, and each is encoded here (deepfm/encode.py) before the model sees it.
+    feature values, and each is encoded here (deepfm/features/encode.py) before the model sees it.
     """
 
     weights_digest: str
@@ -81,7 +81,7 @@ class ArrowScorer:
 @dataclass(frozen=True)
 class LineScorer:
     """A picklable callable for `DataFrame.mapInArrow` over raw text lines (`pipelines.read.raw_lines`):
-    each batch parsed in Arrow (deepfm/parse.py), its good rows encoded and scored by `scorer`.
+    each batch parsed in Arrow (deepfm/features/parse.py), its good rows encoded and scored by `scorer`.
 
     Out: the `keep` columns (the label as float32), `probability`, and the reason, raw line, raw
     bytes and source of the rejected rows (null for good ones; their probability is null).

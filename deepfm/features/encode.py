@@ -24,9 +24,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deepfm.feature_map import FIRST_VALUE_ID, MISSING_DENSE_VALUE, MISSING_ID, OOV_ID, FeatureField, FeatureMap
-from deepfm.spark_hash import seed_of, xxhash64
-from deepfm.transforms import transform
+from deepfm.features.feature_map import (
+    FIRST_VALUE_ID,
+    MISSING_DENSE_VALUE,
+    MISSING_ID,
+    OOV_ID,
+    FeatureField,
+    FeatureMap,
+)
+from deepfm.features.spark_hash import seed_of, xxhash64
+from deepfm.features.transforms import transform
 
 
 class EncodeError(ValueError):

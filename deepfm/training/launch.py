@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from deepfm import logs
-from deepfm.checkpoint import CHECKPOINT
 from deepfm.config import TrainConfig
-from deepfm.model_versions import BUILDING, ModelRoot, TrainingResult, VersionRecord, open_model_version
-from deepfm.preprocess_output import PreprocessOutput
+from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.storage.lease import held
 from deepfm.storage.location import Location
+from deepfm.training.checkpoint import CHECKPOINT
+from deepfm.training.model_versions import BUILDING, ModelRoot, TrainingResult, VersionRecord, open_model_version
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TrainedVersion:
 def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_date: str | None = None,
                  force: bool = False) -> TrainedVersion:
     """Train a new version of the model under cfg.output with cfg.workers workers on cfg.backend,
-    placed by cfg.launcher, and commit it (deepfm/model_versions.py).
+    placed by cfg.launcher, and commit it (deepfm/training/model_versions.py).
 
     The version is named by `run_date`, else by the time. A run whose input and training config
     equal those of the version it would replace (the same date's, or without a date the latest)
@@ -131,8 +131,8 @@ def worker(plain: dict[str, Any], resume: bool) -> None:
     """Runs in every worker process: build the backend, train, shut down."""
     import faulthandler
 
-    from deepfm.distributed import make_backend
-    from deepfm.train import train
+    from deepfm.training.distributed import make_backend
+    from deepfm.training.train import train
 
     # A crash in native code (gloo, pyarrow, a kernel) then leaves every thread's Python stack in
     # the worker's stderr, not only the launcher's "terminated with signal SIGSEGV".

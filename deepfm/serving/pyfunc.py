@@ -1,7 +1,7 @@
 """The model as an MLflow pyfunc: a pandas frame of raw feature values in, click probabilities out.
 
 `mlflow.pyfunc.load_model(uri).predict(frame)` applies the model version's own feature map and
-vocabulary (deepfm/encode.py, the Spark transforms without Spark) and then the network, so a
+vocabulary (deepfm/features/encode.py, the Spark transforms without Spark) and then the network, so a
 service or a notebook scores raw rows exactly as the batch score job does. Rows are the values the
 raw logs hold: text for categorical fields, numbers for numeric ones; None, NaN or "" is missing.
 """
@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfm.encode import FeatureEncoder
-from deepfm.feature_map import FIRST_VALUE_ID, FeatureMap
-from deepfm.inference import PROBABILITY, predict_batch
-from deepfm.model_versions import VOCABULARY, open_model_version
+from deepfm.features.encode import FeatureEncoder
+from deepfm.features.feature_map import FIRST_VALUE_ID, FeatureMap
+from deepfm.serving.inference import PROBABILITY, predict_batch
+from deepfm.training.model_versions import VOCABULARY, open_model_version
 
 MODEL_ARTIFACT = "model"  # the name of the model directory among the pyfunc's artifacts
 

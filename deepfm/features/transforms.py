@@ -12,7 +12,7 @@ SQL and the Arrow/numpy encoder all look a transform up in.
 - `none`: the raw value.
 
 Clipping, when configured, applies to the raw value first. Each transform is written once per
-engine the pipeline computes in: `numpy` (deepfm/encode.py: the scoring workers, the MLflow model)
+engine the pipeline computes in: `numpy` (deepfm/features/encode.py: the scoring workers, the MLflow model)
 and `spark` (column expressions: preprocess); `tests/pipelines/test_transforms_golden.py` holds
 the two to one golden file.
 """

@@ -12,8 +12,8 @@ import warnings
 
 import torch
 
-from deepfm.model_versions import TORCHSCRIPT, ModelVersion
 from deepfm.storage.location import Location, Where
+from deepfm.training.model_versions import TORCHSCRIPT, ModelVersion
 
 TOLERANCE = 1e-6
 
