@@ -1,4 +1,4 @@
-"""docs/configuration.md, written from deepfm/config.py: every key with its type, default and the
+"""docs/configuration.md, written from deepfm/config/: every key with its type, default and the
 comment the code gives it, so that the reference has one source of truth.
 
     python docs/config_reference.py      # rewrite docs/configuration.md
@@ -28,7 +28,7 @@ from deepfm import config  # noqa: E402
 
 INTRO = """# Configuration reference
 
-Written by `python docs/config_reference.py` from `deepfm/config.py` (the pydantic models that
+Written by `python docs/config_reference.py` from `deepfm/config/` (the pydantic models that
 validate every configuration); `tests/test_docs.py` fails when it is out of date. How files and
 `--set` combine: [Running stages](stages.md).
 

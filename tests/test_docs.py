@@ -1,5 +1,5 @@
 """The documentation: the configuration reference is what docs/config_reference.py writes from
-deepfm/config.py, the site builds with MkDocs in strict mode (no broken link, no page left out),
+deepfm/config/, the site builds with MkDocs in strict mode (no broken link, no page left out),
 and the README stays a front page."""
 
 from __future__ import annotations
