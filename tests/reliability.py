@@ -17,7 +17,8 @@ OUTPUT = ROOT / "RELIABILITY.md"
 FAULT_TESTS = {
     "Killed and retried jobs": ["tests/deepfm/test_faults.py", "tests/test_airflow_dag.py",
                                 "tests/deepfm/test_train.py", "tests/test_cluster.py"],
-    "Outputs: versions, ownership, leases": ["tests/deepfm/test_model_versions.py", "tests/deepfm/test_lease.py"],
+    "Outputs: versions, ownership, leases": ["tests/deepfm/test_model_versions.py", "tests/deepfm/test_lease.py",
+                                             "tests/pipelines/test_generate.py"],
     "Errors and exit codes": ["tests/test_exit_codes.py", "tests/test_cli.py", "tests/pipelines/test_score.py",
                               "tests/pipelines/test_bad_inputs.py"],
     "Remote file systems": ["tests/pipelines/test_object_store.py"],
