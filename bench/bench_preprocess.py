@@ -2,11 +2,10 @@
 
 Prints one JSON object. The baseline is the 1M-row run measured in the same invocation: the
 target is linear cost, time(10M) <= 11 x time(1M). Generated inputs are cached under out/bench.
-With --compare-encode the smallest size is also run with preprocess.encode spark (Spark SQL, one
-vocabulary join per field) beside the default arrow encoding; with --compare-parse with
-preprocess.parse spark (Spark SQL's split, regular expressions and casts) beside the Arrow parse.
+With --compare-encode the smallest size is also run with the encoding in Spark SQL (one vocabulary
+join per field, what a vocabulary over preprocess.vocab.broadcast_max_entries gets: the run sets it
+to 0) beside the Arrow encoding.
     python bench/bench_preprocess.py [--sizes 1000000 10000000] [--master local[2]] [--compare-encode]
-                                     [--compare-parse]
 """
 
 from __future__ import annotations
@@ -35,11 +34,10 @@ def _generate(rows: int, work: Path) -> Path:
     return raw
 
 
-def _preprocess(rows: int, raw: Path, work: Path, master: str, driver_memory: str, encode: str = "arrow",
-                parse: str = "arrow") -> dict:
+def _preprocess(rows: int, raw: Path, work: Path, master: str, driver_memory: str, encode: str = "arrow") -> dict:
     out = work / f"shards_{rows}"
-    cmd = command("preprocess", *preprocess_args(raw, out, f"spark.master={master}", f"preprocess.encode={encode}",
-                                                 f"preprocess.parse={parse}",
+    sql_encoding = ["preprocess.vocab.broadcast_max_entries=0"] if encode == "spark" else []
+    cmd = command("preprocess", *preprocess_args(raw, out, f"spark.master={master}", *sql_encoding,
                                                  f"spark.conf.spark.driver.memory={driver_memory}",
                                                  "spark.conf.spark.ui.showConsoleProgress=false", force=True))
     result, seconds, peak = run_measured(cmd, cwd=ROOT)
@@ -47,7 +45,7 @@ def _preprocess(rows: int, raw: Path, work: Path, master: str, driver_memory: st
         sys.exit(f"preprocess of {rows} rows failed:\n{result.stderr[-3000:]}")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     vocab_total = sum(summary["vocab_sizes"].values())
-    return {"rows": rows, "encode": encode, "parse": parse, "seconds": round(seconds, 1),
+    return {"rows": rows, "encode": encode, "seconds": round(seconds, 1),
             "rows_per_s": round(rows / seconds),
             "peak_rss_gib": round(peak / 2**30, 2), "vocab_ids": vocab_total}
 
@@ -59,12 +57,10 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench")
     parser.add_argument("--compare-encode", action="store_true")
-    parser.add_argument("--compare-parse", action="store_true")
     args = parser.parse_args()
     runs = [_preprocess(n, _generate(n, args.work), args.work, args.master, args.driver_memory) for n in args.sizes]
     smallest = (args.sizes[0], _generate(args.sizes[0], args.work), args.work, args.master, args.driver_memory)
     sql = _preprocess(*smallest, encode="spark") if args.compare_encode else None
-    sql_parse = _preprocess(*smallest, parse="spark") if args.compare_parse else None
     base = runs[0]
     for run in runs[1:]:
         size_ratio = run["rows"] / base["rows"]
@@ -79,8 +75,6 @@ def main() -> None:
         "baseline_rows": base["rows"],
         "runs": runs,
         "spark_sql_encoding": sql and {**sql, "arrow_speedup": round(sql["seconds"] / runs[0]["seconds"], 2)},
-        "spark_sql_parsing": sql_parse and {**sql_parse,
-                                            "arrow_speedup": round(sql_parse["seconds"] / runs[0]["seconds"], 2)},
         "projected_seconds_45M": round(largest["seconds"] / largest["rows"] * 45_000_000),
     }, indent=2))
 

@@ -4,10 +4,11 @@ Same model (embedding 16, MLP 400-400-400, trained one epoch) and the same 1M sy
 (a) in-process: the encoded rows already in memory as tensors, the model run in batches of
     --batch-rows on every core (the ceiling: no I/O, no transforms);
 (b) the Spark job (local[2]) on the raw TSV logs: parse, quarantine, encode, score, write, with
-    the lines parsed and encoded in the scoring Python workers (score.parse and encode arrow, the
-    defaults);
-(b') the same with the parsing in Spark SQL (score.parse spark), the encoding in Arrow;
-(b'') the same with the encoding in Spark SQL too (score.encode spark: one vocabulary join per field);
+    the lines parsed and encoded in the scoring Python workers (what the job runs);
+(b') the same with the parsing in Spark SQL (the test oracle, pipelines/features.py's Engines), the
+    encoding in Arrow;
+(b'') the same with the encoding in Spark SQL too (one vocabulary join per field: what the job runs
+    for a vocabulary over preprocess.vocab.broadcast_max_entries);
 (c) the Spark job on the same rows already encoded (preprocessed Parquet): read, score, write;
 (d) in-process on the raw logs: the score job's own LineScorer (parse, encode, score) over the
     file's lines on every core, without Spark: the same work as (b), so (b)/(d) is Spark's cost.
@@ -108,13 +109,14 @@ def in_process_raw_rate(model_dir: Path, raw: Path, batch_rows: int) -> dict:
 
 def spark_rate(spark, model_dir: Path, raw: Path, data: Path, preprocessed: bool, batch_rows: int,
                encode: str = "arrow", parse: str = "arrow") -> dict:
+    from pipelines.features import Engines
     from pipelines.score import run_score
 
     with tempfile.TemporaryDirectory() as out:
-        score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows, "encode": encode, "parse": parse}
+        score = {"model": str(model_dir), "output": out, "batch_rows": batch_rows}
         score |= {"preprocessed": f"{data}/{{train,valid,test}}"} if preprocessed else {"input_path": str(raw)}
         cfg = Config.model_validate({**load_config(CONF_FILES).model_dump(), "score": score})
-        result = run_score(spark, cfg, "2026-01-01")
+        result = run_score(spark, cfg, "2026-01-01", Engines(parse=parse, encode=encode))
     return {"rows": result.rows, "seconds": round(result.seconds, 2), "rows_per_s": round(result.rows / result.seconds)}
 
 

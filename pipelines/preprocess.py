@@ -53,8 +53,10 @@ class PreprocessResult:
     skipped: bool
 
 
-def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> PreprocessResult:
-    """Run the whole job. Reruns on unchanged input and config return early unless `force`."""
+def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False,
+                   engines: features.Engines = features.ARROW) -> PreprocessResult:
+    """Run the whole job. Reruns on unchanged input and config return early unless `force`.
+    `engines`: Spark SQL in place of Arrow, for the tests that compare the two (pipelines/features.py)."""
     dataset: DatasetConfig = cfg.require("dataset")
     pre: PreprocessConfig = cfg.require("preprocess")
     storage = HadoopFiles(spark)
@@ -77,7 +79,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
         with step("parse inputs and quarantine malformed rows"):
             rows = {
                 name: _stage_parsed(spark, spec, name, f"{staging}/{name}", dataset if name == "input" else None,
-                                    pre.parse)
+                                    engines.parse)
                 for name, spec in tables.items()
             }
             quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, f"{tmp}/rejects", rows)
@@ -95,7 +97,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False) -> Pre
             fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
         with step("write shards"):
             keep = _kept_columns(dataset)
-            _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp)
+            _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp, engines)
         accepted = rows["input"]["accepted"]
         if accepted != sum(s["rows"] for s in split_rows.values()):
             raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
@@ -230,6 +232,7 @@ def _write_shards(
     keep: list[str],
     split_rows: dict[str, dict[str, Any]],
     tmp: str,
+    engines: features.Engines,
 ) -> None:
     """Encode every split in one pass, then lay each split out as ceil(rows / rows_per_file) files.
 
@@ -237,7 +240,7 @@ def _write_shards(
     file order leaks into training batches), identical on every rerun.
     """
     encoded_path = f"{tmp}/_staging/encoded"
-    shipped = None if pre.encode == "spark" else features.broadcast_vocabulary(
+    shipped = None if engines.encode == "spark" else features.broadcast_vocabulary(
         joined.sparkSession, Location.of(f"{tmp}/{VOCABULARY}"), pre.vocab.broadcast_max_entries)
     if shipped is not None:
         encoded = features.apply_feature_map_in_arrow(joined, fmap, shipped, keep=(*keep, ROW_HASH, SPLIT))

@@ -3,10 +3,10 @@
 read       raw logs (the data set's layout, or one of their own) or already-encoded Parquet;
            malformed rows are quarantined with a reason and counted, as in preprocess
 transform  the model directory's feature map and vocabulary, never refitted: unseen values map to
-           OOV, missing ones to the missing id, numeric fields use the training statistics. With
-           score.encode arrow (the default) each Python worker encodes the Arrow batches it scores
-           (deepfm/features/encode.py, the vocabulary broadcast once); with spark in Spark SQL (one join of
-           the vocabulary per field). Neither runs per-row Python.
+           OOV, missing ones to the missing id, numeric fields use the training statistics. Each
+           Python worker parses the raw lines and encodes the Arrow batches it scores
+           (deepfm/features/parse.py, encode.py, the vocabulary broadcast once); Spark SQL parses
+           and encodes only what Arrow cannot (pipelines/features.py). Neither runs per-row Python.
 predict    mapInArrow: each Python worker builds the model once, from a broadcast of its weights,
            and scores Arrow batches of score.batch_rows rows
 write      output/run_date=D/ (Parquet, _rejects/, _SUCCESS), swapped in by rename: a rerun for the
@@ -64,8 +64,10 @@ class ScoreResult:
     seconds: float
 
 
-def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
-    """Score the configured input into score.output/run_date=<run_date>/, atomically."""
+def run_score(spark: SparkSession, cfg: Config, run_date: str, engines: features.Engines = features.ARROW
+              ) -> ScoreResult:
+    """Score the configured input into score.output/run_date=<run_date>/, atomically. `engines`:
+    Spark SQL in place of Arrow, for the tests that compare the two (pipelines/features.py)."""
     score: ScoreConfig = cfg.require("score")
     parse_run_date(run_date)
     start = time.perf_counter()
@@ -79,17 +81,17 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str) -> ScoreResult:
     with committed_directory(storage, partition, "score", "score.output") as tmp:
         with step("check the model's vocabulary"):
             vocabulary = checked_vocabulary(spark, model)
-        encoder = _arrow_encoder(spark, cfg, model)
+        encoder = _arrow_encoder(spark, cfg, model, engines)
         scoring = (f"score with model version {model.name} ({model.weights_digest})"
                    + (" (encoding in Arrow)" if encoder is not None else ""))
-        if encoder is not None and _arrow_parses(cfg):
+        if encoder is not None and _arrow_parses(cfg, engines):
             with step(f"read, quarantine and {scoring.replace('encoding', 'parsing and encoding')}"):
                 predictions, counts = _score_lines(spark, cfg, model, encoder, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
             scoring = "write the scores"
         else:
             with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
                 inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging",
-                                                     f"{tmp}/{REJECTS}", encoder is not None)
+                                                     f"{tmp}/{REJECTS}", engines, encoder is not None)
             predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device, encoder)
             for name in keep:
                 if name.startswith(_RAW_PREFIX):
@@ -143,19 +145,20 @@ def _read_vocabulary(spark: SparkSession, location: Location) -> DataFrame:
         spark.conf.set(arrow, previous)
 
 
-def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelVersion) -> Broadcast | None:
+def _arrow_encoder(spark: SparkSession, cfg: Config, model: ModelVersion, engines: features.Engines
+                   ) -> Broadcast | None:
     """The broadcast vocabulary when raw input is encoded in the Python workers that score it."""
     score: ScoreConfig = cfg.score
-    if score.preprocessed is not None or score.encode != "arrow":
+    if score.preprocessed is not None or engines.encode != "arrow":
         return None
     broadcast_max = (cfg.preprocess.vocab if cfg.preprocess else VocabConfig()).broadcast_max_entries
     return features.broadcast_vocabulary(spark, model.vocabulary, broadcast_max)
 
 
-def _arrow_parses(cfg: Config) -> bool:
-    """Whether the raw input can be parsed in the scoring Python workers (ScoreConfig.parse)."""
+def _arrow_parses(cfg: Config, engines: features.Engines) -> bool:
+    """Whether the raw input can be parsed in the scoring Python workers."""
     score: ScoreConfig = cfg.score
-    if score.parse != "arrow" or score.preprocessed is not None:
+    if engines.parse != "arrow" or score.preprocessed is not None:
         return False
     return not cfg.require("dataset").side_tables and read.arrow_parses(_input_spec(cfg))
 
@@ -230,7 +233,8 @@ def encoded_split(spark: SparkSession, path: str, model: ModelVersion, keep: lis
 
 # ------------------------------------------------------------------------------------------ inputs
 def _model_inputs(spark: SparkSession, cfg: Config, model: ModelVersion, vocabulary: DataFrame, staging: str,
-                  rejects: str, raw: bool = False) -> tuple[DataFrame, list[str], dict[str, Any]]:
+                  rejects: str, engines: features.Engines, raw: bool = False
+                  ) -> tuple[DataFrame, list[str], dict[str, Any]]:
     """The rows to score: encoded model inputs and `keep`, or with `raw` the raw feature values."""
     score: ScoreConfig = cfg.score
     fmap = model.feature_map
@@ -244,7 +248,7 @@ def _model_inputs(spark: SparkSession, cfg: Config, model: ModelVersion, vocabul
     spec = _input_spec(cfg)
     keep = _raw_keep(cfg, fmap)
     tables: dict[str, TableSpec] = {"input": spec, **{f"side_{s.name}": s.table for s in dataset.side_tables}}
-    rows = _stage(spark, {name: (read.read_table(spark, table, name, score.parse), table.path)
+    rows = _stage(spark, {name: (read.read_table(spark, table, name, engines.parse), table.path)
                           for name, table in tables.items()}, staging, rejects, score.max_reject_rate)
     frame = quarantine.staged(spark, f"{staging}/input", "ok")
     for side in dataset.side_tables:

@@ -216,3 +216,15 @@ def test_an_empty_output_path_is_refused_naming_the_key(key):
         load_config([CONF / "base.yaml", CONF / "datasets/criteo.yaml"],
                     [f"{key}="])
     assert f"{key} (set in --set {key}=): an empty path: name a file or directory" in str(err.value)
+
+
+def test_an_engine_key_of_earlier_versions_is_refused_naming_the_file_and_what_to_do(tmp_path):
+    """preprocess/score.parse and .encode chose Arrow or Spark SQL; the pipeline now does."""
+    old = _write(tmp_path, "old.yaml", "score:\n  parse: spark\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([CONF / "base.yaml", old])
+    assert str(err.value).startswith(f"score.parse (set in {old}) is no longer a setting: rows are parsed and "
+                                     "encoded in Arrow")
+    assert str(err.value).endswith(": delete it")
+    with pytest.raises(ConfigError, match=r"preprocess\.encode \(set in --set preprocess\.encode=spark\)"):
+        load_config([CONF / "base.yaml"], ["preprocess.encode=spark"])

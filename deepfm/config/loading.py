@@ -117,10 +117,25 @@ def load_config(paths: Sequence[str | Path], overrides: Iterable[str] = (), run_
             nested = {part: nested}
         _merge(merged, nested, (), origin, f"--set {item}")
     _fill_run_date(merged, run_date, (), origin)
+    _refuse_removed_keys(origin)
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_describe(err, origin)) from err
+
+
+# Keys of earlier versions, with what to do instead: naming the file that still sets one.
+_REMOVED_KEYS = {
+    (section, key): "rows are parsed and encoded in Arrow, and in Spark SQL only where Arrow cannot (Parquet input, "
+                    "timestamp columns, a vocabulary over preprocess.vocab.broadcast_max_entries): delete it"
+    for section in ("preprocess", "score") for key in ("parse", "encode")
+}
+
+
+def _refuse_removed_keys(origin: dict[tuple[str, ...], str]) -> None:
+    for key, what_to_do in _REMOVED_KEYS.items():
+        if key in origin:
+            raise ConfigError(f"{'.'.join(key)} (set in {origin[key]}) is no longer a setting: {what_to_do}")
 
 
 def _fill_run_date(node: Any, run_date: str | None, path: tuple[str, ...],

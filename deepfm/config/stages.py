@@ -44,14 +44,6 @@ class PreprocessConfig(_Strict):
     numeric_transform: TransformName = "log_bucketize"  # for numeric columns without their own transform
     vocab: VocabConfig = VocabConfig()
     shards: ShardConfig = ShardConfig()
-    # How rows are encoded (as score.encode): `arrow` in the Python workers (deepfm/features/encode.py, the
-    # vocabulary broadcast once), `spark` in Spark SQL (one vocabulary join per field).
-    # Vocabularies over vocab.broadcast_max_entries use `spark`.
-    encode: Literal["arrow", "spark"] = "arrow"
-    # How text input is split and validated (as score.parse): `arrow` in the Python workers
-    # (deepfm/features/parse.py), `spark` in Spark SQL; the same rows, values and reasons. Tables with
-    # timestamp columns, and Parquet input, are parsed by Spark.
-    parse: Literal["arrow", "spark"] = "arrow"
     # The job fails when more than this fraction of input rows is rejected.
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
 
@@ -171,15 +163,6 @@ class ScoreConfig(_Strict):
     threads: Annotated[int, Field(ge=1)] = 1  # torch threads per Python worker (Spark runs one per core)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
-    # How raw logs become model inputs: `arrow` encodes each batch in the Python worker that scores
-    # it (deepfm/features/encode.py, the vocabulary shipped once per worker); `spark` in Spark SQL, one
-    # vocabulary join per field. Vocabularies over preprocess.vocab.broadcast_max_entries use `spark`.
-    encode: Literal["arrow", "spark"] = "arrow"
-    # How raw text logs are split and validated: `arrow` in the Python workers (deepfm/features/parse.py);
-    # with encode arrow and no side tables, in the very workers that score them, which receive one
-    # string per line. `spark` in Spark SQL (pipelines/read.py). Both reject the same rows for the
-    # same reasons. Tables with timestamp columns, and Parquet input, are parsed by Spark.
-    parse: Literal["arrow", "spark"] = "arrow"
 
     @model_validator(mode="after")
     def _check(self) -> ScoreConfig:

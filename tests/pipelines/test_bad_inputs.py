@@ -19,6 +19,7 @@ from deepfm.config import ScoreConfig, TrainConfig
 from deepfm.errors import exit_code
 from deepfm.training.launch import run_training
 from pipelines import read
+from pipelines.features import Engines
 from pipelines.preprocess import run_preprocess
 from pipelines.score import run_score
 from tests.conftest import CLI, CLI_ENV, CRITEO_SAMPLE, REPO_ROOT, criteo_dataset, make_config, run_cli
@@ -45,11 +46,11 @@ def row_run(spark, tmp_path_factory):
 
 
 def test_the_corpus_is_parsed_alike_by_arrow_and_spark_sql(spark, row_run, tmp_path):
-    """row_run parses in Arrow (preprocess.parse's default); Spark SQL must reject the same lines
+    """row_run parses in Arrow (what preprocess runs); Spark SQL (the oracle) must reject the same lines
     for the same reasons, keep the same raw text and bytes, and encode the same rows."""
     rows, rejects, logs = row_run
-    result = run_preprocess(spark, make_config(criteo_dataset(logs), str(tmp_path / "sql"), max_reject_rate=0.05,
-                                               parse="spark"))
+    result = run_preprocess(spark, make_config(criteo_dataset(logs), str(tmp_path / "sql"), max_reject_rate=0.05),
+                            engines=Engines(parse="spark"))
     assert result.manifest.rows == rows
     assert _sorted(pq.read_table(tmp_path / "sql" / "rejects").to_pylist()) == _sorted(rejects)
     for split in ("train", "valid", "test"):
@@ -119,10 +120,10 @@ def test_scoring_rejects_and_scores_every_row_alike_whether_arrow_or_spark_parse
     runs = {}
     for parse in ("arrow", "spark"):
         cfg = make_config(criteo_dataset(logs), str(tmp_path / "prep")).model_copy(update={"score": ScoreConfig(
-            model=model, output=str(tmp_path / parse), parse=parse, max_reject_rate=0.05, batch_rows=700)})
+            model=model, output=str(tmp_path / parse), max_reject_rate=0.05, batch_rows=700)})
         with caplog.at_level(logging.INFO):
             caplog.clear()
-            result = run_score(spark, cfg, "2026-11-28")
+            result = run_score(spark, cfg, "2026-11-28", Engines(parse=parse))
         assert ("parsing and encoding in Arrow" in caplog.text) is (parse == "arrow")
         partition = Path(result.partition.removeprefix("file:"))
         rejects = sorted((r["reason"], r["raw"], r["raw_bytes"], Path(r["source"]).name)

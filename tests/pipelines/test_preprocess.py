@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deepfm.config import GenerateConfig
+from pipelines.features import Engines
 from pipelines.generate import generate
 from pipelines.preprocess import run_preprocess
 from pipelines.quarantine import RejectRateError
@@ -117,9 +118,8 @@ def test_spark_sql_encoding_or_parsing_writes_the_same_shards_as_arrow(criteo_ru
     else:  # side tables, a time split, dense fields
         arrow_out, cfg = tmp_path / "arrow", make_config(_obd_dataset(), str(tmp_path / "arrow"))
         run_preprocess(spark, cfg)
-    sql = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(
-        update={"output": str(tmp_path / "sql"), step: "spark"})})
-    run_preprocess(spark, sql)
+    sql = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"output": str(tmp_path / "sql")})})
+    run_preprocess(spark, sql, engines=Engines(**{step: "spark"}))
     for split in SPLITS:
         arrow, spark_sql = _table(arrow_out / split), _table(tmp_path / "sql" / split)
         assert arrow.column_names == spark_sql.column_names and arrow.num_rows == spark_sql.num_rows > 0

@@ -21,6 +21,7 @@ from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.training.launch import run_training
 from deepfm.training.model_versions import ModelVersionError, open_model_version
 from deepfm.training.precision import ALLOW_SLOW_BF16
+from pipelines.features import ARROW, Engines
 from pipelines.read import InputError
 from pipelines.score import run_score
 from tests.conftest import CLI, REPO_ROOT, run_cli
@@ -63,13 +64,13 @@ def test_spark_scores_equal_in_process_predictions_on_training_encodings(trained
 @pytest.mark.parametrize("how", ["encode spark", "vocabulary over broadcast_max_entries", "parse spark"])
 def test_spark_sql_encoding_scores_like_the_arrow_encoding(spark, trained, scored, tmp_path, how, caplog):
     _, arrow = scored
-    cfg = _score_cfg(trained, output=str(tmp_path / "scores"), **({how.split()[0]: "spark"} if how.endswith("spark")
-                                                                    else {}))
+    cfg = _score_cfg(trained, output=str(tmp_path / "scores"))
+    engines = Engines(**{how.split()[0]: "spark"}) if how.endswith("spark") else ARROW  # the test oracle
     if how.startswith("vocabulary"):  # the vocabulary is then too large to ship to every Python worker
         cfg = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={
             "vocab": cfg.preprocess.vocab.model_copy(update={"broadcast_max_entries": 10})})})
     with caplog.at_level(logging.INFO):
-        table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
+        table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27", engines).partition.removeprefix("file:")))
     assert "parsing and encoding in Arrow" not in caplog.text
     assert ("encoding in Arrow" in caplog.text) is (how == "parse spark")
     assert ("over preprocess.vocab.broadcast_max_entries" in caplog.text) is (how.startswith("vocabulary"))
