@@ -23,6 +23,7 @@ from deepfm import __version__, strict_json
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
 from deepfm.features.feature_map import TRANSFORMS_VERSION, FeatureMap
 from deepfm.features.preprocess_output import (
+    REJECTS,
     VOCAB_SUMMARY,
     VOCABULARY,
     InputFiles,
@@ -82,7 +83,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False,
                                     engines.parse)
                 for name, spec in tables.items()
             }
-            quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, f"{tmp}/rejects", rows)
+            quarantine.write_rejects(spark, {name: f"{staging}/{name}" for name in tables}, f"{tmp}/{REJECTS}", rows)
             for name, counts in rows.items():
                 quarantine.check_reject_rate(spark, name, counts, f"{staging}/{name}", pre.max_reject_rate,
                                              "preprocess.max_reject_rate")

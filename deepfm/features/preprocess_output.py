@@ -28,7 +28,6 @@ MANIFEST = "manifest.json"
 VOCABULARY = "vocab/vocabulary.parquet"
 VOCAB_SUMMARY = "vocab_summary.json"
 REJECTS = "rejects"
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
 Split = Literal["train", "valid", "test"]
 
 
