@@ -79,6 +79,7 @@ class Teacher:
     int_mu: np.ndarray
     int_sigma: np.ndarray
     item_weights: tuple[np.ndarray, np.ndarray]
+    spread: np.ndarray  # (NUM_CAT,) the standard deviation of each field's first-order weights
     bias: float = 0.0
 
     @property
@@ -111,8 +112,9 @@ class Teacher:
             int_mu=rng.uniform(0.3, 3.5, NUM_INT),
             int_sigma=rng.uniform(0.6, 1.6, NUM_INT),
             item_weights=(rng.standard_normal(ITEM_CATEGORIES) * 0.4, rng.standard_normal(ITEM_BRANDS) * 0.2),
+            spread=spread[:, 0],
         )
-        teacher.bias = teacher._calibrate(cfg.base_ctr, np.random.default_rng([cfg.seed, 0xB1A5]))
+        teacher.bias = teacher.calibrate_bias(cfg.base_ctr, np.random.default_rng([cfg.seed, 0xB1A5]))
         return teacher
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,14 +147,14 @@ class Teacher:
         out += 0.5 * ((total ** 2).sum(1) - squares)
         return out
 
-    def _calibrate(self, base_ctr: float, rng: np.random.Generator) -> float:
+    def calibrate_bias(self, base_ctr: float, rng: np.random.Generator) -> float:
         """The bias at which the mean click probability equals base_ctr (bisection)."""
         self.bias = 0.0
         _, _, logit = self.sample(200_000, rng)
         lo, hi = -10.0, 10.0
         for _ in range(60):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < base_ctr else (lo, mid)
+            lo, hi = (mid, hi) if sigmoid(logit + mid).mean() < base_ctr else (lo, mid)
         return (lo + hi) / 2
 
 
@@ -172,27 +174,29 @@ def generate(cfg: GenerateConfig) -> dict[str, object]:
             ints, ranks, logit = teacher.sample(n, rng)
             if cfg.mode == "joined":
                 logit, items = _with_items(teacher, logit, rng)
-            p_true = _sigmoid(logit)
+            p_true = sigmoid(logit)
             label = (rng.random(n) < p_true).astype(np.int8)
             clicks += int(label.sum())
             name = f"part-{chunk:05d}.tsv" + (".gz" if cfg.gzip else "")
             if cfg.mode == "criteo":
-                _write_tsv(_criteo_table(label, ints, ranks, teacher, p_true), tmp / name)
+                write_tsv(criteo_table(label, ints, ranks, p_true), tmp / name)
             else:
                 _write_joined_chunk(tmp, name, chunk, n, label, ints, ranks, teacher, items, p_true, rng, cfg)
             log.info("generated %d / %d rows (%.0f rows/s)", chunk * cfg.rows_per_file + n, cfg.rows,
                      (chunk * cfg.rows_per_file + n) / (time.perf_counter() - start))
         if cfg.mode == "joined":
-            _write_tsv(_items_table(teacher), tmp / "items" / "items.tsv", header=True)
+            write_tsv(_items_table(teacher), tmp / "items" / "items.tsv", header=True)
     return {"output": str(dest), "rows": cfg.rows, "files": chunks, "label_rate": clicks / cfg.rows,
             "seconds": round(time.perf_counter() - start, 2)}
 
 
 # ----------------------------------------------------------------------------------------- columns
-def _criteo_table(label, ints, ranks, teacher: Teacher, p_true) -> pa.Table:
+def criteo_table(label, ints, values, p_true) -> pa.Table:
+    """The Criteo columns; `values` (n, 26) are the categorical values' ids (-1: missing), each
+    written as its token."""
     columns = {"label": pa.array(label)}
     columns.update(_int_columns(ints))
-    columns.update(_cat_columns(ranks, range(NUM_CAT)))
+    columns.update(_cat_columns(values, range(NUM_CAT)))
     columns["p_true"] = pa.array(p_true.astype(np.float32))
     return pa.table(columns)
 
@@ -249,8 +253,8 @@ def _write_joined_chunk(tmp, name, chunk, n, label, ints, ranks, teacher, items,
         **_cat_columns(ranks, range(10)),
         "p_true": pa.array(p_true.astype(np.float32)),
     })
-    _write_tsv(table, tmp / "impressions" / name, header=True)
-    _write_tsv(_clicks_table(imp_id, ts, label, rng, cfg.rows), tmp / "clicks" / name, header=True)
+    write_tsv(table, tmp / "impressions" / name, header=True)
+    write_tsv(_clicks_table(imp_id, ts, label, rng, cfg.rows), tmp / "clicks" / name, header=True)
 
 
 def _clicks_table(imp_id, ts, label, rng, total_rows) -> pa.Table:
@@ -271,7 +275,7 @@ def _clicks_table(imp_id, ts, label, rng, total_rows) -> pa.Table:
 
 
 # -------------------------------------------------------------------------------------------- files
-def _write_tsv(table: pa.Table, path: Path, header: bool = False) -> None:
+def write_tsv(table: pa.Table, path: Path, header: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     with pa.output_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as out:
@@ -286,5 +290,5 @@ def _zipf_cdf(cardinality: int, exponent: float) -> np.ndarray:
     return cdf / cdf[-1]
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -48,6 +49,32 @@ class PreprocessConfig(_Strict):
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
 
 
+class DriftConfig(_Strict):
+    """How a dated stream (`generate.days`) changes from one day to the next (pipelines/drift.py)."""
+
+    # Each day this share of every categorical field's values is replaced by values never seen
+    # before (about as much of its traffic); the values replaced fade out for good.
+    new_value_share: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    # Each day every value's log-rank takes a normal step of this size: popularity reshuffles along
+    # the long tail (a value of rank ~1,000 moves by tens of ranks) while the head keeps its order.
+    popularity_shift: Annotated[float, Field(ge=0)] = 0.05
+    # Each value's effect on the click rotates by this angle (radians) a day: the correlation of its
+    # effects a day apart is cos(angle), a week apart cos(7 angle).
+    effect_drift: Annotated[float, Field(ge=0)] = 0.05
+    # A broken day to plant (its YYYY-MM-DD), as upstream faults make them: `shuffled_labels`, the
+    # labels permuted among the day's rows; `empty_field`, `broken_field` missing in every row.
+    broken_day: str | None = None
+    broken: Literal["shuffled_labels", "empty_field"] = "shuffled_labels"  # what is wrong with the broken day
+    broken_field: str = "C3"  # the field `empty_field` empties (I1-I13, C1-C26)
+
+    @field_validator("broken_day")
+    @classmethod
+    def _is_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            dt.date.fromisoformat(value)
+        return value
+
+
 class GenerateConfig(_Strict):
     """Synthetic Criteo-shaped logs with the teacher's true click probability `p_true` (pipelines/generate.py)."""
 
@@ -64,6 +91,40 @@ class GenerateConfig(_Strict):
     # of at most 1M values, as in real logs (pipelines/generate.py).
     teacher: Literal["head", "long_tail"] = "head"
     gzip: bool = False  # write .tsv.gz
+    # A dated stream: `days` partitions output/dt=YYYY-MM-DD/ from start_date on, `rows` rows each,
+    # whose values and effects drift from day to day as `drift` says (pipelines/drift.py).
+    days: Annotated[int, Field(ge=1)] | None = None
+    start_date: str = "2026-11-01"  # the stream's first day, YYYY-MM-DD
+    drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        try:
+            first = dt.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise SettingError(("start_date",), f"not a date as YYYY-MM-DD: {self.start_date!r}") from None
+        if self.days is not None and self.mode != "criteo":
+            raise SettingError(("days",), "a dated stream is written in mode criteo only")
+        broken = self.drift.broken_day
+        if broken is not None:
+            if self.days is None:
+                raise SettingError(("drift", "broken_day"), "a broken day needs a dated stream: set generate.days")
+            last = first + dt.timedelta(days=self.days - 1)
+            if not first <= dt.date.fromisoformat(broken) <= last:
+                raise SettingError(("drift", "broken_day"), f"{broken} is not one of the stream's days "
+                                                            f"({first} .. {last})")
+        if self.drift.broken == "empty_field" and self.drift.broken_field not in _GENERATED_FIELDS:
+            raise SettingError(("drift", "broken_field"), f"{self.drift.broken_field!r} is not a generated field "
+                                                          "(I1-I13, C1-C26)")
+        return self
+
+    def day_names(self) -> list[str]:
+        """The stream's dates, oldest first."""
+        first = dt.date.fromisoformat(self.start_date)
+        return [(first + dt.timedelta(days=d)).isoformat() for d in range(self.days or 0)]
+
+
+_GENERATED_FIELDS = {*(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))}
 
 
 class ModelConfig(_Strict):
