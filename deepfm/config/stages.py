@@ -195,6 +195,15 @@ class TrainConfig(_Strict):
     eval_batch_size: Annotated[int, Field(ge=1)] = 65_536
     seed: int = 42
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads per worker; 0 = cores / workers
+    # Initialise from an earlier model version, each embedding row from the row of the same token
+    # (deepfm/training/warm_start.py): `latest`, the newest version of train.output before this
+    # one (none yet: from scratch); a version's directory; or `none`, from scratch.
+    warm_start: str = "none"
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, value: str) -> str:
+        return value if value in ("none", "latest") else absolute_path(value)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -299,7 +308,7 @@ class SearchRange(_Strict):
 
 
 # Keys a search may not set: they say where and how to run, not what to learn.
-_NOT_SEARCHED = ("data", "output", "backend", "workers", "launcher", "device", "reader", "threads")
+_NOT_SEARCHED = ("data", "output", "backend", "workers", "launcher", "device", "reader", "threads", "warm_start")
 
 
 class TuneConfig(_Strict):

@@ -25,7 +25,15 @@ from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.storage.lease import held
 from deepfm.storage.location import Location
 from deepfm.training.checkpoint import CHECKPOINT
-from deepfm.training.model_versions import BUILDING, ModelRoot, TrainingResult, VersionRecord, open_model_version
+from deepfm.training.model_versions import (
+    BUILDING,
+    ModelRoot,
+    ModelVersion,
+    TrainingResult,
+    VersionRecord,
+    open_model_version,
+)
+from deepfm.training.warm_start import check_compatible, source_version
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +73,10 @@ def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_d
 
 def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["auto"], run_date: str | None,
                    force: bool) -> TrainedVersion:
-    data = None
+    data = PreprocessOutput.open(cfg.data)  # readable, and encoded by this code's transforms
+    cfg, source = _resolve_warm_start(cfg, root, run_date, data)
     if resume == "auto":
-        data = PreprocessOutput.open(cfg.data)
-        interrupted = root.resumable_with(training_signature(data, cfg), run_date)
+        interrupted = root.resumable_with(training_signature(data, cfg, source), run_date)
         if interrupted is None:
             log.info("no interrupted run of this input and config to continue (--resume auto): training as usual")
         else:
@@ -81,8 +89,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
             raise FileNotFoundError(f"{checkpoint or root.path} holds no interrupted run to --resume (no "
                                     f"{BUILDING}*/{CHECKPOINT}); run without --resume to train from scratch")
         root.check_replaceable(version)
-    data = data or PreprocessOutput.open(cfg.data)  # readable, and encoded by this code's transforms
-    signature = training_signature(data, cfg)
+    signature = training_signature(data, cfg, source)
     if not resume:
         version = root.new_version_name(run_date)
         current = run_date if run_date else root.latest()
@@ -100,15 +107,31 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
     result = TrainingResult.read(build)
     model = root.commit(version, VersionRecord(
         version=version, run_date=run_date, signature=signature, data=cfg.data, test=result.test,
-        committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+        committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        warm_start=None if result.warm_start is None else
+        {k: v for k, v in result.warm_start.items() if k != "fields"}))
     return TrainedVersion(version, str(model), up_to_date=False, result=result)
 
 
-def training_signature(data: PreprocessOutput, cfg: TrainConfig) -> str:
+def training_signature(data: PreprocessOutput, cfg: TrainConfig, warm_start: ModelVersion | None = None) -> str:
     """What a trained model is a function of: the preprocess output it read (its manifest changes
-    with every rebuild) and the training config, wherever the model is written."""
+    with every rebuild), the training config, wherever the model is written, and the weights it
+    was warm-started from."""
     config = json.dumps(cfg.model_dump(mode="json", exclude={"output"}), sort_keys=True).encode()
-    return hashlib.sha256(data.manifest_bytes + b"\0" + config).hexdigest()
+    weights = b"\0" + warm_start.weights_digest.encode() if warm_start is not None else b""
+    return hashlib.sha256(data.manifest_bytes + b"\0" + config + weights).hexdigest()
+
+
+def _resolve_warm_start(cfg: TrainConfig, root: ModelRoot, run_date: str | None,
+                        data: PreprocessOutput) -> tuple[TrainConfig, ModelVersion | None]:
+    """train.warm_start as the workers get it (a version's directory, or none), checked here: a
+    worker's error would reach the driver as a generic failure of the launcher."""
+    from deepfm.training.train import model_config
+
+    source = source_version(cfg.warm_start, root, run_date)
+    if source is not None:
+        check_compatible(source, model_config(data.feature_map, cfg, cfg.model.sparse_embeddings), data.feature_map)
+    return cfg.model_copy(update={"warm_start": str(source.path) if source is not None else "none"}), source
 
 
 def _launch(cfg: TrainConfig, resume: bool) -> None:

@@ -85,6 +85,7 @@ class TrainingResult:
     workers: int
     regularization: dict[str, Any]  # the strengths as resolved for this data and batch
     replica_fingerprints: list[list[float]] = field(default_factory=list)
+    warm_start: dict[str, Any] | None = None  # what was taken over from which version (deepfm/training/warm_start.py)
 
     def to_json(self) -> str:
         return strict_json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -117,6 +118,8 @@ class VersionRecord:
     data: str
     test: dict[str, float]
     committed_at: str
+    # the version it was warm-started from (path, name, weights digest) and the embedding rows taken over
+    warm_start: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return strict_json.dumps(asdict(self), indent=2, sort_keys=True)

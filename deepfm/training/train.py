@@ -35,11 +35,19 @@ from deepfm.tracking.report import plot_training_curves
 from deepfm.training import checkpoint as ckpt
 from deepfm.training.distributed import Backend
 from deepfm.training.metrics import binary_metrics
-from deepfm.training.model_versions import CURVES, METRICS, WEIGHTS, TrainingResult, write_model_version
+from deepfm.training.model_versions import (
+    CURVES,
+    METRICS,
+    WEIGHTS,
+    TrainingResult,
+    open_model_version,
+    write_model_version,
+)
 from deepfm.training.optim import make_optimizers
 from deepfm.training.precision import check_precision
 from deepfm.training.readers import Reader, evaluation_reader, make_reader
 from deepfm.training.regularization import EmbeddingPrior
+from deepfm.training.warm_start import WarmStartError, check_compatible, take_over
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +103,7 @@ class Run:
     schedulers: list[torch.optim.lr_scheduler.ReduceLROnPlateau]
     prior: EmbeddingPrior | None
     regularization: dict[str, Any]  # the strengths as resolved for this data and batch, for metrics.json
+    warm_start: dict[str, Any] | None  # what the model was initialised from (deepfm/training/warm_start.py)
 
 
 # The moving average spans half an epoch: long enough to smooth Adam's last steps, short enough
@@ -125,6 +134,14 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     raw_model = DeepFM(model_config(fmap, cfg, sparse))
     train_rows = data.rows("train")
     vocabulary = data.vocabulary
+    warm = None
+    if cfg.warm_start != "none":  # before the value counts: they decide anew what the vocabulary decides
+        if cfg.warm_start == "latest":
+            raise WarmStartError("train.warm_start=latest names a version of train.output's model root, which "
+                                 "`deepfm-pipeline train` resolves; here give a version's directory, or none")
+        source = open_model_version(cfg.warm_start)
+        check_compatible(source, raw_model.config, fmap)
+        warm = take_over(raw_model, fmap, vocabulary, source)
     if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
         raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)
@@ -140,7 +157,7 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
     return Run(model, raw_model, raw_model if averaged is None else averaged.module, averaged, optimizers,
-               schedulers, prior, settings)
+               schedulers, prior, settings, warm)
 
 
 def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
@@ -193,7 +210,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
         valid_auc_best=state.best_criterion if state.monitor == "auc" else math.nan,
         early_stopping_on=state.monitor, stopped=stopped, test=test, epochs=state.epoch, steps=state.global_step,
         history=state.history, workers=backend.world, regularization=run.regularization,
-        replica_fingerprints=state.replica_fingerprints)
+        replica_fingerprints=state.replica_fingerprints, warm_start=run.warm_start)
     if backend.rank == 0:
         write_model_version(out, run.raw_model, data, cfg.model_dump(mode="json"), result)
         plot_training_curves(result.history, out / CURVES)
