@@ -199,6 +199,14 @@ def _listed_input(spark: SparkSession, path: str, table: str) -> tuple[str, list
     files, hidden = storage.listing(path)
     if not files:
         raise InputError(f"{table}: no input files at {path} (check the path in the config)")
+    if storage.pattern(path) == path:
+        # A glob's {a,b} matches what any of its alternatives matches: a day of a window
+        # ({run_date-6d..run_date}) whose logs have not landed would be left out without a word.
+        empty = [alternative for alternative in alternatives(path) if not storage.listing(alternative)[0]]
+        if empty:
+            raise InputError(f"{table}: no input files at {', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}, "
+                             f"{'one' if len(empty) == 1 else len(empty)} of the paths {path} stands for (a window "
+                             "reads every one of its days: wait for its logs to land, or shorten the window)")
     if all(f.size == 0 for f in files):
         raise InputError(f"{table}: every input file at {path} is empty")
     if hidden:
@@ -206,6 +214,15 @@ def _listed_input(spark: SparkSession, path: str, table: str) -> tuple[str, list
                     "'.', which marks files as hidden to Spark: %s%s; rename them to read them", table, len(hidden),
                     path, ", ".join(hidden[:5]), " ..." if len(hidden) > 5 else "")
     return storage.pattern(path), [f.path for f in files]
+
+
+def alternatives(path: str) -> list[str]:
+    """The paths a glob's {a,b} groups stand for, one per combination; the path itself without any."""
+    group = re.search(r"\{([^{}]*)\}", path)
+    if group is None:
+        return [path]
+    return [expanded for option in group.group(1).split(",")
+            for expanded in alternatives(path[:group.start()] + option + path[group.end():])]
 
 
 def _check_every_file_is_read(frame: DataFrame, files: list[str], path: str, table: str) -> None:

@@ -138,21 +138,48 @@ def _refuse_removed_keys(origin: dict[tuple[str, ...], str]) -> None:
             raise ConfigError(f"{'.'.join(key)} (set in {origin[key]}) is no longer a setting: {what_to_do}")
 
 
+# {run_date}, a day before or after it ({run_date-1d}), or a window of days ({run_date-6d..run_date}).
+_DATED = re.compile(r"\{run_date(?:([+-])(\d+)d)?(?:\.\.run_date(?:([+-])(\d+)d)?)?\}")
+MAX_WINDOW_DAYS = 366
+
+
 def _fill_run_date(node: Any, run_date: str | None, path: tuple[str, ...],
                    origin: dict[tuple[str, ...], str]) -> Any:
-    """Replace `{run_date}` in every string value (dated layouts: `out/scores/run_date={run_date}`)."""
+    """Put the run date in every string value (dated layouts: `out/scores/run_date={run_date}`).
+
+    `{run_date-Nd}` (or `+Nd`) is the date N days before (after) it. A window,
+    `{run_date-6d..run_date}`, becomes the glob of its dates, `{2026-11-27,...,2026-12-03}`: an
+    input path `logs/dt={run_date-6d..run_date}/` reads the seven days up to the run date, and
+    the reader refuses a window with a day that has no files (pipelines/read.py).
+    """
     if isinstance(node, dict):
         for key, value in node.items():
             node[key] = _fill_run_date(value, run_date, (*path, str(key)), origin)
     elif isinstance(node, list):
         return [_fill_run_date(v, run_date, path, origin) for v in node]
-    elif isinstance(node, str) and RUN_DATE in node:
+    elif isinstance(node, str) and _DATED.search(node):
+        source = _source_of(path, origin)
+        where = f"{'.'.join(path)}{f' (set in {source})' if source else ''}"
         if run_date is None:
-            source = _source_of(path, origin)
-            raise ConfigError(f"{'.'.join(path)}{f' (set in {source})' if source else ''} uses {RUN_DATE}: "
-                              "pass --run-date YYYY-MM-DD")
-        return node.replace(RUN_DATE, run_date)
+            raise ConfigError(f"{where} uses {_DATED.search(node).group(0)}: pass --run-date YYYY-MM-DD")
+        return _DATED.sub(lambda match: _dates(match, dt.date.fromisoformat(run_date), where), node)
     return node
+
+
+def _dates(match: re.Match[str], run_date: dt.date, where: str) -> str:
+    def day(sign: str | None, days: str | None) -> dt.date:
+        return run_date + dt.timedelta(days=(-1 if sign == "-" else 1) * int(days or 0))
+
+    first = day(match.group(1), match.group(2))
+    if ".." not in match.group(0):
+        return first.isoformat()
+    last = day(match.group(3), match.group(4))
+    count = (last - first).days + 1
+    if not 1 <= count <= MAX_WINDOW_DAYS:
+        raise ConfigError(f"{where}: the window {match.group(0)} is {first} .. {last}; give its first day, then its "
+                          f"last, at most {MAX_WINDOW_DAYS} days apart")
+    dates = [(first + dt.timedelta(days=d)).isoformat() for d in range(count)]
+    return dates[0] if count == 1 else "{" + ",".join(dates) + "}"
 
 
 def parse_run_date(text: str) -> str:
