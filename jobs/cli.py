@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("deepfm").exception("%s failed", args.stage)
         spark_log = logs.written_spark_log()
         details = f" (Spark's log: {spark_log})" if spark_log else ""
-        if code == errors.DO_NOT_RETRY:  # our own message, which may list every problem found
+        if code in (errors.DO_NOT_RETRY, errors.GATE_REJECTED):  # our own message, which may list every problem
             print(f"deepfm-pipeline {args.stage}: error: {err}{details}", file=sys.stderr)
         else:
             print(f"deepfm-pipeline {args.stage}: error: {errors.first_line(err)} (a transient or internal "

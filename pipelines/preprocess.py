@@ -23,6 +23,7 @@ from deepfm import __version__, strict_json
 from deepfm.config import Config, DatasetConfig, PreprocessConfig, TableSpec, config_hash
 from deepfm.features.feature_map import TRANSFORMS_VERSION, FeatureMap
 from deepfm.features.preprocess_output import (
+    HOLDOUT,
     REJECTS,
     VOCAB_SUMMARY,
     VOCABULARY,
@@ -99,6 +100,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False,
         with step("write shards"):
             keep = _kept_columns(dataset)
             _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp, engines)
+            _write_holdout(joined, fmap, keep, split_rows, pre, f"{tmp}/{HOLDOUT}")
         accepted = rows["input"]["accepted"]
         if accepted != sum(s["rows"] for s in split_rows.values()):
             raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
@@ -266,6 +268,16 @@ def _write_shards(
             .option("compression", pre.shards.compression)
             .parquet(f"{tmp}/{split}")
         )
+
+
+def _write_holdout(joined: DataFrame, fmap: FeatureMap, keep: list[str], split_rows: dict[str, dict[str, Any]],
+                   pre: PreprocessConfig, path: str) -> None:
+    """The test rows as parsed: any model encodes them with its own feature map, so that two models
+    of different vocabularies are judged on the same rows (deepfm/training/promotion.py)."""
+    columns = list(dict.fromkeys([fmap.label, *(f.name for f in fmap.fields), *keep]))
+    files = max(1, math.ceil(split_rows["test"]["rows"] / pre.shards.rows_per_file))
+    (joined.where(F.col(SPLIT) == "test").select(*(F.col(f"`{c}`") for c in columns))
+     .repartition(files).write.option("compression", pre.shards.compression).parquet(path))
 
 
 def _manifest(

@@ -27,6 +27,7 @@ from deepfm.config.stages import (
                                    GenerateConfig,
                                    ModelConfig,
                                    PreprocessConfig,
+                                   PromoteConfig,
                                    ScoreConfig,
                                    SearchRange,
                                    ShardConfig,
@@ -39,9 +40,8 @@ from deepfm.config.stages import (
 
 __all__ = [
     "RUN_DATE", "ClickJoin", "Column", "ColumnSpec", "Config", "ConfigError", "DatasetConfig", "DriftConfig",
-    "EvaluateConfig", "GenerateConfig", "ModelConfig", "PathStr", "PreprocessConfig", "ScoreConfig", "SearchRange",
-    "SettingError",
-    "ShardConfig", "SideTable", "SparkConfig", "SplitConfig", "TableSpec", "TrackingConfig", "TrainConfig",
-    "TuneConfig", "VocabConfig", "absolute_path", "config_hash", "find_conf", "load_config", "packaged_conf_dir",
-    "parse_run_date", "with_settings",
+    "EvaluateConfig", "GenerateConfig", "ModelConfig", "PathStr", "PreprocessConfig", "PromoteConfig", "ScoreConfig",
+    "SearchRange", "SettingError", "ShardConfig", "SideTable", "SparkConfig", "SplitConfig", "TableSpec",
+    "TrackingConfig", "TrainConfig", "TuneConfig", "VocabConfig", "absolute_path", "config_hash", "find_conf",
+    "load_config", "packaged_conf_dir", "parse_run_date", "with_settings",
 ]

@@ -24,6 +24,7 @@ from deepfm.config.stages import (
     EvaluateConfig,
     GenerateConfig,
     PreprocessConfig,
+    PromoteConfig,
     ScoreConfig,
     SparkConfig,
     TrackingConfig,
@@ -39,6 +40,7 @@ class Config(_Strict):
     preprocess: PreprocessConfig | None = None
     generate: GenerateConfig | None = None
     train: TrainConfig | None = None
+    promote: PromoteConfig = PromoteConfig()
     score: ScoreConfig | None = None
     evaluate: EvaluateConfig | None = None
     tune: TuneConfig | None = None

@@ -199,6 +199,9 @@ class TrainConfig(_Strict):
     # (deepfm/training/warm_start.py): `latest`, the newest version of train.output before this
     # one (none yet: from scratch); a version's directory; or `none`, from scratch.
     warm_start: str = "none"
+    # Where a warm-started row's prior (embedding_l2) pulls it: `earlier`, towards the row taken over
+    # (yesterday's estimate is today's prior); `zero`, as for a model trained from scratch.
+    warm_start_prior: Literal["earlier", "zero"] = "earlier"
 
     @field_validator("warm_start")
     @classmethod
@@ -214,6 +217,27 @@ class TrainConfig(_Strict):
             # carry; the native reader reaches them through pyarrow.fs.
             raise ValueError(f"reader 'petastorm' reads local and hdfs:// data only; use reader 'native' for "
                              f"{self.data}")
+        return self
+
+
+class PromoteConfig(_Strict):
+    """The promotion gate: whether a new model version becomes LATEST, the one serving
+    (deepfm/training/promotion.py). The candidate and the serving model are scored on the same
+    held-out rows: those of the candidate's data and those of the serving model's (unseen by both)."""
+
+    # Judge every new version before it becomes LATEST (conf/schedule/*.yaml turn it on); off, LATEST
+    # moves to every new version, as for one-off training.
+    gate: bool = False
+    # The candidate's AUC may fall at most this far below the serving model's, on each set of rows.
+    max_auc_drop: Annotated[float, Field(ge=0)] = 0.005
+    # Its mean prediction over the observed click rate, on the held-out rows of its own data.
+    calibration: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.8, 1.25)
+    max_rows: Annotated[int, Field(ge=1)] = 1_000_000  # held-out rows scored per set (an even sample beyond)
+
+    @model_validator(mode="after")
+    def _check(self) -> PromoteConfig:
+        if self.calibration[0] >= 1 or self.calibration[1] <= 1:
+            raise SettingError(("calibration",), f"give [low, high] around 1, got {list(self.calibration)}")
         return self
 
 

@@ -5,6 +5,8 @@
     vocab_summary.json        per categorical field: size, hashing, min count, top k, tail buckets
     rejects/                  malformed rows with their reason
     train/ valid/ test/       encoded Parquet shards
+    holdout/                  the test split's rows as parsed, before any transform: what the promotion
+                              gate scores a candidate and the serving model on, each with its own encoding
     _SUCCESS                  written last, when the directory is committed
 
 This module is the one reader and writer of these names: the preprocess job writes a `Manifest`
@@ -28,6 +30,7 @@ MANIFEST = "manifest.json"
 VOCABULARY = "vocab/vocabulary.parquet"
 VOCAB_SUMMARY = "vocab_summary.json"
 REJECTS = "rejects"
+HOLDOUT = "holdout"
 Split = Literal["train", "valid", "test"]
 
 
@@ -149,6 +152,12 @@ class PreprocessOutput:
 
     def split(self, name: Split) -> Location:
         return self.location / name
+
+    @property
+    def holdout(self) -> Location | None:
+        """The test split's raw rows; None in an output written before preprocess wrote them."""
+        path = self.location / HOLDOUT
+        return path if path.is_dir() else None
 
     def rows(self, split: Split) -> int:
         return self.manifest.rows.splits[split].rows

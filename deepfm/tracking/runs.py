@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MODEL_TAG, VERSION_TAG, RUN_DATE_TAG = "deepfm.model", "deepfm.version", "deepfm.run_date"
 WEIGHTS_TAG = "deepfm.weights_hash"  # what a score output and an evaluate report name a model by
+PROMOTION_TAG, WARM_START_TAG = "deepfm.promotion", "deepfm.warm_start"  # the gate's decision, the version started from
 PYFUNC = "model"  # the logged model's name within the run
 TUNE_TAG, TRIAL_TAG = "deepfm.tune", "deepfm.trial"  # a study's parent run (its tune.output), a trial's number
 PENDING = ".tracking-pending"  # in a model root: versions whose tracking failed, to send later
@@ -230,7 +231,7 @@ def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date:
     result = model.training_result()
     with mlflow.start_run(run_name=model.name, tags={
         MODEL_TAG: version, VERSION_TAG: model.name, RUN_DATE_TAG: run_date or "",
-        "deepfm.data": cfg.train.data, WEIGHTS_TAG: model.weights_digest,
+        "deepfm.data": cfg.train.data, WEIGHTS_TAG: model.weights_digest, **_lineage(model),
     }) as run:
         resolved = cfg.model_dump(mode="json", exclude={"spark"})
         # The training config the version records is the one that trained it, even on a resumed run.
@@ -242,6 +243,10 @@ def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date:
                                step=int(epoch["epoch"]) + 1)  # epoch 1 is the first, as the log counts
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in result.test.items() if _is_number(v)})
         mlflow.log_metric("valid_auc_best", float(result.valid_auc_best))
+        record = model.record()
+        for judged in (record.promotion or {}).get("judged", [])[:1] if record else []:  # on its own data's rows
+            mlflow.log_metrics({f"gate_{who}_{k}": float(v) for who in ("candidate", "serving")
+                                for k, v in judged[who].items() if _is_number(v)})
         with _local_copy(model.path, (METRICS, MODEL_CONFIG, CURVES)) as local:
             mlflow.log_artifacts(str(local), "training")
         if tracking.log_model:
@@ -254,6 +259,24 @@ def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date:
         log.info("MLflow run %s (experiment %s at %s) logged in %.1fs", run.info.run_id, tracking.experiment,
                  tracking.destination()[0], time.perf_counter() - start)
         return run.info.run_id
+
+
+def _lineage(model) -> dict[str, str]:
+    """Tags that link a version to where it came from: the version it was warm-started from (its
+    MLflow run, when tracked, becomes this run's parent) and the promotion gate's decision."""
+    import mlflow
+
+    record = model.record()
+    tags: dict[str, str] = {}
+    if record is not None and record.promotion:
+        tags[PROMOTION_TAG] = record.promotion["decision"]
+    if record is not None and record.warm_start:
+        tags[WARM_START_TAG] = record.warm_start["version"]
+        parents = mlflow.search_runs(filter_string=f"tags.`{WEIGHTS_TAG}` = '{record.warm_start['weights_digest']}'",
+                                     max_results=1, output_format="list", search_all_experiments=True)
+        if parents:
+            tags["mlflow.parentRunId"] = parents[0].info.run_id
+    return tags
 
 
 def _client(tracking: TrackingConfig):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from deepfm import logs
-from deepfm.config import TrainConfig
+from deepfm.config import PromoteConfig, TrainConfig
+from deepfm.errors import PromotionRejected
 from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.storage.lease import held
 from deepfm.storage.location import Location
@@ -33,6 +34,7 @@ from deepfm.training.model_versions import (
     VersionRecord,
     open_model_version,
 )
+from deepfm.training.promotion import BACKFILL, FIRST, Promotion, judge
 from deepfm.training.warm_start import check_compatible, source_version
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,12 @@ class TrainedVersion:
     model: str  # its directory
     up_to_date: bool  # nothing was trained: the version was already built from this input and config
     result: TrainingResult
+    promotion: Promotion | None = None  # the promotion gate's verdict (deepfm/training/promotion.py)
 
 
 def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_date: str | None = None,
-                 force: bool = False) -> TrainedVersion:
+                 force: bool = False, promote: PromoteConfig | None = None,
+                 force_promotion: bool = False) -> TrainedVersion:
     """Train a new version of the model under cfg.output with cfg.workers workers on cfg.backend,
     placed by cfg.launcher, and commit it (deepfm/training/model_versions.py).
 
@@ -61,6 +65,10 @@ def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_d
     checkpoint. "auto" does so only when a run of the same input and config left one, and otherwise
     trains as without it: what a scheduler's retry of a killed run passes.
 
+    `promote` with `gate` on: the new version becomes LATEST only when the promotion gate passes
+    it (deepfm/training/promotion.py); a rejected one is committed, marked rejected, and
+    `PromotionRejected` is raised. `force_promotion` moves LATEST whatever the gate says.
+
     What a user can get wrong is checked here, on the driver, before any worker starts: a worker's
     error reaches the driver as a generic failure of the launcher (exit 1, retried), not as one line.
     """
@@ -68,11 +76,11 @@ def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_d
     root.check_is_root()
     # One train at a time per model root: a second one exits 2 naming the first.
     with held(root.path, "train", key="train.output"):
-        return _train_version(cfg, root, resume, run_date, force)
+        return _train_version(cfg, root, resume, run_date, force, promote or PromoteConfig(), force_promotion)
 
 
 def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["auto"], run_date: str | None,
-                   force: bool) -> TrainedVersion:
+                   force: bool, promote: PromoteConfig, force_promotion: bool) -> TrainedVersion:
     data = PreprocessOutput.open(cfg.data)  # readable, and encoded by this code's transforms
     cfg, source = _resolve_warm_start(cfg, root, run_date, data)
     if resume == "auto":
@@ -105,12 +113,45 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
     _launch(cfg.model_copy(update={"output": str(build)}), resume)
     # Rank 0 wrote the result into the build, whichever launcher ran it: one way back for all of them.
     result = TrainingResult.read(build)
+    promotion = _promotion(promote, root, version, data, force_promotion)
+    if promotion is not None and promotion.rejected and version == root.latest():
+        build.delete_dir()  # committing it would replace the serving version with the one turned down
+        raise PromotionRejected(f"the promotion gate turned down the retrained version {version}, which serves: "
+                                f"{'; '.join(promotion.reasons)}; it is not committed and {version} serves as it was "
+                                "(--promote force commits it)")
     model = root.commit(version, VersionRecord(
         version=version, run_date=run_date, signature=signature, data=cfg.data, test=result.test,
         committed_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         warm_start=None if result.warm_start is None else
-        {k: v for k, v in result.warm_start.items() if k != "fields"}))
-    return TrainedVersion(version, str(model), up_to_date=False, result=result)
+        {k: v for k, v in result.warm_start.items() if k != "fields"},
+        promotion=None if promotion is None else promotion.to_record()))
+    trained = TrainedVersion(version, str(model), up_to_date=False, result=result, promotion=promotion)
+    if promotion is not None and promotion.rejected:
+        raise PromotionRejected(f"the promotion gate turned down version {version} ({'; '.join(promotion.reasons)}): "
+                                f"it is kept as a rejected version in {model} and LATEST stays on {root.latest()} "
+                                "(--promote force promotes it)", trained)
+    return trained
+
+
+def _promotion(promote: PromoteConfig, root: ModelRoot, version: str, data: PreprocessOutput,
+               force: bool) -> Promotion | None:
+    """The gate's verdict on the trained build of `version`; None with the gate off."""
+    if not promote.gate:
+        return None
+    serving = root.latest()
+    if serving is None:
+        return Promotion(FIRST, None)
+    if version < serving:
+        return Promotion(BACKFILL, serving)  # LATEST stays on the newer version whatever this one is
+    serving_version = open_model_version(root.path / serving)
+    record = root.record(serving)
+    serving_data = None
+    if record is not None:
+        try:
+            serving_data = PreprocessOutput.open(record.data)
+        except (OSError, ValueError) as err:
+            log.warning("the serving version's data %s cannot be read (%s)", record.data, err)
+    return judge(promote, root.open_build(version), data, serving_version, serving_data, force)
 
 
 def training_signature(data: PreprocessOutput, cfg: TrainConfig, warm_start: ModelVersion | None = None) -> str:

@@ -120,6 +120,13 @@ class VersionRecord:
     committed_at: str
     # the version it was warm-started from (path, name, weights digest) and the embedding rows taken over
     warm_start: dict[str, Any] | None = None
+    # the promotion gate's decision, figures and reasons (deepfm/training/promotion.py); None: before the gate
+    promotion: dict[str, Any] | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """Kept as a version, but never LATEST: the promotion gate turned it down."""
+        return self.promotion is not None and self.promotion.get("decision") == "rejected"
 
     def to_json(self) -> str:
         return strict_json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -182,7 +189,10 @@ class ModelVersion:
 def open_model_version(where: Where) -> ModelVersion:
     """Read and check a model version (a local path or URI), or a model root's latest version;
     every problem names the file to look at."""
-    path = resolve(where)
+    return _read_version(resolve(where))
+
+
+def _read_version(path: Location) -> ModelVersion:
     missing = [name for name in (MODEL_CONFIG, WEIGHTS) if not (path / name).is_file()]
     if len(missing) == 2 and not path.is_dir():  # an object store has no directories, only its files
         raise ModelVersionError(f"model directory {path} does not exist (train one with `deepfm-pipeline train`)")
@@ -227,6 +237,11 @@ class ModelRoot:
         return sorted(name for name in self.path.subdirs()
                       if not name.startswith((".", "_")) and (self.path / name / RECORD).is_file())
 
+    def promoted(self) -> list[str]:
+        """Complete versions that the promotion gate did not turn down, oldest first: what LATEST and
+        `train.warm_start: latest` choose from."""
+        return [name for name in self.versions() if not self.record(name).rejected]
+
     def latest(self) -> str | None:
         """The version LATEST names; a pointer that is not the name of a complete version of this
         root (unreadable, a path, `..`, a version that is gone) is refused, never followed."""
@@ -263,6 +278,10 @@ class ModelRoot:
 
     def building(self, version: str) -> Location:
         return self.path / f"{BUILDING}{version}"
+
+    def open_build(self, version: str) -> ModelVersion:
+        """The trained, not yet committed, version in its build: what the promotion gate judges."""
+        return _read_version(self.building(version))
 
     def check_replaceable(self, version: str) -> None:
         """A directory of a version's name that is not a complete version (a user's, another tool's)
@@ -312,10 +331,14 @@ class ModelRoot:
         (build / BUILD_SIGNATURE).unlink()  # version.json records it
         (build / RECORD).write_text(record.to_json())
         swap_into_place(ARROW_FILES, str(build), str(dest), last=RECORD)
-        newest = self.versions()[-1]
-        if self._pointer_text() != newest:  # a damaged LATEST is mended by the next version
+        promoted = self.promoted()
+        newest = promoted[-1] if promoted else None
+        if newest is not None and self._pointer_text() != newest:  # a damaged LATEST is mended by the next version
             (self.path / LATEST).write_text(newest + "\n")
-        log.info("committed model version %s; %s is %s", dest, LATEST, newest)
+        elif newest is None:  # the root's only versions were turned down: nothing serves
+            (self.path / LATEST).unlink(missing_ok=True)
+        log.info("committed model version %s%s; %s is %s", dest, " (rejected by the promotion gate)"
+                 if record.rejected else "", LATEST, newest)
         return dest
 
 

@@ -11,6 +11,11 @@ numeric fields included: their buckets are vocabulary entries; oov_buckets have 
 rows without a count (missing, the shared OOV id, hashed fields) are treated as seen on every row,
 which leaves them practically unpenalised.
 
+With a warm start (deepfm/training/warm_start.py) the prior of a row taken over from the earlier
+model is centred on that row, not on zero: yesterday's estimate is today's prior, so a value with
+little new evidence keeps what the earlier days taught, and one with much follows its new rows
+(the Bayesian reading of continual training). New values' rows are centred on zero as before.
+
 With `rarity_exponent` a > 0 the prior of a value seen c times in N rows is `strength * (N / c)^a`:
 tighter for rare values, looser for popular ones (a prior variance growing with c^a). Popular
 values are where the signal lives and where the data can pay for it; one strength for every value
@@ -29,10 +34,12 @@ from deepfm.storage.location import Where
 
 
 class EmbeddingPrior:
-    def __init__(self, inverse_counts: torch.Tensor, strength: float, rarity_exponent: float = 0.0) -> None:
+    def __init__(self, inverse_counts: torch.Tensor, strength: float, rarity_exponent: float = 0.0,
+                 center: torch.Tensor | None = None) -> None:
         self.inverse_counts = inverse_counts  # [total rows of the table], times the rarity factor
         self.strength = strength
         self.rarity_exponent = rarity_exponent
+        self.center = center  # [total rows, D + 1]: each row's prior mean (None: zero)
 
     def describe(self, train_rows: int) -> dict[str, float]:
         """The prior, in training rows, that values of a few frequencies pay: what it amounts to on this data."""
@@ -43,18 +50,22 @@ class EmbeddingPrior:
 
     @classmethod
     def from_vocabulary(cls, vocabulary: Where, fmap: FeatureMap, train_rows: int, strength: float,
-                        device: torch.device, rarity_exponent: float = 0.0) -> EmbeddingPrior:
+                        device: torch.device, rarity_exponent: float = 0.0,
+                        center: torch.Tensor | None = None) -> EmbeddingPrior:
         counted = row_counts(vocabulary, fmap)
         counts = np.where(np.isnan(counted), float(max(train_rows, 1)), np.maximum(counted, 1))
         rarity = _rarity(train_rows, counts, rarity_exponent)
-        return cls(torch.from_numpy(rarity / counts).float().to(device), strength, rarity_exponent)
+        return cls(torch.from_numpy(rarity / counts).float().to(device), strength, rarity_exponent,
+                   None if center is None else center.to(device))
 
     def penalty(self, model: DeepFM, ids: torch.Tensor) -> torch.Tensor:
         """This batch's share of the epoch's prior: add it to the mean loss of the batch."""
         rows = ids.long() + model.embeddings.offsets
         unique, occurrences = torch.unique(rows, return_counts=True)
         weight = occurrences * self.inverse_counts[unique]
-        return self.strength * (weight * model.embeddings.table(unique).pow(2).sum(1)).sum() / len(ids)
+        rows_now = model.embeddings.table(unique)
+        offset = rows_now if self.center is None else rows_now - self.center[unique]
+        return self.strength * (weight * offset.pow(2).sum(1)).sum() / len(ids)
 
 
 def _rarity(train_rows: int, counts: np.ndarray | float, exponent: float) -> np.ndarray | float:

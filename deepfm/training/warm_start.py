@@ -10,9 +10,9 @@ vectors, the MLP, batch-norm statistics) are copied; they have the same shapes, 
 architecture and feature set must be the same (`check_compatible`, on the driver, before any worker
 starts). What the vocabulary decides anew (count features, mixed dimensions) is not taken over.
 
-`train.warm_start: latest` means the newest complete version before the one being built, which in
-daily operation is the serving one: a rerun or backfill of a date never starts from itself or from
-a later date.
+`train.warm_start: latest` means the newest complete version before the one being built that the
+promotion gate did not turn down, which in daily operation is the serving one: a rerun or backfill
+of a date never starts from itself or from a later date.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def source_version(setting: str, root: ModelRoot, version: str | None) -> ModelV
         return None
     if setting != "latest":
         return open_model_version(setting)
-    earlier = [name for name in root.versions() if version is None or name < version]
+    earlier = [name for name in root.promoted() if version is None or name < version]
     if not earlier:
         log.info("train.warm_start=latest: %s has no version before %s yet: training from scratch", root.path,
                  version or "this one")
@@ -134,8 +134,11 @@ def _count(table: pa.Table, field: str) -> int:
 
 
 @torch.no_grad()
-def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where, source: ModelVersion) -> dict[str, Any]:
-    """Initialise `model` (built fresh for this feature map) from `source`; what was taken over."""
+def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
+              source: ModelVersion) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Initialise `model` (built fresh for this feature map) from `source`. Returns what was taken
+    over, and the table's prior centre: each taken-over row as taken over, zero for the others
+    (deepfm/training/regularization.py)."""
     weights = ckpt.load_torch(source.weights, "cpu")
     state = model.state_dict()
     for key, value in weights.items():
@@ -143,12 +146,15 @@ def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where, source: ModelV
             state[key].copy_(value)
     summary: dict[str, Any] = {"from": str(source.path), "version": source.name,
                                "weights_digest": source.weights_digest}
+    center = None
     if model.embeddings.table is not None:
         match = match_rows(fmap, vocabulary, source)
         table = model.embeddings.table.weight
         table[torch.from_numpy(match.rows)] = weights[TABLE][torch.from_numpy(match.from_rows)].to(table.dtype)
+        center = torch.zeros_like(table)
+        center[torch.from_numpy(match.rows)] = table[torch.from_numpy(match.rows)]
         totals = {k: sum(v[k] for v in match.fields.values()) for k in ("taken_over", "new", "dropped")}
         summary.update({"rows": totals, "fields": match.fields})
         log.info("warm start from %s: %d embedding rows taken over, %d new, %d dropped", source.path,
                  totals["taken_over"], totals["new"], totals["dropped"])
-    return summary
+    return summary, center

@@ -1,0 +1,95 @@
+"""The promotion gate: its decisions at the boundaries, and a broken day turned down for real."""
+
+import random
+
+import pytest
+
+from deepfm.config import PromoteConfig, TrainConfig
+from deepfm.errors import GATE_REJECTED, PromotionRejected, exit_code
+from deepfm.training.launch import run_training
+from deepfm.training.model_versions import ModelRoot
+from deepfm.training.promotion import RowsJudged, reasons_to_reject
+from pipelines.preprocess import run_preprocess
+from tests.conftest import CRITEO_SAMPLE, criteo_dataset, make_config
+
+GATE = PromoteConfig(gate=True, max_auc_drop=0.005, calibration=(0.8, 1.25))
+
+
+def _judged(candidate_auc, serving_auc=0.8, calibration=1.0):
+    return RowsJudged("day", 1000, {"auc": candidate_auc, "logloss": 0.4, "calibration": calibration},
+                      {"auc": serving_auc, "logloss": 0.4, "calibration": 1.0})
+
+
+@pytest.mark.parametrize(("candidate_auc", "calibration", "turned_down"), [
+    (0.795, 1.0, False),  # exactly max_auc_drop below: may serve
+    (0.79499, 1.0, True),  # just beyond it
+    (0.9, 1.0, False),
+    (0.8, 0.8, False), (0.8, 1.25, False),  # the calibration bounds are inclusive
+    (0.8, 0.7999, True), (0.8, 1.2501, True),
+    (float("nan"), 1.0, False),  # one class in the rows: no AUC, no verdict from them
+])
+def test_decisions_at_the_boundaries(candidate_auc, calibration, turned_down):
+    assert bool(reasons_to_reject(GATE, [_judged(candidate_auc, calibration=calibration)])) == turned_down
+
+
+def test_the_candidate_must_hold_on_every_set_of_rows():
+    reasons = reasons_to_reject(GATE, [_judged(0.5, serving_auc=0.5), _judged(0.6, serving_auc=0.75)])
+    assert len(reasons) == 1 and "0.1500 below the serving model's 0.7500" in reasons[0]
+
+
+@pytest.fixture(scope="module")
+def days(spark, tmp_path_factory):
+    """A sound day (the Criteo sample) and a broken one: the same rows, their labels shuffled."""
+    base = tmp_path_factory.mktemp("gate")
+    lines = CRITEO_SAMPLE.read_text().splitlines()
+    labels = [line.split("\t", 1)[0] for line in lines]
+    random.Random(0).shuffle(labels)
+    broken = base / "broken.tsv"
+    broken.write_text("".join(f"{label}\t{line.split(chr(9), 1)[1]}\n" for label, line in zip(labels, lines,
+                                                                                             strict=True)))
+    outputs = []
+    for name, raw in (("sound", CRITEO_SAMPLE), ("broken", broken)):
+        run_preprocess(spark, make_config(criteo_dataset(raw), str(base / name), vocab={"min_count": 2},
+                                          shards={"rows_per_row_group": 1000}))
+        outputs.append(base / name)
+    return outputs
+
+
+def _cfg(data, output):
+    return TrainConfig.model_validate({"data": str(data), "output": str(output), "epochs": 2, "batch_size": 512,
+                                       "model": {"embedding_dim": 4, "hidden": [16]}, "threads": 1})
+
+
+def test_a_broken_day_is_turned_down_and_latest_stays(days, tmp_path):
+    sound, broken = days
+    root = ModelRoot.of(tmp_path / "models")
+    first = run_training(_cfg(sound, root.path), run_date="2026-11-01", promote=GATE)
+    assert first.promotion.decision == "first" and root.latest() == "2026-11-01"
+
+    with pytest.raises(PromotionRejected, match=r"turned down version 2026-11-02 \(AUC .* below the serving model's "
+                                                r".*LATEST stays on 2026-11-01") as err:
+        run_training(_cfg(broken, root.path), run_date="2026-11-02", promote=GATE)
+    assert exit_code(err.value) == GATE_REJECTED
+    assert root.latest() == "2026-11-01" and root.versions() == ["2026-11-01", "2026-11-02"]
+    record = root.record("2026-11-02")
+    assert record.rejected and record.promotion["serving"] == "2026-11-01"
+    on_sound_rows = [j for j in record.promotion["judged"] if j["rows"].endswith("sound")][0]
+    assert on_sound_rows["serving"]["auc"] - on_sound_rows["candidate"]["auc"] > 0.05
+    assert root.promoted() == ["2026-11-01"]
+
+    # An operator's --promote force moves LATEST, the figures still recorded.
+    forced = run_training(_cfg(broken, root.path), run_date="2026-11-02", promote=GATE, force=True,
+                          force_promotion=True)
+    assert forced.promotion.decision == "forced" and forced.promotion.reasons
+    assert root.latest() == "2026-11-02"
+
+
+def test_a_rejected_rerun_of_the_serving_date_keeps_the_serving_version(days, tmp_path):
+    sound, broken = days
+    root = ModelRoot.of(tmp_path / "models")
+    run_training(_cfg(sound, root.path), run_date="2026-11-01", promote=GATE)
+    weights = (root.path.local_path / "2026-11-01" / "model.pt").read_bytes()
+    with pytest.raises(PromotionRejected, match="retrained version 2026-11-01, which serves"):
+        run_training(_cfg(broken, root.path), run_date="2026-11-01", promote=GATE)
+    assert (root.path.local_path / "2026-11-01" / "model.pt").read_bytes() == weights
+    assert root.latest() == "2026-11-01" and not [n for n in root.path.subdirs() if n.startswith(".")]
