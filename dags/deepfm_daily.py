@@ -10,7 +10,8 @@ cron schedule, CronTriggerTimetable, gives a run an empty interval at its own st
 Every stage writes under the run's logical date (conf/schedule/daily.yaml), so a rerun or a
 backfill of a date replaces that date's outputs and nothing else; train commits a new model
 version and moves LATEST only once the version is complete. Exit codes decide retries: 2 (bad
-input or configuration) fails the task at once, 1 (transient or internal) is retried. Train runs
+input or configuration) fails the task at once, 1 (transient or internal) is retried, and 3 (train:
+the promotion gate turned the new version down, LATEST stays) fails it at once as a failed gate. Train runs
 with `--resume auto`: a retry, or a rerun of a killed run, continues from the checkpoint the killed
 run left when its input and config are the same, instead of training again from the first step.
 
@@ -47,6 +48,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 STAGES = ("preprocess", "train", "score", "evaluate")
 DEFAULT_CONF = "conf/base.yaml conf/datasets/criteo.yaml conf/env/local.yaml conf/schedule/daily.yaml"
 DO_NOT_RETRY = 2  # deepfm-pipeline's exit code for bad input or configuration (docs/stages.md, "Exit codes")
+GATE_REJECTED = 3  # train's exit code when the promotion gate turned the new version down: LATEST stays
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,10 @@ def run_stage(stage: str) -> None:
         if proc.poll() is None:
             proc.terminate()
     error_text = " ".join(error)
+    if code == GATE_REJECTED:
+        raise AirflowFailException(f"{stage} for {run_date}: the promotion gate turned the new model version down and "
+                                   f"LATEST stays on the serving one, not retried: {error_text} (look into the day's "
+                                   "data; `--promote force` promotes it)")
     if code == DO_NOT_RETRY:
         raise AirflowFailException(f"{stage} for {run_date}: bad input or configuration, not retried: {error_text} "
                                    "(fix it, then clear this task)")
