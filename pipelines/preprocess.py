@@ -38,6 +38,7 @@ from deepfm.storage.commit import committed_directory, is_committed
 from deepfm.storage.hadoop import HadoopFiles
 from deepfm.storage.location import Location
 from pipelines import features, quarantine, read
+from pipelines.drift_checks import check_drift
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
 from pipelines.steps import step
@@ -68,7 +69,8 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False,
     inputs = {name: _describe_input(storage, spec) for name, spec in tables.items()}
     # Only what shapes the output: Spark tuning and the other stages' sections do not.
     fingerprint_of_config = config_hash(
-        cfg.model_copy(update={"spark": None, "generate": None, "train": None, "score": None, "evaluate": None})
+        cfg.model_copy(update={"spark": None, "generate": None, "train": None, "score": None, "evaluate": None}),
+        exclude={"promote", "drift"},
     )
 
     previous = _committed_manifest(storage, output)
@@ -97,6 +99,8 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False,
             _check_splits(split_rows, dataset)
         with step("fit vocabularies and numeric statistics on train"):
             fmap, vocabulary = _fit(spark, joined.where(F.col(SPLIT) == "train"), dataset, pre, tmp, storage)
+        with step("check drift against the previous data and the serving model"):
+            drift = check_drift(cfg.drift, joined.where(F.col(SPLIT) == "train"), fmap, vocabulary)
         with step("write shards"):
             keep = _kept_columns(dataset)
             _write_shards(joined, fmap, vocabulary, pre, keep, split_rows, tmp, engines)
@@ -104,7 +108,7 @@ def run_preprocess(spark: SparkSession, cfg: Config, force: bool = False,
         accepted = rows["input"]["accepted"]
         if accepted != sum(s["rows"] for s in split_rows.values()):
             raise AssertionError(f"row conservation broken: {accepted} accepted vs {split_rows}")
-        manifest = _manifest(dataset, pre, fmap, inputs, fingerprint_of_config, rows, split_rows, keep)
+        manifest = _manifest(dataset, pre, fmap, inputs, fingerprint_of_config, rows, split_rows, keep, drift)
         PreprocessOutput.write_manifest(tmp, manifest, storage)
         storage.delete(staging)
     log.info(
@@ -289,6 +293,7 @@ def _manifest(
     rows: dict[str, dict[str, Any]],
     split_rows: dict[str, dict[str, Any]],
     keep: list[str],
+    drift: dict[str, Any],
 ) -> Manifest:
     return Manifest(
         dataset=dataset.name,
@@ -307,6 +312,7 @@ def _manifest(
                        tables={name: TableRows.model_validate(counts) for name, counts in rows.items()},
                        splits={name: SplitRows.model_validate(counts) for name, counts in split_rows.items()}),
         shards=pre.shards.model_dump(),
+        drift=drift,
     )
 
 

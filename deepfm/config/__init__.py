@@ -22,6 +22,7 @@ from deepfm.config.loading import (
                                    parse_run_date,
 )
 from deepfm.config.stages import (
+                                   DriftChecksConfig,
                                    DriftConfig,
                                    EvaluateConfig,
                                    GenerateConfig,
@@ -39,9 +40,9 @@ from deepfm.config.stages import (
 )
 
 __all__ = [
-    "RUN_DATE", "ClickJoin", "Column", "ColumnSpec", "Config", "ConfigError", "DatasetConfig", "DriftConfig",
-    "EvaluateConfig", "GenerateConfig", "ModelConfig", "PathStr", "PreprocessConfig", "PromoteConfig", "ScoreConfig",
-    "SearchRange", "SettingError", "ShardConfig", "SideTable", "SparkConfig", "SplitConfig", "TableSpec",
+    "RUN_DATE", "ClickJoin", "Column", "ColumnSpec", "Config", "ConfigError", "DatasetConfig", "DriftChecksConfig",
+    "DriftConfig", "EvaluateConfig", "GenerateConfig", "ModelConfig", "PathStr", "PreprocessConfig", "PromoteConfig",
+    "ScoreConfig", "SearchRange", "SettingError", "ShardConfig", "SideTable", "SparkConfig", "SplitConfig", "TableSpec",
     "TrackingConfig", "TrainConfig", "TuneConfig", "VocabConfig", "absolute_path", "config_hash", "find_conf",
     "load_config", "packaged_conf_dir", "parse_run_date", "with_settings",
 ]

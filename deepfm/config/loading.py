@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError, model_validator
 from deepfm.config.base import ConfigError, SettingError, _Strict, with_settings
 from deepfm.config.dataset import DatasetConfig
 from deepfm.config.stages import (
+    DriftChecksConfig,
     EvaluateConfig,
     GenerateConfig,
     PreprocessConfig,
@@ -41,6 +42,7 @@ class Config(_Strict):
     generate: GenerateConfig | None = None
     train: TrainConfig | None = None
     promote: PromoteConfig = PromoteConfig()
+    drift: DriftChecksConfig = DriftChecksConfig()
     score: ScoreConfig | None = None
     evaluate: EvaluateConfig | None = None
     tune: TuneConfig | None = None
@@ -207,9 +209,9 @@ def _key_path(key: str) -> list[str]:
     return parts
 
 
-def config_hash(section: BaseModel) -> str:
-    """A stable fingerprint of a config section (sorted-key JSON, sha256)."""
-    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def config_hash(section: BaseModel, exclude: set[str] | None = None) -> str:
+    """A stable fingerprint of a config section (sorted-key JSON, sha256), without the `exclude` keys."""
+    blob = json.dumps(section.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

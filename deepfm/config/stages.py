@@ -220,6 +220,23 @@ class TrainConfig(_Strict):
         return self
 
 
+class DriftChecksConfig(_Strict):
+    """Checks of a run's data before training, against the previous run's data and the model serving
+    (pipelines/drift_checks.py): past a threshold, preprocess stops with exit 2 naming the field."""
+
+    # The previous run's preprocess output (say out/daily/criteo/run_date={run_date-1d}): each field's
+    # missing rate and each bucketized numeric field's PSI are checked against it. Missing: no check.
+    reference_data: PathStr | None = None
+    # The model serving (its root, or a version): each categorical field's OOV rate against its vocabulary.
+    reference_model: PathStr | None = None
+    # A field's share of missing values may rise by at most this much (a field suddenly empty).
+    max_missing_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # The population stability index of a numeric field's log buckets; above 0.25 is the usual "shifted".
+    max_psi: Annotated[float, Field(ge=0)] = 0.25
+    # The share of a field's counted values the serving vocabulary lacks (off: a long tail is OOV by nature).
+    max_oov_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
 class PromoteConfig(_Strict):
     """The promotion gate: whether a new model version becomes LATEST, the one serving
     (deepfm/training/promotion.py). The candidate and the serving model are scored on the same

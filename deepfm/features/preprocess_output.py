@@ -91,6 +91,8 @@ class Manifest(_Record):
     kept_columns: list[str]
     rows: RowCounts
     shards: dict[str, Any]
+    # pipelines/drift_checks.py's figures: per field, missing rate, OOV rate and PSI against the references
+    drift: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return strict_json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
