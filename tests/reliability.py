@@ -21,13 +21,17 @@ FAULT_TESTS = {
                                              "tests/pipelines/test_generate.py"],
     "Errors and exit codes": ["tests/test_exit_codes.py", "tests/test_cli.py", "tests/pipelines/test_score.py",
                               "tests/pipelines/test_bad_inputs.py"],
+    "Continual training: windows, warm start, drift, the promotion gate": [
+        "tests/pipelines/test_window.py", "tests/deepfm/test_warm_start.py", "tests/pipelines/test_drift_checks.py",
+        "tests/deepfm/test_promotion.py"],
     "Remote file systems": ["tests/pipelines/test_object_store.py"],
     "Experiment tracking": ["tests/pipelines/test_tracking.py", "tests/pipelines/test_tracking_server.py"],
     "Configuration and extreme values": ["tests/test_config.py", "tests/pipelines/test_features.py"],
 }
 KEYWORDS = ("kill", "resume", "exit", "lease", "not_write", "refused", "version", "latest", "replica", "fail",
             "non_finite", "missing", "corrupt", "cannot", "up_to_date", "s3", "daily", "object_store", "two_process",
-            "unreachable", "not_answer", "twice", "finite", "full_disk", "down", "other_code")
+            "unreachable", "not_answer", "twice", "finite", "full_disk", "down", "other_code", "broken", "emptied",
+            "turned_down", "without_logs", "threshold")
 
 
 def _tests(path: Path) -> list[tuple[str, str]]:
