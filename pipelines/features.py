@@ -69,12 +69,14 @@ def _declared(col: Column, pre: PreprocessConfig) -> FeatureField:
     )
 
 
-def fit_vocabulary(train: DataFrame, fields: list[FeatureField], hash_seed: int) -> DataFrame:
-    """The (field, token, id, count) table for the fields that are not hashed."""
+def fit_vocabulary(train: DataFrame, fields: list[FeatureField], hash_seed: int,
+                   known: DataFrame | None = None) -> DataFrame:
+    """The (field, token, id, count) table for the fields that are not hashed; `known` (field, token):
+    values kept when seen at all (preprocess.vocab.keep_values_of)."""
     looked_up = [f for f in fields if f.kind == "categorical" and not f.hash_buckets]
     if not looked_up:
         return train.sparkSession.createDataFrame([], vocab.VOCAB_SCHEMA)
-    return vocab.build_vocabulary(vocab.count_tokens(train, looked_up), looked_up, hash_seed)
+    return vocab.build_vocabulary(vocab.count_tokens(train, looked_up), looked_up, hash_seed, known)
 
 
 def fitted_fields(

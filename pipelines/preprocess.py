@@ -37,12 +37,13 @@ from deepfm.features.preprocess_output import (
 from deepfm.storage.commit import committed_directory, is_committed
 from deepfm.storage.hadoop import HadoopFiles
 from deepfm.storage.location import Location
+from deepfm.training.model_versions import ModelVersionError, open_model_version
 from pipelines import features, quarantine, read
 from pipelines.drift_checks import check_drift
 from pipelines.join import join_side_table, label_from_clicks
 from pipelines.split import ROW_HASH, SPLIT, SPLITS, assign_split
 from pipelines.steps import step
-from pipelines.vocab import FIELD, ID
+from pipelines.vocab import FIELD, ID, TOKEN
 from pipelines.vocab import fingerprint as vocab_fingerprint
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,9 @@ def _fit(
     storage: HadoopFiles,
 ) -> tuple[FeatureMap, DataFrame]:
     declared = features.declared_fields(dataset, pre)
-    _write_single_parquet(storage, features.fit_vocabulary(train, declared, pre.vocab.hash_seed).orderBy(FIELD, ID),
-                          f"{tmp}/{VOCABULARY}")
+    known = _known_values(spark, pre.vocab.keep_values_of)
+    _write_single_parquet(storage, features.fit_vocabulary(train, declared, pre.vocab.hash_seed, known)
+                          .orderBy(FIELD, ID), f"{tmp}/{VOCABULARY}")
     vocabulary = spark.read.parquet(f"{tmp}/{VOCABULARY}")
     fitted = features.fitted_fields(train, declared, vocabulary)
     fmap = FeatureMap(
@@ -215,6 +217,19 @@ def _fit(
     }
     storage.write_text(f"{tmp}/{VOCAB_SUMMARY}", strict_json.dumps(summary, indent=2, sort_keys=True))
     return fmap, vocabulary
+
+
+def _known_values(spark: SparkSession, model: str | None) -> DataFrame | None:
+    """The (field, token) pairs of the vocabulary of preprocess.vocab.keep_values_of's model."""
+    if model is None:
+        return None
+    try:
+        version = open_model_version(model)
+    except ModelVersionError as err:
+        log.info("preprocess.vocab.keep_values_of: %s: the vocabulary is fitted on this data alone", err)
+        return None
+    log.info("keeping the values of %s's vocabulary seen at all, below min_count", version.path)
+    return spark.read.parquet(version.vocabulary.uri).where(F.col(TOKEN).isNotNull()).select(FIELD, TOKEN)
 
 
 def _write_single_parquet(storage: HadoopFiles, frame: DataFrame, path: str) -> None:

@@ -48,9 +48,11 @@ def count_tokens(train: DataFrame, fields: list[FeatureField]) -> DataFrame:
     )
 
 
-def build_vocabulary(counts: DataFrame, fields: list[FeatureField], hash_seed: int) -> DataFrame:
-    """Keep tokens seen at least min_count times (and within top_k), and number them; with
-    oov_buckets, add each tail bucket's count."""
+def build_vocabulary(counts: DataFrame, fields: list[FeatureField], hash_seed: int,
+                     known: DataFrame | None = None) -> DataFrame:
+    """Keep tokens seen at least min_count times, or at all when `known` (field, token) holds them
+    (an earlier model's values), within top_k, and number them; with oov_buckets, add each tail
+    bucket's count."""
     spark = counts.sparkSession
     thresholds = spark.createDataFrame(
         [(f.name, f.min_count or 1, f.top_k, f.oov_buckets or 0) for f in fields],
@@ -58,6 +60,9 @@ def build_vocabulary(counts: DataFrame, fields: list[FeatureField], hash_seed: i
     )
     rank = F.row_number().over(Window.partitionBy(FIELD).orderBy(F.desc(COUNT), F.asc(TOKEN)))
     counted = counts.join(F.broadcast(thresholds), FIELD)
+    if known is not None:
+        counted = counted.join(known.select(FIELD, TOKEN, F.lit(1).alias("_known")), [FIELD, TOKEN], "left")
+        counted = counted.withColumn("_min", F.when(F.col("_known").isNotNull(), F.lit(1)).otherwise(F.col("_min")))
     frequent = counted.where(F.col(COUNT) >= F.col("_min")).withColumn("_rank", rank)
     in_top = F.col("_top").isNull() | (F.col("_rank") <= F.col("_top"))
     kept = frequent.where(in_top).select(FIELD, TOKEN, (F.col("_rank") + FIRST_VALUE_ID - 1).cast("int").alias(ID),

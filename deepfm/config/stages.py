@@ -26,6 +26,10 @@ class VocabConfig(_Strict):
     # many ids per text field instead of the one out-of-vocabulary id (TensorFlow's num_oov_buckets):
     # a tail value then shares its row with ~1/oov_buckets of the tail, not with all of it.
     oov_buckets: Annotated[int, Field(ge=0)] = 0
+    # A model (its root: the version serving; or a version) whose vocabulary's values are kept when
+    # seen at all, below min_count: a value the model learned over earlier days keeps its row under
+    # warm start (train.warm_start) instead of falling into OOV on a day it is rare. None yet: no effect.
+    keep_values_of: PathStr | None = None
 
 
 class ShardConfig(_Strict):

@@ -127,3 +127,19 @@ def test_another_architecture_or_feature_set_is_refused_naming_the_key(days, spa
     assert not [n for n in root.path.subdirs() if n.startswith(".")]
     # From scratch is always possible.
     assert run_training(_cfg(fewer, root.path, warm_start="none"), run_date="2026-11-02").version == "2026-11-02"
+
+
+def test_values_the_serving_model_knows_are_kept_when_seen_at_all(days, spark, tmp_path):
+    day1, _ = days
+    root = ModelRoot.of(tmp_path / "models")
+    run_training(_cfg(day1, root.path), run_date="2026-11-01")
+    dataset = criteo_dataset(split={"method": "random", "seed": 7, "train": 0.8, "valid": 0.1, "test": 0.1})
+    dataset["input"]["columns"] = COLUMNS
+    out = tmp_path / "day2"
+    run_preprocess(spark, make_config(dataset, str(out), vocab={"min_count": 50, "keep_values_of": str(root.path)}))
+    known = _tokens(day1, "C4")
+    vocabulary = pq.read_table(PreprocessOutput.open(out).vocabulary.local_path).to_pandas()
+    c4 = vocabulary[(vocabulary.field == "C4") & vocabulary.token.notna()]
+    rare = c4[c4["count"] < 50]
+    assert len(rare) > 10 and set(rare.token) <= set(known)  # below min_count, kept because the model knows them
+    assert (c4["count"] >= 1).all()  # a known value is kept only when this data has it
