@@ -5,7 +5,9 @@ day from the second on, three ways of training that day's model, each then judge
 logs (progressive validation: a model is always judged on the day after its training data):
   (a) scratch_day     from scratch on that day alone
   (b) scratch_window  from scratch on the last --window days (fewer at the stream's start)
-  (c) warm_day        warm-started from the previous day's (c) model, trained on that day alone
+  (c) warm_day        warm-started from the previous day's (c) model, trained on that day alone, as
+                      conf/schedule/daily.yaml runs it: train.warm_start latest, and the vocabulary
+                      keeping the values the previous model knows (preprocess.vocab.keep_values_of)
 plus the oracle: the teacher's true click probability, the best AUC any model can reach there.
 Every stage runs as the pipeline runs it (one SparkSession): preprocess, train (a model root per
 way, versions named by date), and the score job on the next day's raw logs.
@@ -45,7 +47,8 @@ from pipelines.score import run_score  # noqa: E402
 from pipelines.spark import get_spark  # noqa: E402
 
 CONF = [ROOT / "conf" / name for name in ("base.yaml", "datasets/drifting.yaml", "env/local.yaml")]
-WAYS = {"scratch_day": "none", "scratch_window": "none", "warm_day": "latest"}
+WAYS = {"scratch_day": "none", "scratch_window": "none", "warm_day": "latest"}  # train.warm_start
+SHARDS = {"scratch_day": "day", "scratch_window": "window", "warm_day": "warm"}  # the preprocess output each reads
 
 
 def main() -> None:
@@ -76,11 +79,12 @@ def main() -> None:
         inputs = {"scratch_day": [date], "scratch_window": window, "warm_day": [date]}
         trained = {}
         for way, warm_start in WAYS.items():
-            data = args.work / "shards" / ("window" if way == "scratch_window" else "day") / date
+            models = args.work / "models" / way
+            data = args.work / "shards" / SHARDS[way] / date
             if not data.exists():
-                _preprocess(spark, raw, inputs[way], data)
-            train = base.train.model_copy(update={"data": str(data), "output": str(args.work / "models" / way),
-                                                  "warm_start": warm_start})
+                _preprocess(spark, raw, inputs[way], data,
+                            [f"preprocess.vocab.keep_values_of={models}"] if warm_start == "latest" else [])
+            train = base.train.model_copy(update={"data": str(data), "output": str(models), "warm_start": warm_start})
             result = run_training(train, run_date=date)
             trained[way] = {"model": result.model, "epochs": result.result.epochs,
                             "samples": result.result.epochs * PreprocessOutput.open(data).rows("train")}
@@ -115,9 +119,9 @@ def main() -> None:
     spark.stop()
 
 
-def _preprocess(spark, raw: Path, dates: list[str], out: Path) -> None:
+def _preprocess(spark, raw: Path, dates: list[str], out: Path, settings: list[str]) -> None:
     days = dates[0] if len(dates) == 1 else "{" + ",".join(dates) + "}"
-    cfg = load_config(CONF, [f"dataset.input.path={raw}/{PARTITION}={days}", f"preprocess.output={out}"])
+    cfg = load_config(CONF, [f"dataset.input.path={raw}/{PARTITION}={days}", f"preprocess.output={out}", *settings])
     run_preprocess(spark, cfg)
 
 
