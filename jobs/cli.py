@@ -32,11 +32,14 @@ STAGES = {
                  _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
     "track": ("jobs.track", "send the MLflow tracking of model versions trained while the tracking store was "
               "unreachable", _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
+    "next-day": ("jobs.next_day", "judge the model serving on a new date's logs before training on them (progressive "
+                 "validation): a report per date and the history", _conf("base.yaml", "datasets/criteo.yaml",
+                                                                           "env/local.yaml", "schedule/daily.yaml")),
     "export": ("jobs.export", "export a trained model to TorchScript (checked against the eager model)",
                _conf("base.yaml", "datasets/criteo.yaml", "env/local.yaml")),
 }
 
-DATED_STAGES = ("preprocess", "train", "score", "evaluate")
+DATED_STAGES = ("preprocess", "train", "score", "evaluate", "next-day")
 
 
 def _run_date(text: str) -> str:

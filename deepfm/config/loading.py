@@ -19,13 +19,12 @@ import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from deepfm.config.base import ConfigError, SettingError, _Strict, with_settings
+from deepfm.config.continual import DriftChecksConfig, NextDayConfig, PromoteConfig
 from deepfm.config.dataset import DatasetConfig
 from deepfm.config.stages import (
-    DriftChecksConfig,
     EvaluateConfig,
     GenerateConfig,
     PreprocessConfig,
-    PromoteConfig,
     ScoreConfig,
     SparkConfig,
     TrackingConfig,
@@ -43,6 +42,7 @@ class Config(_Strict):
     train: TrainConfig | None = None
     promote: PromoteConfig = PromoteConfig()
     drift: DriftChecksConfig = DriftChecksConfig()
+    next_day: NextDayConfig | None = None
     score: ScoreConfig | None = None
     evaluate: EvaluateConfig | None = None
     tune: TuneConfig | None = None

@@ -224,44 +224,6 @@ class TrainConfig(_Strict):
         return self
 
 
-class DriftChecksConfig(_Strict):
-    """Checks of a run's data before training, against the previous run's data and the model serving
-    (pipelines/drift_checks.py): past a threshold, preprocess stops with exit 2 naming the field."""
-
-    # The previous run's preprocess output (say out/daily/criteo/run_date={run_date-1d}): each field's
-    # missing rate and each bucketized numeric field's PSI are checked against it. Missing: no check.
-    reference_data: PathStr | None = None
-    # The model serving (its root, or a version): each categorical field's OOV rate against its vocabulary.
-    reference_model: PathStr | None = None
-    # A field's share of missing values may rise by at most this much (a field suddenly empty).
-    max_missing_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.3
-    # The population stability index of a numeric field's log buckets; above 0.25 is the usual "shifted".
-    max_psi: Annotated[float, Field(ge=0)] = 0.25
-    # The share of a field's counted values the serving vocabulary lacks (off: a long tail is OOV by nature).
-    max_oov_rate: Annotated[float, Field(ge=0, le=1)] | None = None
-
-
-class PromoteConfig(_Strict):
-    """The promotion gate: whether a new model version becomes LATEST, the one serving
-    (deepfm/training/promotion.py). The candidate and the serving model are scored on the same
-    held-out rows: those of the candidate's data and those of the serving model's (unseen by both)."""
-
-    # Judge every new version before it becomes LATEST (conf/schedule/*.yaml turn it on); off, LATEST
-    # moves to every new version, as for one-off training.
-    gate: bool = False
-    # The candidate's AUC may fall at most this far below the serving model's, on each set of rows.
-    max_auc_drop: Annotated[float, Field(ge=0)] = 0.005
-    # Its mean prediction over the observed click rate, on the held-out rows of its own data.
-    calibration: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.8, 1.25)
-    max_rows: Annotated[int, Field(ge=1)] = 1_000_000  # held-out rows scored per set (an even sample beyond)
-
-    @model_validator(mode="after")
-    def _check(self) -> PromoteConfig:
-        if self.calibration[0] >= 1 or self.calibration[1] <= 1:
-            raise SettingError(("calibration",), f"give [low, high] around 1, got {list(self.calibration)}")
-        return self
-
-
 class ScoreConfig(_Strict):
     """Batch scoring: new logs in, probabilities out, with exactly the training transforms."""
 

@@ -7,6 +7,13 @@ Training writes `training_curves.png` with `plot_training_curves`; the evaluate 
     calibration.png       observed vs predicted CTR by bin of prediction
     training_curves.png   copied from the model directory, when there is one
     report.html           all of the above in one self-contained file (images inlined as base64)
+
+Next-day evaluation (pipelines/next_day.py) writes, with `write_history`, a directory of the
+serving models' next-day figures by date:
+
+    history.json          per date: the version serving, rows, AUC, logloss, calibration
+    history.png           AUC, logloss and calibration against date
+    history.html          both in one page
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from deepfm.storage.location import Location, Where
 
 METRICS, HTML = "metrics.json", "report.html"
 ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
+HISTORY_JSON, HISTORY_PNG, HISTORY_HTML = "history.json", "history.png", "history.html"
 
 
 def check_replaceable(out: Where) -> None:
@@ -47,6 +55,38 @@ def write_report(out: Where, metrics: dict[str, Any], roc: tuple[np.ndarray, np.
         for name, data in files.items():
             (Location.of(tmp) / name).write_bytes(data)
     return out / HTML
+
+
+def write_history(out: Where, history: list[dict[str, Any]]) -> Location:
+    """Write the next-day history directory, committed whole; its history.html."""
+    png = _png(_plot_history, history)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>DeepFM next-day evaluation</title></head>
+<body style="font-family: sans-serif; margin: 2em">
+<h1>The serving model on each next day</h1>
+<p>Each date's logs scored by the version serving before any model trained on them.</p>
+<img alt="history" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+{_table(history, ["run_date", "model_version", "rows", "auc", "logloss", "calibration"])}
+</body></html>
+"""
+    files = {HISTORY_JSON: strict_json.dumps(history, indent=2).encode(), HISTORY_PNG: png,
+             HISTORY_HTML: page.encode()}
+    out = Location.of(out)
+    with commit.committed_directory(ARROW_FILES, str(out), "next-day", "next_day.output") as tmp:
+        for name, data in files.items():
+            (Location.of(tmp) / name).write_bytes(data)
+    return out / HISTORY_HTML
+
+
+def _plot_history(history: list[dict[str, Any]], out: io.BytesIO) -> None:
+    dates = [h["run_date"] for h in history]
+    with _figure(out, columns=3, size=(15, 4)) as axes:
+        for ax, key, label in zip(axes, ("auc", "logloss", "calibration"),
+                                  ("next-day AUC", "next-day logloss", "predicted / observed CTR"), strict=True):
+            ax.plot(dates, [h[key] for h in history], marker="o")
+            ax.set_ylabel(label)
+            ax.tick_params(axis="x", labelrotation=60)
+        axes[2].axhline(1.0, linestyle="--", color="grey")
 
 
 def _png(plot, *args) -> bytes:

@@ -105,7 +105,8 @@ def pending_versions(root: Location) -> list[str]:
     return [file.name.removesuffix(".json") for file in (root / PENDING).files(".json")]
 
 
-def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Location | None = None) -> str | None:
+def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Location | None = None,
+               prefix: str = "eval_", artifacts: str = "report") -> str | None:
     """Add an evaluation report (the directory of `report`, its HTML page) to the run that logged
     the model version `model` (else the newest run of a model with the weights that scored the
     predictions: two versions can have equal weights); the run id, or None."""
@@ -117,7 +118,8 @@ def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Lo
     keys = [(MODEL_TAG, str(model))] * (model is not None) + [(WEIGHTS_TAG, weights)] * bool(weights)
     try:
         with _http_limits(tracking):
-            return _log_report(tracking, report, overall=metrics.get("overall", {}), keys=keys)
+            return _log_report(tracking, report, overall=metrics.get("overall", {}), keys=keys, prefix=prefix,
+                               artifacts=artifacts)
     except Exception as err:  # noqa: BLE001
         log.warning("MLflow tracking at %s failed, the report is written all the same: %s",
                     tracking.destination()[0], first_line(err))
@@ -125,7 +127,7 @@ def log_report(cfg: Config, report: Location, metrics: dict[str, Any], model: Lo
 
 
 def _log_report(tracking: TrackingConfig, report: Location, overall: dict[str, Any],
-                keys: list[tuple[str, str]]) -> str | None:
+                keys: list[tuple[str, str]], prefix: str, artifacts: str) -> str | None:
     import mlflow
 
     client = _client(tracking)
@@ -143,8 +145,8 @@ def _log_report(tracking: TrackingConfig, report: Location, overall: dict[str, A
         return None
     run_id = runs[0].info.run_id
     with _local_copy(report.parent) as local:
-        client.log_artifacts(run_id, str(local), "report")
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"eval_{k}", float(v), _now_ms(), 0)
+        client.log_artifacts(run_id, str(local), artifacts)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"{prefix}{k}", float(v), _now_ms(), 0)
                                       for k, v in overall.items() if _is_number(v)])
     log.info("report logged to MLflow run %s", run_id)
     return run_id
