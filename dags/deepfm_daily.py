@@ -1,4 +1,9 @@
-"""Daily DeepFM: preprocess >> train >> score >> evaluate, each a `spark-submit.sh STAGE --run-date D`.
+"""Daily DeepFM: next-day >> preprocess >> train >> score >> evaluate, each a `spark-submit.sh STAGE --run-date D`.
+
+next-day judges the version serving on D's logs before anything trains on them (progressive
+validation); preprocess checks D's data for drift against the day before and the serving model;
+train warm-starts from the serving version, and its promotion gate decides whether the new version
+serves (conf/schedule/daily.yaml, docs/training.md).
 
 D, the run date, is the day whose logs a run processes: the date (UTC) its data interval starts.
 The schedule is an explicit CronDataIntervalTimetable, so the run at 2026-12-03T00:00 has the
@@ -45,7 +50,7 @@ from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-STAGES = ("preprocess", "train", "score", "evaluate")
+STAGES = ("next-day", "preprocess", "train", "score", "evaluate")
 DEFAULT_CONF = "conf/base.yaml conf/datasets/criteo.yaml conf/env/local.yaml conf/schedule/daily.yaml"
 DO_NOT_RETRY = 2  # deepfm-pipeline's exit code for bad input or configuration (docs/stages.md, "Exit codes")
 GATE_REJECTED = 3  # train's exit code when the promotion gate turned the new version down: LATEST stays

@@ -18,7 +18,9 @@ from tests.conftest import CRITEO_SAMPLE, REPO_ROOT
 pytestmark = pytest.mark.airflow
 
 AIRFLOW = Path(os.environ.get("AIRFLOW_VENV", REPO_ROOT / ".venv-airflow")) / "bin" / "airflow"
-SHORT_TRAINING = f"--set dataset.input.path={CRITEO_SAMPLE} --set train.epochs=1"
+# Every date reads the same sample: the promotion gate, which would judge a day's model against the
+# same rows' noise, has a test of its own below, on a stream that drifts.
+SHORT_TRAINING = f"--set dataset.input.path={CRITEO_SAMPLE} --set train.epochs=1 --set promote.gate=false"
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +214,47 @@ def test_a_stage_failing_on_bad_configuration_is_not_retried_and_calls_the_failu
     shown = parsed.stdout + parsed.stderr + errors.stdout + errors.stderr
     assert "DEEPFM_ON_FAILURE='deepfm_alerts:no_such_function': deepfm_alerts has no function 'no_such_function'" \
         in shown, shown[-3000:]
+
+
+def test_four_dates_of_a_drifting_stream_warm_start_gate_and_stop_on_a_field_emptied_overnight(airflow, tmp_path):
+    """The DAG as daily operation runs it (conf/schedule/daily.yaml): next-day evaluation, drift checks,
+    warm start and the promotion gate, over four dates of the drifting stream whose third day lost a field."""
+    from deepfm.config import GenerateConfig
+    from pipelines.drift import generate_stream
+
+    env, _ = airflow
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    generate_stream(GenerateConfig(output=str(raw), rows=20_000, days=4, cardinality_scale=0.01,
+                                   start_date="2026-11-01",
+                                   drift={"broken_day": "2026-11-03", "broken": "empty_field", "broken_field": "C3"}))
+    work.mkdir()
+    stream = {**env, "DEEPFM_WORKDIR": str(work),
+              "DEEPFM_CONF": "conf/base.yaml conf/datasets/drifting.yaml conf/env/local.yaml conf/schedule/daily.yaml",
+              "DEEPFM_ARGS": f"--set dataset.input.path={raw}/dt={{run_date}} --set train.epochs=2 "
+                             "--set train.lr=0.003 --set preprocess.vocab.min_count=2 --set promote.max_auc_drop=0.02"}
+    out = work / "out" / "daily"
+    models = out / "models" / "criteo"
+    for run_date in ("2026-11-01", "2026-11-02"):
+        run = _dags_test(stream, run_date)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+        assert (models / "LATEST").read_text().strip() == run_date
+    second = json.loads((models / "2026-11-02" / "version.json").read_text())
+    assert second["warm_start"]["version"] == "2026-11-01" and second["promotion"]["decision"] == "promoted"
+    assert [j["rows"].rsplit("=", 1)[-1] for j in second["promotion"]["judged"]] == ["2026-11-02", "2026-11-01"]
+
+    broken = _dags_test(stream, "2026-11-03")
+    assert broken.returncode != 0
+    assert "drift check: field C3 is missing in 100.0% of the training rows" in broken.stdout + broken.stderr
+    assert not (out / "criteo" / "run_date=2026-11-03").exists() and not (models / "2026-11-03").exists()
+    assert (models / "LATEST").read_text().strip() == "2026-11-02"
+
+    fourth = _dags_test(stream, "2026-11-04")
+    assert fourth.returncode == 0, (fourth.stdout + fourth.stderr)[-5000:]
+    record = json.loads((models / "2026-11-04" / "version.json").read_text())
+    assert record["warm_start"]["version"] == "2026-11-02" and record["promotion"]["decision"] == "promoted"
+    assert (models / "LATEST").read_text().strip() == "2026-11-04"
+    # The serving version judged on every date after the first, the broken one included (its logs scored as they came).
+    history = json.loads((out / "next_day" / "history" / "history.json").read_text())
+    assert [(h["run_date"], h["model_version"]) for h in history] == [
+        ("2026-11-02", "2026-11-01"), ("2026-11-03", "2026-11-02"), ("2026-11-04", "2026-11-02")]
+    assert all(h["auc"] > 0.6 for h in history), history

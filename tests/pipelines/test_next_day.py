@@ -24,8 +24,8 @@ def test_the_serving_version_is_judged_on_each_new_date_and_the_history_grows(sp
     assert run_next_day(spark, _config(raw, tmp_path, "2026-11-01"), "2026-11-01") is None  # nothing serves yet
     run_preprocess(spark, _config(raw, tmp_path, "2026-11-01"))
     run_training(TrainConfig.model_validate({
-        "data": str(tmp_path / "shards" / "run_date=2026-11-01"), "output": str(tmp_path / "models"), "epochs": 3, "lr": 3e-3,
-        "threads": 1, "model": {"embedding_dim": 4, "hidden": [16]}}), run_date="2026-11-01")
+        "data": str(tmp_path / "shards" / "run_date=2026-11-01"), "output": str(tmp_path / "models"), "epochs": 3,
+        "lr": 3e-3, "threads": 1, "model": {"embedding_dim": 4, "hidden": [16]}}), run_date="2026-11-01")
 
     second = run_next_day(spark, _config(raw, tmp_path, "2026-11-02"), "2026-11-02")
     assert second.version == "2026-11-01" and second.metrics["overall"]["rows"] == 20_000
