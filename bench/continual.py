@@ -11,8 +11,11 @@ logs (progressive validation: a model is always judged on the day after its trai
 plus the oracle: the teacher's true click probability, the best AUC any model can reach there.
 Every stage runs as the pipeline runs it (one SparkSession): preprocess, train (a model root per
 way, versions named by date), and the score job on the next day's raw logs.
+The warm way runs behind the promotion gate (promote.gate, as the daily schedule does): the model
+judged on the next day is the one serving (LATEST) after that day's gate. --broken-day D plants a
+day of shuffled labels; the gate's decision on every day is reported.
 Goal (issue 25): (c) within 0.002 of (b) in mean next-day AUC, processing at most 1/3 of (b)'s
-samples, and above (a).
+samples, and above (a); the gate turns the broken day down and passes every other.
     python bench/continual.py [--days 9] [--rows 50000] [--window 7] [--work out/bench/continual]
                               [--train-set KEY=VALUE ...]
 """
@@ -37,9 +40,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import machine  # noqa: E402
 
-from deepfm.config import GenerateConfig, load_config  # noqa: E402
+from deepfm.config import GenerateConfig, PromoteConfig, load_config  # noqa: E402
+from deepfm.errors import PromotionRejected  # noqa: E402
 from deepfm.features.preprocess_output import PreprocessOutput  # noqa: E402
 from deepfm.training.launch import run_training  # noqa: E402
+from deepfm.training.model_versions import ModelRoot  # noqa: E402
 from pipelines.drift import PARTITION, generate_stream  # noqa: E402
 from pipelines.generate import CRITEO_COLUMNS  # noqa: E402
 from pipelines.preprocess import run_preprocess  # noqa: E402
@@ -61,11 +66,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "continual")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a train setting for all three ways, e.g. train.epochs=3")
+    parser.add_argument("--broken-day", help="a date whose labels are shuffled (generate.drift.broken_day)")
     args = parser.parse_args()
 
     raw = args.work / "raw"
     stream = GenerateConfig(output=str(raw), rows=args.rows, days=args.days, seed=args.seed,
-                            cardinality_scale=args.cardinality_scale, rows_per_file=args.rows)
+                            cardinality_scale=args.cardinality_scale, rows_per_file=args.rows,
+                            drift={"broken_day": args.broken_day, "broken": "shuffled_labels"})
     if args.work.exists():
         shutil.rmtree(args.work)
     generated = generate_stream(stream)
@@ -85,8 +92,14 @@ def main() -> None:
                 _preprocess(spark, raw, inputs[way], data,
                             [f"preprocess.vocab.keep_values_of={models}"] if warm_start == "latest" else [])
             train = base.train.model_copy(update={"data": str(data), "output": str(models), "warm_start": warm_start})
-            result = run_training(train, run_date=date)
-            trained[way] = {"model": result.model, "epochs": result.result.epochs,
+            gated = warm_start == "latest"
+            try:
+                result = run_training(train, run_date=date, promote=PromoteConfig(gate=gated))
+                decision = result.promotion.decision if result.promotion else None
+            except PromotionRejected as rejected:
+                result, decision = rejected.trained, "rejected"
+            trained[way] = {"model": str(models / ModelRoot.of(models).latest()),  # the version serving
+                            "epochs": result.result.epochs, "gate": decision,
                             "samples": result.result.epochs * PreprocessOutput.open(data).rows("train")}
         if i == 0:
             continue
@@ -94,7 +107,8 @@ def main() -> None:
         day = {"trained_on": date, "judged_on": following, "oracle_auc": _oracle_auc(raw, following)}
         for way, model in trained.items():
             day[way] = {**_next_day(spark, base, model["model"], raw, following, args.work / "scores" / way / date),
-                        "epochs": model["epochs"], "samples": model["samples"]}
+                        "epochs": model["epochs"], "samples": model["samples"],
+                        **({"gate": model["gate"]} if model["gate"] else {})}
         days.append(day)
         print(json.dumps(day), file=sys.stderr, flush=True)
 
@@ -104,6 +118,10 @@ def main() -> None:
         "benchmark": "continual", "machine": machine(), "days": args.days, "rows_per_day": args.rows,
         "window": args.window, "cardinality_scale": args.cardinality_scale, "train_set": args.train_set,
         "new_value_traffic": [round(d["new_value_traffic"], 4) for d in generated["days"]],
+        "broken_day": args.broken_day,
+        "gate": {d["trained_on"]: d["warm_day"].get("gate") for d in days},
+        "gate_turned_down_exactly_the_broken_day": all(
+            (d["warm_day"].get("gate") == "rejected") == (d["trained_on"] == args.broken_day) for d in days),
         "per_day": days,
         "mean_next_day_auc": {**{k: round(v, 5) for k, v in mean.items()},
                               "oracle": round(float(np.mean([d["oracle_auc"] for d in days])), 5)},
