@@ -202,7 +202,7 @@ def test_a_stage_failing_on_bad_configuration_is_not_retried_and_calls_the_failu
     result = _dags_test(failing, "2026-11-20")
     assert result.returncode != 0, (result.stdout + result.stderr)[-5000:]
     recorded = [json.loads(line) for line in calls.read_text().splitlines()]
-    assert [(r["task"], r["try"]) for r in recorded] == [("preprocess", 1)], recorded  # once: exit 2 is not retried
+    assert [(r["task"], r["try"]) for r in recorded] == [("next-day", 1)], recorded  # once: exit 2 is not retried
     assert "train.epochz (set in --set train.epochz=1): unknown key; did you mean 'train.epochs'?" in \
         recorded[0]["error"], recorded
     assert not (out / "criteo" / "run_date=2026-11-20").exists()
@@ -230,8 +230,10 @@ def test_four_dates_of_a_drifting_stream_warm_start_gate_and_stop_on_a_field_emp
     work.mkdir()
     stream = {**env, "DEEPFM_WORKDIR": str(work),
               "DEEPFM_CONF": "conf/base.yaml conf/datasets/drifting.yaml conf/env/local.yaml conf/schedule/daily.yaml",
-              "DEEPFM_ARGS": f"--set dataset.input.path={raw}/dt={{run_date}} --set train.epochs=2 "
-                             "--set train.lr=0.003 --set preprocess.vocab.min_count=2 --set promote.max_auc_drop=0.02"}
+              # A model that learns in seconds: a few hundred values a field, 16k training rows a day.
+              "DEEPFM_ARGS": f"--set dataset.input.path={raw}/dt={{run_date}} --set train.epochs=3 "
+                             "--set train.batch_size=512 --set train.model.hidden=[64] "
+                             "--set preprocess.vocab.min_count=2 --set promote.max_auc_drop=0.02"}
     out = work / "out" / "daily"
     models = out / "models" / "criteo"
     for run_date in ("2026-11-01", "2026-11-02"):
