@@ -30,13 +30,16 @@ class DriftChecksConfig(_Strict):
 class PromoteConfig(_Strict):
     """The promotion gate: whether a new model version becomes LATEST, the one serving
     (deepfm/training/promotion.py). The candidate and the serving model are scored on the same
-    held-out rows: those of the candidate's data and those of the serving model's (unseen by both)."""
+    held-out rows: those of the candidate's data, and those of the serving model's."""
 
     # Judge every new version before it becomes LATEST (conf/schedule/*.yaml turn it on); off, LATEST
     # moves to every new version, as for one-off training.
     gate: bool = False
-    # The candidate's AUC may fall at most this far below the serving model's, on each set of rows.
+    # The candidate's AUC may fall at most this far below the serving model's, on the new data's rows.
     max_auc_drop: Annotated[float, Field(ge=0)] = 0.005
+    # The serving model's AUC on the new data's rows may fall at most this far below its AUC on its own
+    # data's rows; further, the new labels look broken (shuffled, say) and no model trained on them serves.
+    max_serving_auc_drop: Annotated[float, Field(ge=0)] = 0.05
     # Its mean prediction over the observed click rate, on the held-out rows of its own data.
     calibration: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.8, 1.25)
     max_rows: Annotated[int, Field(ge=1)] = 1_000_000  # held-out rows scored per set (an even sample beyond)

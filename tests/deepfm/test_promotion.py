@@ -12,7 +12,7 @@ from deepfm.training.promotion import RowsJudged, reasons_to_reject
 from pipelines.preprocess import run_preprocess
 from tests.conftest import CRITEO_SAMPLE, criteo_dataset, make_config
 
-GATE = PromoteConfig(gate=True, max_auc_drop=0.005, calibration=(0.8, 1.25))
+GATE = PromoteConfig(gate=True, max_auc_drop=0.005, calibration=(0.8, 1.25), max_serving_auc_drop=0.05)
 
 
 def _judged(candidate_auc, serving_auc=0.8, calibration=1.0):
@@ -32,9 +32,22 @@ def test_decisions_at_the_boundaries(candidate_auc, calibration, turned_down):
     assert bool(reasons_to_reject(GATE, [_judged(candidate_auc, calibration=calibration)])) == turned_down
 
 
-def test_the_candidate_must_hold_on_every_set_of_rows():
+def test_broken_labels_show_as_the_serving_model_falling_on_the_new_rows():
+    """Shuffled labels: both models at 0.5 on the new rows, the candidate passes the first rule."""
     reasons = reasons_to_reject(GATE, [_judged(0.5, serving_auc=0.5), _judged(0.6, serving_auc=0.75)])
-    assert len(reasons) == 1 and "0.1500 below the serving model's 0.7500" in reasons[0]
+    assert len(reasons) == 1 and "is 0.5000, 0.2500 below its 0.7500" in reasons[0]
+    assert "labels look broken" in reasons[0]
+
+
+@pytest.mark.parametrize(("serving_on_new", "turned_down"), [(0.70, False), (0.6999, True)])
+def test_the_serving_models_fall_at_the_boundary(serving_on_new, turned_down):
+    judged = [_judged(serving_on_new, serving_auc=serving_on_new), _judged(0.7, serving_auc=0.75)]
+    assert bool(reasons_to_reject(GATE, judged)) == turned_down
+
+
+def test_a_candidate_behind_on_the_serving_models_own_rows_is_not_held_to_them():
+    """The serving model's home advantage on its own day: a day of drift costs a sound candidate there."""
+    assert reasons_to_reject(GATE, [_judged(0.866, serving_auc=0.862), _judged(0.848, serving_auc=0.854)]) == []
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +79,8 @@ def test_a_broken_day_is_turned_down_and_latest_stays(days, tmp_path):
     first = run_training(_cfg(sound, root.path), run_date="2026-11-01", promote=GATE)
     assert first.promotion.decision == "first" and root.latest() == "2026-11-01"
 
-    with pytest.raises(PromotionRejected, match=r"turned down version 2026-11-02 \(AUC .* below the serving model's "
-                                                r".*LATEST stays on 2026-11-01") as err:
+    with pytest.raises(PromotionRejected, match=r"turned down version 2026-11-02 \(.*labels look broken.*LATEST "
+                                                r"stays on 2026-11-01") as err:
         run_training(_cfg(broken, root.path), run_date="2026-11-02", promote=GATE)
     assert exit_code(err.value) == GATE_REJECTED
     assert root.latest() == "2026-11-01" and root.versions() == ["2026-11-01", "2026-11-02"]
