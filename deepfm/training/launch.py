@@ -81,6 +81,8 @@ def run_training(cfg: TrainConfig, resume: bool | Literal["auto"] = False, run_d
 
 def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["auto"], run_date: str | None,
                    force: bool, promote: PromoteConfig, force_promotion: bool) -> TrainedVersion:
+    if resume is True:  # first: without a run to continue, nothing else about this one matters
+        _interrupted_build(root, run_date)
     data = PreprocessOutput.open(cfg.data)  # readable, and encoded by this code's transforms
     cfg, source = _resolve_warm_start(cfg, root, run_date, data)
     if resume == "auto":
@@ -91,12 +93,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
             log.info("continuing the interrupted run of model version %s: same input and config", interrupted)
         resume = interrupted is not None
     if resume:
-        version = run_date or root.resumable()
-        checkpoint = root.building(version) / CHECKPOINT if version else None
-        if checkpoint is None or not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint or root.path} holds no interrupted run to --resume (no "
-                                    f"{BUILDING}*/{CHECKPOINT}); run without --resume to train from scratch")
-        root.check_replaceable(version)
+        version = _interrupted_build(root, run_date)
     signature = training_signature(data, cfg, source)
     if not resume:
         version = root.new_version_name(run_date)
@@ -152,6 +149,17 @@ def _promotion(promote: PromoteConfig, root: ModelRoot, version: str, data: Prep
         except (OSError, ValueError) as err:
             log.warning("the serving version's data %s cannot be read (%s)", record.data, err)
     return judge(promote, root.open_build(version), data, serving_version, serving_data, force)
+
+
+def _interrupted_build(root: ModelRoot, run_date: str | None) -> str:
+    """The version whose interrupted run --resume continues: run_date's, else the newest."""
+    version = run_date or root.resumable()
+    checkpoint = root.building(version) / CHECKPOINT if version else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint or root.path} holds no interrupted run to --resume (no "
+                                f"{BUILDING}*/{CHECKPOINT}); run without --resume to train from scratch")
+    root.check_replaceable(version)
+    return version
 
 
 def training_signature(data: PreprocessOutput, cfg: TrainConfig, warm_start: ModelVersion | None = None) -> str:
