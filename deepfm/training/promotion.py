@@ -97,12 +97,11 @@ def reasons_to_reject(cfg: PromoteConfig, judged: list[RowsJudged]) -> list[str]
             reasons.append(f"the serving model's AUC on the held-out rows of {new.rows} is {new.serving['auc']:.4f}, "
                            f"{fall:.4f} below its {own.serving['auc']:.4f} on those of {own.rows}: the new data's "
                            f"labels look broken (promote.max_serving_auc_drop {cfg.max_serving_auc_drop})")
-    if judged:
-        calibration = judged[0].candidate["calibration"]
-        low, high = cfg.calibration
-        if not low <= calibration <= high:
-            reasons.append(f"calibration (mean prediction / observed click rate) {calibration:.3f} on the held-out "
-                           f"rows of {judged[0].rows} is outside promote.calibration [{low}, {high}]")
+    calibration = new.candidate["calibration"]
+    low, high = cfg.calibration
+    if not low <= calibration <= high:
+        reasons.append(f"calibration (mean prediction / observed click rate) {calibration:.3f} on the held-out "
+                       f"rows of {new.rows} is outside promote.calibration [{low}, {high}]")
     return reasons
 
 
