@@ -100,10 +100,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
         current = run_date if run_date else root.latest()
         record = root.record(current) if current else None
         if record is not None and record.signature == signature and not force:
-            log.info("model version %s is up to date with its input and training config; nothing to do "
-                     "(--force retrains)", root.path / current)
-            model = open_model_version(root.path / current)
-            return TrainedVersion(current, str(model.path), up_to_date=True, result=model.training_result())
+            return _up_to_date(root, current, record, force_promotion)
         root.start_build(version, signature)  # the build of a failed run of this version: start over
     build = root.building(version)
     log.info("training model version %s in %s", version, build)
@@ -127,6 +124,26 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
         raise PromotionRejected(f"the promotion gate turned down version {version} ({'; '.join(promotion.reasons)}): "
                                 f"it is kept as a rejected version in {model} and LATEST stays on {root.latest()} "
                                 "(--promote force promotes it)", trained)
+    return trained
+
+
+def _up_to_date(root: ModelRoot, version: str, record: VersionRecord, force_promotion: bool) -> TrainedVersion:
+    """A rerun of a version already built from this input and config trains nothing; it ends as the
+    first run did: LATEST on the newest promoted version (a run killed after its commit may not have
+    moved it), and a version the gate turned down still turned down, unless an operator forces it."""
+    log.info("model version %s is up to date with its input and training config; nothing to train "
+             "(--force retrains)", root.path / version)
+    if record.rejected and force_promotion:
+        record = root.force_promotion(version)
+    root.point_latest()
+    model = open_model_version(root.path / version)
+    promotion = None if record.promotion is None else Promotion.from_record(record.promotion)
+    trained = TrainedVersion(version, str(model.path), up_to_date=True, result=model.training_result(),
+                             promotion=promotion)
+    if record.rejected:
+        raise PromotionRejected(f"version {version} was turned down by the promotion gate "
+                                f"({'; '.join(promotion.reasons)}) and is up to date with its input and config: "
+                                f"LATEST stays on {root.latest()} (--promote force promotes it)", trained)
     return trained
 
 

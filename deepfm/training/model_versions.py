@@ -38,7 +38,7 @@ import json
 import logging
 import math
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -331,15 +331,33 @@ class ModelRoot:
         (build / BUILD_SIGNATURE).unlink()  # version.json records it
         (build / RECORD).write_text(record.to_json())
         swap_into_place(ARROW_FILES, str(build), str(dest), last=RECORD)
-        promoted = self.promoted()
-        newest = promoted[-1] if promoted else None
-        if newest is not None and self._pointer_text() != newest:  # a damaged LATEST is mended by the next version
-            (self.path / LATEST).write_text(newest + "\n")
-        elif newest is None:  # the root's only versions were turned down: nothing serves
-            (self.path / LATEST).unlink(missing_ok=True)
+        newest = self.point_latest()
         log.info("committed model version %s%s; %s is %s", dest, " (rejected by the promotion gate)"
                  if record.rejected else "", LATEST, newest)
         return dest
+
+    def point_latest(self) -> str | None:
+        """Point LATEST at the newest promoted version and return it. A commit ends with this, and a
+        rerun of a version that is up to date starts with it: a run killed between its commit and
+        this step left LATEST on the version before, and a damaged LATEST is mended too."""
+        promoted = self.promoted()
+        newest = promoted[-1] if promoted else None
+        if newest is not None and self._pointer_text() != newest:
+            (self.path / LATEST).write_text(newest + "\n")
+        elif newest is None:  # the root's only versions were turned down: nothing serves
+            (self.path / LATEST).unlink(missing_ok=True)
+        return newest
+
+    def force_promotion(self, version: str) -> VersionRecord:
+        """An operator's `--promote force` of a version the gate turned down: its record says so (the
+        gate's figures and reasons kept), and LATEST moves unless a newer version serves."""
+        record = self.record(version)
+        if record is None or not record.rejected:
+            raise ModelVersionError(f"{self.path / version} is not a version the promotion gate turned down")
+        record = replace(record, promotion={**record.promotion, "decision": "forced"})
+        (self.path / version / RECORD).write_text(record.to_json())  # atomic: a temporary file renamed over it
+        log.info("model version %s promoted by force; %s is %s", version, LATEST, self.point_latest())
+        return record
 
 
 def resolve(where: Where) -> Location:

@@ -77,6 +77,11 @@ class Promotion:
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Promotion:
+        """The verdict as version.json records it."""
+        return cls(**{**record, "judged": [RowsJudged(**j) for j in record.get("judged", [])]})
+
 
 def reasons_to_reject(cfg: PromoteConfig, judged: list[RowsJudged]) -> list[str]:
     """What is wrong with the candidate's figures (judged[0]: on its data's rows; judged[1], when

@@ -1,6 +1,9 @@
 """The promotion gate: its decisions at the boundaries, and a broken day turned down for real."""
 
+import json
 import random
+import signal
+import sys
 
 import pytest
 
@@ -10,7 +13,7 @@ from deepfm.training.launch import run_training
 from deepfm.training.model_versions import ModelRoot
 from deepfm.training.promotion import RowsJudged, reasons_to_reject
 from pipelines.preprocess import run_preprocess
-from tests.conftest import CRITEO_SAMPLE, criteo_dataset, make_config
+from tests.conftest import CRITEO_SAMPLE, criteo_dataset, make_config, run_cli
 
 GATE = PromoteConfig(gate=True, max_auc_drop=0.005, calibration=(0.8, 1.25), max_serving_auc_drop=0.05)
 
@@ -106,3 +109,71 @@ def test_a_rejected_rerun_of_the_serving_date_keeps_the_serving_version(days, tm
         run_training(_cfg(broken, root.path), run_date="2026-11-01", promote=GATE)
     assert (root.path.local_path / "2026-11-01" / "model.pt").read_bytes() == weights
     assert root.latest() == "2026-11-01" and not [n for n in root.path.subdirs() if n.startswith(".")]
+
+
+# A train process that SIGKILLs itself at a point of its commit: once the gate has decided and before
+# anything is committed, or once the version is in place and before LATEST moves.
+_KILLED_AT = {
+    "gate decided": "model_versions.ModelRoot.commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)",
+    "version in place": "swap = model_versions.swap_into_place\n"
+                        "def swap_then_die(*a, **k):\n"
+                        "    swap(*a, **k)\n"
+                        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                        "model_versions.swap_into_place = swap_then_die",
+}
+
+
+def _train_cli(data, root, run_date, killed_at=None, *extra):
+    injection = _KILLED_AT[killed_at] if killed_at else ""
+    script = ("import os, signal, sys\nfrom deepfm.training import model_versions\n"
+              f"{injection}\nfrom jobs.cli import main\nsys.exit(main(sys.argv[1:]))")
+    settings = {"train.data": data, "train.output": root, "train.epochs": 2, "train.batch_size": 512,
+                "train.model.embedding_dim": 4, "train.model.hidden": "[16]", "train.threads": 1,
+                "promote.gate": "true"}
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    return run_cli([sys.executable, "-c", script, "train", "--run-date", run_date, *sets, *extra])
+
+
+@pytest.mark.parametrize("killed_at", ["gate decided", "version in place"])
+def test_a_train_killed_after_the_gate_leaves_latest_as_it_was(days, tmp_path, killed_at):
+    """Killed after the gate turned a broken day down, or after it passed a sound one: LATEST stays on
+    the serving version, and the rerun a scheduler or operator makes ends as an unbroken run would."""
+    sound, broken = days
+    root = ModelRoot.of(tmp_path / "models")
+    assert _train_cli(sound, root.path, "2026-11-01").returncode == 0
+    assert root.latest() == "2026-11-01"
+
+    for data, run_date in ((broken, "2026-11-02"), (sound, "2026-11-03")):
+        killed = _train_cli(data, root.path, run_date, killed_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert root.latest() == "2026-11-01"
+        assert root.versions() == (["2026-11-01"] if killed_at == "gate decided" else
+                                   ["2026-11-01", "2026-11-02"] + (["2026-11-03"] if run_date == "2026-11-03" else []))
+
+    # The broken day's rerun is turned down again (exit 3, whether it retrains or finds its version
+    # up to date); the sound day's makes it serve. A rerun that finds versions in place points LATEST
+    # at the newest promoted one, whichever date it reruns.
+    rerun = _train_cli(broken, root.path, "2026-11-02")
+    assert rerun.returncode == GATE_REJECTED, rerun.stderr[-3000:]
+    assert "labels look broken" in rerun.stderr
+    assert root.latest() == ("2026-11-01" if killed_at == "gate decided" else "2026-11-03")
+    rerun = _train_cli(sound, root.path, "2026-11-03")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads(rerun.stdout.splitlines()[-1])["up_to_date"] == (killed_at == "version in place")
+    assert root.latest() == "2026-11-03" and root.promoted() == ["2026-11-01", "2026-11-03"]
+    assert not [n for n in root.path.subdirs() if n.startswith(".building")]
+
+
+def test_forcing_a_rejected_version_needs_no_retraining(days, tmp_path):
+    sound, broken = days
+    root = ModelRoot.of(tmp_path / "models")
+    run_training(_cfg(sound, root.path), run_date="2026-11-01", promote=GATE)
+    with pytest.raises(PromotionRejected):
+        run_training(_cfg(broken, root.path), run_date="2026-11-02", promote=GATE)
+    weights = (root.path.local_path / "2026-11-02" / "model.pt").read_bytes()
+    forced = run_training(_cfg(broken, root.path), run_date="2026-11-02", promote=GATE, force_promotion=True)
+    assert forced.up_to_date and forced.promotion.decision == "forced" and "labels look broken" in \
+        forced.promotion.reasons[0]
+    assert root.record("2026-11-02").promotion["decision"] == "forced"
+    assert (root.path.local_path / "2026-11-02" / "model.pt").read_bytes() == weights
+    assert root.latest() == "2026-11-02" and root.promoted() == ["2026-11-01", "2026-11-02"]
