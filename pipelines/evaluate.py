@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm.config import Config, EvaluateConfig
+from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.serving.inference import PROBABILITY
 from deepfm.storage.location import Location
 from deepfm.tracking.report import check_replaceable, write_report
@@ -52,6 +53,8 @@ def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     metrics.update({"source": source, "label": label, "rows_without_label": unlabelled,
                     **({"model_version": model.name, "model_digest": model.weights_digest} if model
                        else {name: _single_value(frame, name) for name in ("model_version", "model_digest")})})
+    if model is not None:
+        metrics["drift"] = training_drift(model)
     overall = metrics["overall"]
     log.info("AUC %.4f, logloss %.4f, observed CTR %.4f, predicted CTR %.4f over %d rows",
              overall["auc"], overall["logloss"], overall["ctr_observed"], overall["ctr_predicted"], overall["rows"])
@@ -59,6 +62,20 @@ def run_evaluate(spark: SparkSession, cfg: Config) -> EvaluateResult:
     report = write_report(ev.output, metrics, roc, model.path / CURVES if model else None)
     log.info("report: %s", report)
     return EvaluateResult(report, metrics, model.path if model else None)
+
+
+def training_drift(model: ModelVersion) -> dict[str, Any] | None:
+    """The drift checks' figures of the data the model was trained on, as its preprocess recorded them
+    (pipelines/drift_checks.py); None when the model names no such data, or it is gone."""
+    record = model.record()
+    if record is None:
+        return None
+    try:
+        drift = PreprocessOutput.open(record.data).manifest.drift
+    except (OSError, ValueError) as err:
+        log.info("no drift figures for the report: the training data %s cannot be read (%s)", record.data, err)
+        return None
+    return None if drift is None else {"data": record.data, **drift}
 
 
 def _predictions(spark: SparkSession, ev: EvaluateConfig, model: ModelVersion | None, label: str

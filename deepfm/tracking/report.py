@@ -33,6 +33,7 @@ from deepfm.storage.location import Location, Where
 
 METRICS, HTML = "metrics.json", "report.html"
 ROC, CALIBRATION, CURVES = "roc.png", "calibration.png", "training_curves.png"
+DRIFT_FIGURES = ("missing_rate", "missing_rate_before", "psi", "oov_rate_vs_serving")  # pipelines/drift_checks.py's
 HISTORY_JSON, HISTORY_PNG, HISTORY_HTML = "history.json", "history.png", "history.html"
 
 
@@ -163,6 +164,16 @@ def _html(metrics: dict[str, Any], images: dict[str, bytes]) -> str:
         slice_table = f"<h2>By {html.escape(slices['column'])}</h2>" + _table(
             slices["values"], ["value", "rows", "auc", "logloss", "ctr_observed", "ctr_predicted"])
     source = html.escape(str(metrics.get("source", "")))
+    drift = metrics.get("drift")
+    drift_table = ""
+    if drift:
+        references = ", ".join(f"{what} {html.escape(str(drift[key]))}" for key, what in
+                               (("reference_data", "the data of"), ("reference_model", "the vocabulary of"))
+                               if drift.get(key)) or "nothing (the first run)"
+        drift_table = (f"<h2>Drift of the training data</h2><p>{html.escape(drift['data'])} against {references} "
+                       "(drift checks before training: docs/stages.md)</p>" + _table(
+                           [{"field": name, **figures} for name, figures in drift["fields"].items()],
+                           ["field", *DRIFT_FIGURES]))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>DeepFM evaluation</title>
 <style>
@@ -182,6 +193,7 @@ img {{ max-width: 520px; }}
 <h2>Calibration by bin of prediction</h2>
 {_table(metrics["calibration"], ["bin", "rows", "p_min", "p_max", "ctr_predicted", "ctr_observed"])}
 {slice_table}
+{drift_table}
 </body></html>
 """
 
@@ -193,6 +205,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _cell(value: Any) -> str:
+    if value is None:  # a figure not measured for this row
+        return ""
     if isinstance(value, float):
         return f"{value:.5f}"
     return html.escape(str(value))

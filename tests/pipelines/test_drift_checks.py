@@ -8,6 +8,7 @@ from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.training.launch import run_training
 from pipelines.drift import generate_stream
 from pipelines.drift_checks import DriftError
+from pipelines.evaluate import run_evaluate
 from pipelines.preprocess import run_preprocess
 from tests.conftest import REPO_ROOT
 
@@ -43,6 +44,17 @@ def test_a_field_emptied_overnight_stops_the_run_naming_it(spark, stream, tmp_pa
     assert abs(c3["missing_rate"] - c3["missing_rate_before"]) < 0.03
     assert 0.0 < c3["oov_rate_vs_serving"] < 0.5  # a day's new values and tail, unknown to the serving model
     assert 0.0 <= i5["psi"] < 0.05  # the stream's numeric fields do not drift
+
+    # The report of the model trained on that day shows them.
+    run_training(TrainConfig.model_validate({
+        "data": str(shards / "run_date=2026-11-02"), "output": str(models), "epochs": 1, "threads": 1,
+        "model": {"embedding_dim": 4, "hidden": [8]}}), run_date="2026-11-02")
+    report = run_evaluate(spark, _config(stream, shards, models, "2026-11-02", f"evaluate.model={models}/2026-11-02",
+                                         f"evaluate.data={shards}/run_date=2026-11-02/test",
+                                         f"evaluate.output={tmp_path / 'report'}"))
+    assert report.metrics["drift"] == {"data": str(shards / "run_date=2026-11-02"), **second}
+    page = report.report.read_text()
+    assert "Drift of the training data" in page and f"<td>C3</td><td>{c3['missing_rate']:.5f}</td>" in page
 
     with pytest.raises(DriftError, match=r"drift check: field C3 is missing in 100\.0% of the training rows against "
                                          r"\d\.\d% in \S+run_date=2026-11-02 \(drift\.max_missing_rate_increase 0\.3\)"
