@@ -206,9 +206,6 @@ class TrainConfig(_Strict):
     # Where a warm-started row's prior (embedding_l2) pulls it: `earlier`, towards the row taken over
     # (yesterday's estimate is today's prior); `zero`, as for a model trained from scratch.
     warm_start_prior: Literal["earlier", "zero"] = "earlier"
-    # With warm_start_prior `earlier`: the share of the earlier version's evidence a taken-over row's
-    # prior keeps, m * (the value's count in that version's vocabulary) rows (0: the prior of a new value).
-    warm_start_memory: Annotated[float, Field(ge=0)] = 0.0
 
     @field_validator("warm_start")
     @classmethod

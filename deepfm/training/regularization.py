@@ -15,10 +15,6 @@ With a warm start (deepfm/training/warm_start.py) the prior of a row taken over 
 model is centred on that row, not on zero: yesterday's estimate is today's prior, so a value with
 little new evidence keeps what the earlier days taught, and one with much follows its new rows
 (the Bayesian reading of continual training). New values' rows are centred on zero as before.
-How much the earlier estimate weighs is the evidence behind it: `train.warm_start_memory` m adds
-m * c' rows to the prior of a value the earlier model saw c' times (its vocabulary's count), so a
-value seen often before moves less on one day's rows than one barely seen; m < 1 discounts old
-evidence for drift.
 
 With `rarity_exponent` a > 0 the prior of a value seen c times in N rows is `strength * (N / c)^a`:
 tighter for rare values, looser for popular ones (a prior variance growing with c^a). Popular
@@ -40,7 +36,7 @@ from deepfm.storage.location import Where
 class EmbeddingPrior:
     def __init__(self, inverse_counts: torch.Tensor, strength: float, rarity_exponent: float = 0.0,
                  center: torch.Tensor | None = None) -> None:
-        self.inverse_counts = inverse_counts  # [total rows of the table]: each row's prior / its count
+        self.inverse_counts = inverse_counts  # [total rows of the table], times the rarity factor
         self.strength = strength
         self.rarity_exponent = rarity_exponent
         self.center = center  # [total rows, D + 1]: each row's prior mean (None: zero)
@@ -54,16 +50,12 @@ class EmbeddingPrior:
 
     @classmethod
     def from_vocabulary(cls, vocabulary: Where, fmap: FeatureMap, train_rows: int, strength: float,
-                        device: torch.device, rarity_exponent: float = 0.0, center: torch.Tensor | None = None,
-                        earlier_evidence: np.ndarray | None = None) -> EmbeddingPrior:
-        """`earlier_evidence` [total rows], with `center`: rows of evidence behind each centre, added
-        to its prior (zero for rows not taken over)."""
+                        device: torch.device, rarity_exponent: float = 0.0,
+                        center: torch.Tensor | None = None) -> EmbeddingPrior:
         counted = row_counts(vocabulary, fmap)
         counts = np.where(np.isnan(counted), float(max(train_rows, 1)), np.maximum(counted, 1))
-        prior = strength * _rarity(train_rows, counts, rarity_exponent)
-        if earlier_evidence is not None:
-            prior = prior + earlier_evidence
-        return cls(torch.from_numpy(prior / counts).float().to(device), strength, rarity_exponent,
+        rarity = _rarity(train_rows, counts, rarity_exponent)
+        return cls(torch.from_numpy(rarity / counts).float().to(device), strength, rarity_exponent,
                    None if center is None else center.to(device))
 
     def penalty(self, model: DeepFM, ids: torch.Tensor) -> torch.Tensor:
@@ -73,7 +65,7 @@ class EmbeddingPrior:
         weight = occurrences * self.inverse_counts[unique]
         rows_now = model.embeddings.table(unique)
         offset = rows_now if self.center is None else rows_now - self.center[unique]
-        return (weight * offset.pow(2).sum(1)).sum() / len(ids)
+        return self.strength * (weight * offset.pow(2).sum(1)).sum() / len(ids)
 
 
 def _rarity(train_rows: int, counts: np.ndarray | float, exponent: float) -> np.ndarray | float:

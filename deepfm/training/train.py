@@ -134,25 +134,23 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     raw_model = DeepFM(model_config(fmap, cfg, sparse))
     train_rows = data.rows("train")
     vocabulary = data.vocabulary
-    warm = center = evidence = None
+    warm = center = None
     if cfg.warm_start != "none":  # before the value counts: they decide anew what the vocabulary decides
         if cfg.warm_start == "latest":
             raise WarmStartError("train.warm_start=latest names a version of train.output's model root, which "
                                  "`deepfm-pipeline train` resolves; here give a version's directory, or none")
         source = open_model_version(cfg.warm_start)
         check_compatible(source, raw_model.config, fmap)
-        warm, center, evidence = take_over(raw_model, fmap, vocabulary, source)
+        warm, center = take_over(raw_model, fmap, vocabulary, source)
     if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
         raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)
     model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, settings["embedding_lr"]))
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
-        earlier = cfg.warm_start_prior == "earlier"
-        prior = EmbeddingPrior.from_vocabulary(
-            vocabulary, fmap, train_rows, cfg.embedding_l2, backend.device, cfg.embedding_l2_rarity_exponent,
-            center if earlier else None,
-            cfg.warm_start_memory * evidence if earlier and evidence is not None and cfg.warm_start_memory else None)
+        prior = EmbeddingPrior.from_vocabulary(vocabulary, fmap, train_rows, cfg.embedding_l2, backend.device,
+                                               cfg.embedding_l2_rarity_exponent,
+                                               center if cfg.warm_start_prior == "earlier" else None)
         settings["prior_rows"] = prior.describe(train_rows)
     # Buffers (batch-norm statistics) are copied from the trained model rather than averaged.
     averaged = (AveragedModel(raw_model, multi_avg_fn=get_ema_multi_avg_fn(settings["ema_decay"]))

@@ -28,7 +28,7 @@ import torch
 
 from deepfm.errors import UserError
 from deepfm.features.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
-from deepfm.features.vocabulary import row_counts, table_offsets, token_rows
+from deepfm.features.vocabulary import table_offsets, token_rows
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.storage.location import Where
 from deepfm.training import checkpoint as ckpt
@@ -137,11 +137,10 @@ def _per_field(table: pa.Table) -> dict[str, int]:
 
 @torch.no_grad()
 def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
-              source: ModelVersion) -> tuple[dict[str, Any], torch.Tensor | None, np.ndarray | None]:
+              source: ModelVersion) -> tuple[dict[str, Any], torch.Tensor | None]:
     """Initialise `model` (built fresh for this feature map) from `source`. Returns what was taken
-    over; the table's prior centre: each taken-over row as taken over, zero for the others; and
-    each row's count in the source's vocabulary, the evidence behind its centre (zero for the others,
-    and for rows the source counted none of: deepfm/training/regularization.py)."""
+    over, and the table's prior centre: each taken-over row as taken over, zero for the others
+    (deepfm/training/regularization.py)."""
     weights = ckpt.load_torch(source.weights, "cpu")
     state = model.state_dict()
     for key, value in weights.items():
@@ -149,17 +148,15 @@ def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
             state[key].copy_(value)
     summary: dict[str, Any] = {"from": str(source.path), "version": source.name,
                                "weights_digest": source.weights_digest}
-    center = evidence = None
+    center = None
     if model.embeddings.table is not None:
         match = match_rows(fmap, vocabulary, source)
         table = model.embeddings.table.weight
         table[torch.from_numpy(match.rows)] = weights[TABLE][torch.from_numpy(match.from_rows)].to(table.dtype)
         center = torch.zeros_like(table)
         center[torch.from_numpy(match.rows)] = table[torch.from_numpy(match.rows)]
-        evidence = np.zeros(len(table))
-        evidence[match.rows] = np.nan_to_num(row_counts(source.vocabulary, source.feature_map)[match.from_rows])
         totals = {k: sum(v[k] for v in match.fields.values()) for k in ("taken_over", "new", "dropped")}
         summary.update({"rows": totals, "fields": match.fields})
         log.info("warm start from %s: %d embedding rows taken over, %d new, %d dropped", source.path,
                  totals["taken_over"], totals["new"], totals["dropped"])
-    return summary, center, evidence
+    return summary, center

@@ -57,7 +57,7 @@ def test_rows_of_shared_tokens_are_taken_over_new_ones_initialised_gone_ones_dro
     model = DeepFM(model_config(fmap, _cfg(day2, root.path), sparse=True))
     torch.manual_seed(5)
     fresh = DeepFM(model.config)
-    summary, _, _ = take_over(model, fmap, data.vocabulary, previous)
+    summary, _ = take_over(model, fmap, data.vocabulary, previous)
 
     old_weights = torch.load(previous.weights.local_path, weights_only=True)
     old_table, new_table, fresh_table = old_weights[TABLE], model.embeddings.table.weight, fresh.embeddings.table.weight
