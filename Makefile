@@ -1,5 +1,8 @@
 # Every target that runs something does its own set-up first (idempotent, fast when up to date).
-VENV ?= .venv
+# STACK=current: the current Spark line (constraints-current.txt) in .venv-current; see scripts/stack.sh.
+STACK ?= named
+VENV ?= $(CURDIR)/$(if $(filter current,$(STACK)),.venv-current,.venv)
+export STACK VENV
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 

@@ -39,7 +39,7 @@ done
 case "$SHIP" in ""|0|false|no) ;; *) [ -z "$WORKER_ENV" ] || die "--ship-env and --worker-env (DEEPFM_SHIP_ENV, DEEPFM_WORKER_ENV): choose one" ;; esac
 case "$WORKER_ENV" in ""|/*) ;; *) die "--worker-env=$WORKER_ENV: give the absolute path the workers see" ;; esac
 
-VENV=${VENV:-$ROOT/.venv}
+. "$ROOT/scripts/stack.sh"
 [ -x "$VENV/bin/python" ] || bash "$ROOT/scripts/setup.sh"
 PY="$VENV/bin/python"
 SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')

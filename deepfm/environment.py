@@ -29,7 +29,7 @@ PACKAGES = ("deepfm", "pipelines", "jobs")
 CODE_SUFFIXES = (".py", ".yaml", ".properties")
 # What Python workers import on executors: parsing and encoding, scoring, the training processes.
 EXECUTOR_MODULES = ("numpy", "pyarrow.parquet", "pandas", "torch", "torch.distributed", "sklearn.metrics",
-                    "petastorm", "horovod.torch", "pipelines.score", "deepfm.training.train", "deepfm.training.readers")
+                    "horovod.torch", "pipelines.score", "deepfm.training.train", "deepfm.training.readers")
 
 
 def code_digest() -> str:
@@ -132,9 +132,12 @@ def _reason(text: str) -> str:
 
 def main() -> int:
     """Import what executors import; print this environment's identity as one JSON line."""
-    for module in EXECUTOR_MODULES:
+    from deepfm.stack import carries_petastorm
+
+    modules = [*EXECUTOR_MODULES, *(["petastorm"] if carries_petastorm() else [])]
+    for module in modules:
         importlib.import_module(module)
-    print(json.dumps({**identity(), "imported": list(EXECUTOR_MODULES)}))
+    print(json.dumps({**identity(), "imported": modules}))
     return 0
 
 

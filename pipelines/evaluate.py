@@ -25,6 +25,7 @@ from deepfm.training.metrics import calibration, grouped_metrics, roc_points
 from deepfm.training.model_versions import CURVES, ModelVersion, open_model_version
 from pipelines import score
 from pipelines.read import InputError
+from pipelines.spark import try_cast
 from pipelines.steps import step
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def aggregate(frame: DataFrame, label: str, slice_column: str | None) -> tuple[p
 
     One pass over the predictions: the checks ride along in the same aggregation.
     """
-    y = F.col(f"`{label}`").cast("double")
+    y = try_cast(F.col(f"`{label}`"), "double")  # a label that is not a number reads as missing
     slice_value = (F.coalesce(F.col(f"`{slice_column}`").cast("string"), F.lit(MISSING)) if slice_column
                    else F.lit(""))
     counts = (

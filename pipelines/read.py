@@ -25,6 +25,7 @@ from deepfm.config import Column, TableSpec
 from deepfm.features.parse import FLOAT_PATTERN, INT_PATTERN, QUOTED_CHARACTERS, LineParser, ParsedColumn, ParseLines
 from deepfm.storage.hadoop import HadoopFiles
 from deepfm.storage.location import Location
+from pipelines.spark import try_cast, utf8_with_replacements
 
 REASON, RAW, RAW_BYTES, SOURCE = "_reason", "_raw", "_raw_bytes", "_source"
 BOOKKEEPING = (REASON, RAW, RAW_BYTES, SOURCE)
@@ -254,7 +255,7 @@ def raw_lines(spark: SparkSession, spec: TableSpec,
     # line's original bytes beside it, so that nothing of it is lost.
     source = spark.read.text(pattern)
     _check_every_file_is_read(source, files, spec.path, table)
-    text = source.select(F.col("value"), F.decode(F.col("value").cast("binary"), "UTF-8").alias(RAW))
+    text = source.select(F.col("value"), utf8_with_replacements(F.col("value")).alias(RAW))
     bad_utf8 = F.col(RAW) != F.col("value")
     lines = text.select(RAW, bad_utf8.alias(BAD_UTF8),
                         F.when(bad_utf8, F.col("value").cast("binary")).alias(RAW_BYTES),
@@ -330,10 +331,10 @@ def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:
     if kind == "int":
         return (F.when(token.isNotNull() & ~token.rlike(INT_PATTERN),
                        F.concat(F.lit(f"{col.name}: not an integer: "), quoted))
-                .when(token.isNotNull() & token.cast("long").isNull(),  # beyond the 64-bit range
+                .when(token.isNotNull() & try_cast(token, "long").isNull(),  # beyond the 64-bit range
                       F.concat(F.lit(f"{col.name}: integer out of the 64-bit range: "), quoted)))
     if kind == "float":
-        value = token.cast("double")
+        value = try_cast(token, "double")
         bad = token.isNotNull() & (~token.rlike(FLOAT_PATTERN) | value.isNull() | (F.abs(value) == float("inf")))
         return F.when(bad, F.concat(F.lit(f"{col.name}: not a finite number: "), quoted))
     if kind == "timestamp":
@@ -347,14 +348,14 @@ def _field_problem(col: Column, token: SparkColumn) -> SparkColumn:
 def _parse(col: Column, token: SparkColumn) -> SparkColumn:
     kind = col.parse_type
     if kind == "int":
-        return token.cast("long")
+        return try_cast(token, "long")
     if kind == "float":
-        return token.cast("double")
+        return try_cast(token, "double")
     if kind == "timestamp":
         return _parse_timestamp(col, token)
     return token
 
 
 def _parse_timestamp(col: Column, token: SparkColumn) -> SparkColumn:
-    return F.to_timestamp(token, col.format) if col.format else token.cast("timestamp")
+    return F.try_to_timestamp(token, F.lit(col.format)) if col.format else try_cast(token, "timestamp")
 

@@ -169,3 +169,23 @@ def get_spark(cfg: SparkConfig, stage: str | None = None, run_date: str | None =
              conf.get("spark.submit.deployMode", "client"), spark.conf.get("spark.sql.shuffle.partitions"))
     environment.check_executors(spark, cfg.executor_wait_s)
     return spark
+
+
+def utf8_with_replacements(value):
+    """A text column's bytes as valid UTF-8, each invalid sequence replaced by U+FFFD, on both Spark
+    lines: Spark 4's `decode` raises on invalid input (spark.sql.legacy.codingErrorAction), and
+    its `make_valid_utf8` does what Java's decoder did in 3.5."""
+    from pyspark.sql import functions as F
+
+    if hasattr(F, "make_valid_utf8"):
+        return F.make_valid_utf8(value)
+    return F.decode(value.cast("binary"), "UTF-8")
+
+
+def try_cast(value, to: str):
+    """`value` cast to `to`, NULL where it does not parse, on both Spark lines: Spark 4 runs with
+    ANSI mode on by default, where a plain cast of a malformed string fails the job. (Spark 3.5,
+    ANSI off by default, has no Column.try_cast; its plain cast gives NULL.)"""
+    # On the class: a Column answers any attribute name itself (as a struct field).
+    return value.try_cast(to) if hasattr(type(value), "try_cast") else value.cast(to)
+

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV=${VENV:-$ROOT/.venv}
+. "$ROOT/scripts/stack.sh"
 DIST=${DIST:-$ROOT/dist}
 BUILD=$ROOT/build
 PYTHON=${PYTHON:-python3.11}
@@ -19,7 +19,7 @@ log() { printf '[package] %s\n' "$*" >&2; }
 
 cd "$ROOT"
 code=$("$VENV/bin/python" -c 'from deepfm.environment import code_digest; print(code_digest())')
-stamp=$( { cat pyproject.toml constraints.txt scripts/package.sh scripts/install_worker_env.sh; echo "$code"; } \
+stamp=$( { cat pyproject.toml "$CONSTRAINTS" scripts/stack.sh scripts/package.sh scripts/install_worker_env.sh; echo "$code"; } \
          | sha256sum | cut -c1-16)
 archive=$DIST/deepfm-env.tar.gz
 if [ -f "$archive" ] && [ "$(cat "$DIST/.package-stamp" 2>/dev/null)" = "$stamp" ]; then
@@ -38,7 +38,9 @@ horovod=$(bash "$ROOT/scripts/setup.sh" --horovod-wheel)
 env_dir=$BUILD/pack-env
 log "installing the runtime stack into $env_dir"
 "$PYTHON" -m venv --clear "$env_dir"
-"$env_dir/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "$wheel" "$horovod"
+runtime=$wheel
+[ "$STACK" = named ] && runtime="$wheel[petastorm]"
+"$env_dir/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "$runtime" "$horovod"
 "$env_dir/bin/python" -m pip check >&2
 
 log "packing $archive"

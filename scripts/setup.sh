@@ -4,7 +4,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV=${VENV:-$ROOT/.venv}
+. "$ROOT/scripts/stack.sh"
 PYTHON=${PYTHON:-python3.11}
 HOROVOD_VERSION=0.28.1
 CACHE_DIR=${DEEPFM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deepfm-spark}
@@ -29,15 +29,15 @@ check_python() {
 }
 
 stamp_of() {
-  cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" "$ROOT/patches/"*.patch "$0" | sha256sum | cut -c1-16
+  cat "$ROOT/pyproject.toml" "$CONSTRAINTS" "$ROOT/scripts/stack.sh" "$ROOT/patches/"*.patch "$0" | sha256sum | cut -c1-16
 }
 
 install_stack() {
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
   local pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
   "${pip[@]}" install -q --upgrade pip 'setuptools>=77' wheel
-  log "installing the pinned stack and the project (editable)"
-  "${pip[@]}" install -q -c "$ROOT/constraints.txt" -e "$ROOT[dev,bench]"
+  log "installing the $STACK stack ($(basename "$CONSTRAINTS")) and the project (editable)"
+  "${pip[@]}" install -q -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]"
 }
 
 cuda_present() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
@@ -86,7 +86,7 @@ install_horovod() {
   local wheel
   wheel=$(horovod_wheel)
   log "installing Horovod from $wheel"
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" "$wheel"
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" "$wheel"
 }
 
 main() {

@@ -228,3 +228,18 @@ def test_an_engine_key_of_earlier_versions_is_refused_naming_the_file_and_what_t
     assert str(err.value).endswith(": delete it")
     with pytest.raises(ConfigError, match=r"preprocess\.encode \(set in --set preprocess\.encode=spark\)"):
         load_config([CONF / "base.yaml"], ["preprocess.encode=spark"])
+
+
+def test_petastorm_is_refused_at_once_on_a_stack_that_cannot_run_it(tmp_path):
+    """The named stack runs it; the current one (STACK=current) refuses it when the config is read,
+    naming the setting and the stack, before Spark or a worker starts."""
+    from deepfm.stack import why_not_petastorm
+    from tests.conftest import CLI, run_cli
+
+    result = run_cli([*CLI, "train", "--set", "train.reader=petastorm", "--set", f"train.data={tmp_path / 'absent'}"])
+    assert result.returncode == 2
+    if why_not_petastorm() is None:
+        assert "train.reader" not in result.stderr and "absent" in result.stderr  # past the config, to the data
+    else:
+        assert re.search(r"train\.reader 'petastorm': this stack \(pyspark 4\.\S+, pyarrow \d+\S*, numpy 2\.\S+, "
+                         r"pandas \S+, torch \S+\) has no working Petastorm.*use train\.reader 'native'", result.stderr)

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from deepfm.config.base import _URI, PathStr, SettingError, _is_field, _Strict, absolute_path
 from deepfm.config.dataset import TableSpec
 from deepfm.features.transforms import TransformName
+from deepfm.stack import why_not_petastorm
 
 
 class VocabConfig(_Strict):
@@ -221,6 +222,8 @@ class TrainConfig(_Strict):
             # carry; the native reader reaches them through pyarrow.fs.
             raise ValueError(f"reader 'petastorm' reads local and hdfs:// data only; use reader 'native' for "
                              f"{self.data}")
+        if self.reader == "petastorm" and (why := why_not_petastorm()) is not None:
+            raise ValueError(f"train.reader 'petastorm': {why}; use train.reader 'native' (the default)")
         return self
 
 

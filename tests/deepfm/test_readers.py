@@ -88,12 +88,14 @@ def test_in_memory_reader_same_rule(shards):
     assert len(seen) == len(set(seen)) == TOTAL // 2 * 2
 
 
+@pytest.mark.petastorm
 def test_petastorm_and_native_deliver_the_same_rows(shards):
     native = sorted(_rows(NativeReader(shards, FMAP, 1, seed=2)))
     petastorm = sorted(_rows(PetastormReader(shards, FMAP, 1, seed=2)))
     assert native == petastorm == list(range(TOTAL))
 
 
+@pytest.mark.petastorm
 @pytest.mark.parametrize("world", [2, 3])
 def test_petastorm_equal_full_batches_on_every_rank(shards, world):
     readers = [PetastormReader(shards, FMAP, 40, rank=r, world=world, seed=4) for r in range(world)]
@@ -108,7 +110,8 @@ def test_petastorm_equal_full_batches_on_every_rank(shards, world):
 
 @pytest.mark.parametrize("make", [
     lambda shards: NativeReader(shards, FMAP, 16, seed=1, shuffle_buffer_rows=0, prefetch=1),
-    lambda shards: PetastormReader(shards, FMAP, 16, seed=1, shuffle_buffer_rows=0, prefetch=1),
+    pytest.param(lambda shards: PetastormReader(shards, FMAP, 16, seed=1, shuffle_buffer_rows=0, prefetch=1),
+                 marks=pytest.mark.petastorm),
 ], ids=["native", "petastorm"])
 def test_abandoned_epoch_stops_the_prefetch_thread(shards, make):
     batches = iter(make(shards))
