@@ -41,8 +41,8 @@ def run_cli(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, **kw)
 
 
-@pytest.fixture(scope="session")
-def spark():
+def local_spark_session():
+    """The tests' Spark: local[2], small shuffles, no UI, UTC."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -61,6 +61,12 @@ def spark():
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+@pytest.fixture(scope="session")
+def spark():
+    session = local_spark_session()
     yield session
     session.stop()
 

@@ -29,3 +29,10 @@ def test_the_cpu_dry_run_sets_up_runs_the_gpu_tests_and_the_step_bench(tmp_path)
     assert ddp["ddp"] and all(c["embedding_gradients"] == "dense" for c in ddp["cases"])
     assert all(c["samples_per_s"] > 0 and c["breakdown_ms"] for c in single["cases"] + ddp["cases"])
     assert "samples/s" in result.stdout  # the summary table
+
+
+@pytest.mark.parametrize("flag", ["--pack", "--from-pack"])
+def test_a_pack_flag_without_its_folder_exits_2_naming_it(flag):
+    result = run_cli(["bash", SCRIPT, flag])
+    assert result.returncode == 2
+    assert f"{flag} needs a folder" in result.stderr.strip().splitlines()[-1]

@@ -126,22 +126,26 @@ class TorchBackend:
         batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=batch_norm), optimizers
 
+    # NCCL collects CUDA tensors only (a CPU tensor fails with "No backend type associated with device
+    # type cpu"): each collective runs on this rank's device and answers on the caller's.
     def allreduce_sum(self, tensor):
-        tensor = tensor.clone()
-        self.dist.all_reduce(tensor)
-        return tensor
+        reduced = tensor.to(self.device, copy=True)
+        self.dist.all_reduce(reduced)
+        return reduced.to(tensor.device)
 
     def allgather(self, tensor):
         """Concatenate 1-D tensors of different lengths from every rank, in rank order."""
-        size = torch.tensor([tensor.shape[0]], device=tensor.device)
+        mine = tensor.to(self.device)
+        size = torch.tensor([mine.shape[0]], device=self.device)
         sizes = [torch.zeros_like(size) for _ in range(self.world)]
         self.dist.all_gather(sizes, size)
         longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, *tensor.shape[1:], dtype=tensor.dtype, device=tensor.device)
-        padded[: tensor.shape[0]] = tensor
+        padded = torch.zeros(longest, *mine.shape[1:], dtype=mine.dtype, device=self.device)
+        padded[: mine.shape[0]] = mine
         parts = [torch.zeros_like(padded) for _ in range(self.world)]
         self.dist.all_gather(parts, padded)
-        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+        gathered = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+        return gathered.to(tensor.device)
 
     def barrier(self) -> None:
         self.dist.barrier()

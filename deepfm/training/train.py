@@ -281,7 +281,7 @@ def check_replicas_identical(model: DeepFM, backend: Backend, epoch: int) -> lis
     exchange they would differ after the first step. Raises when they do."""
     weights = [p.detach().double() for p in model.parameters()]
     mine = torch.stack([sum(w.sum() for w in weights), sum((w * w).sum() for w in weights)])
-    every = backend.allgather(mine.to(backend.device)).cpu().reshape(backend.world, 2)
+    every = backend.allgather(mine).cpu().reshape(backend.world, 2)
     if not bool((every == every[0]).all()):
         raise ReplicaDivergenceError(f"after epoch {epoch + 1} the workers' weights differ (sum, sum of squares per "
                                      f"rank: {every.tolist()}): the gradient exchange of train.backend is broken")

@@ -1,13 +1,15 @@
-import pytest
+import os
+from pathlib import Path
 
-from pipelines.preprocess import run_preprocess
-from tests.conftest import criteo_dataset, make_config
+import pytest
 
 
 @pytest.fixture(scope="session")
-def criteo_shards(spark, tmp_path_factory):
-    """The embedded Criteo sample, preprocessed once for every training test (read-only)."""
-    out = tmp_path_factory.mktemp("train") / "criteo"
-    run_preprocess(spark, make_config(criteo_dataset(), str(out), vocab={"min_count": 2},
-                                      shards={"rows_per_row_group": 1000}))
-    return out
+def criteo_shards(request, tmp_path_factory):
+    """The embedded Criteo sample, preprocessed once for every training test (read-only); made ahead
+    of time where DEEPFM_TEST_SHARDS names them (a machine without Spark: tests/deepfm/shards.py)."""
+    if prepared := os.environ.get("DEEPFM_TEST_SHARDS"):
+        return Path(prepared)
+    from tests.deepfm.shards import preprocess_criteo
+
+    return preprocess_criteo(request.getfixturevalue("spark"), tmp_path_factory.mktemp("train") / "criteo")

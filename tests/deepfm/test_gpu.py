@@ -68,8 +68,9 @@ def test_the_scorer_on_the_device_equals_the_cpu(criteo_shards, tmp_path):
     categorical = tuple(f.name for f in md.feature_map.categorical)
     dense = tuple(f.name for f in md.feature_map.dense)
     on_cpu = predict_batch(md.load("cpu"), batch, categorical, dense, "cpu")
-    scorer = ArrowScorer(md.version, md.config.to_dict(), categorical, dense, keep=("label",),
-                         weights=md.weights.read_bytes, device=DEVICE)
+    scorer = ArrowScorer(weights_digest=md.weights_digest, model_config=md.config.to_dict(),
+                         categorical=categorical, dense=dense, keep=("label",), weights=md.weights.read_bytes,
+                         device=DEVICE)
     scored = next(scorer(iter([batch]))).column("probability").to_numpy()
     assert len(scored) == batch.num_rows
     assert np.abs(scored - on_cpu).max() < 1e-5
