@@ -126,10 +126,15 @@ def unreadable_files_named(spark: SparkSession, path: str) -> Iterator[None]:
         raise explained from None
 
 
-_FAILED_FILE = re.compile(r"Encountered error while reading file (\S+?)\.? Details:")
+# Spark 3.5 and Spark 4 word these apart; each pattern below has a group per fact it names.
+_FAILED_FILE = re.compile(r"Encountered error while reading file (\S+?)\.?\s")
 _NOT_PARQUET = re.compile(r"(\S+) is not a Parquet file\.? ?([^\n]*)")
 _PARQUET_TYPES = re.compile(r"Parquet column cannot be converted in file (\S+?)\. Column: \[([^\]]*)\], "
                             r"Expected: (\S+), Found: ([A-Za-z0-9_]+)")
+_PARQUET_TYPES_SPARK4 = re.compile(r"Data type mismatches when reading Parquet column \[([^\]]*)\]\. "
+                                   r"Expected Spark type (\S+), actual Parquet type ([A-Za-z0-9_]+)")
+# Spark 4's Hadoop reads zstd (zstd-jni); a file that only looks like zstd fails inside it.
+_BROKEN_ZSTD = "com.github.luben.zstd."
 _NO_CODEC = re.compile(r"native (\w+) library not available")
 _CODEC_SUFFIXES = {"zstandard": (".zst", ".zstd"), "snappy": (".snappy",), "lz4": (".lz4",), "bzip2": (".bz2",)}
 _BROKEN_GZIP = ("java.io.EOFException", "java.util.zip.ZipException", "Not in GZIP format", "not a gzip file",
@@ -143,10 +148,14 @@ def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | N
     if found := _NOT_PARQUET.search(text):
         return InputError(f"{found.group(1)} is not a Parquet file, or was cut short ({found.group(2).strip()}): "
                           "replace or remove it")
-    if found := _PARQUET_TYPES.search(text):
-        name, column, expected, actual = found.groups()
+    if mismatch := _parquet_type_mismatch(text, file):
+        name, column, expected, actual = mismatch
         return InputError(f"{name}: column '{column}' is {actual} in this file but {expected} in the schema Spark "
                           f"took from the other files of {path}: write every file with one type per column")
+    if file and _BROKEN_ZSTD in text:
+        causes = re.findall(r"Caused by: [\w.$]+: ([^\n]+)", text)
+        cause = causes[-1].strip() if causes else "unreadable"
+        return InputError(f"{file} is a truncated or corrupt zstd file ({cause}): replace or remove it")
     if found := _NO_CODEC.search(text):
         codec = found.group(1)
         suffixes = _CODEC_SUFFIXES.get(codec.lower(), (f".{codec.lower()}",))
@@ -168,6 +177,15 @@ def _unreadable_file(spark: SparkSession, path: str, text: str) -> Exception | N
     if file:
         causes = re.findall(r"Caused by: ([^\n]+)", text)
         return OSError(f"{file} could not be read ({causes[-1].strip() if causes else 'see the Spark log'})")
+    return None
+
+
+def _parquet_type_mismatch(text: str, file: str | None) -> tuple[str, str, str, str] | None:
+    """(file, column, Spark's type, the file's type) where a Parquet file's column type differs."""
+    if found := _PARQUET_TYPES.search(text):
+        return found.group(1), found.group(2), found.group(3), found.group(4)
+    if file and (found := _PARQUET_TYPES_SPARK4.search(text)):
+        return file, found.group(1), found.group(2), found.group(3)
     return None
 
 
@@ -279,7 +297,8 @@ def _text_tokens(spark: SparkSession, spec: TableSpec, table: str):
     # per reference (Spark keeps the projection apart because `_parts` is used many times).
     lines = lines.withColumn("_parts", F.split(F.col(RAW), re.escape(delimiter), -1))
     parts = F.col("_parts")
-    tokens = {name: F.nullif(parts[i], F.lit("")) for name, i in positions.items()}
+    # get(): null past the end of a short line, where [] raises under ANSI (Spark 4's default).
+    tokens = {name: F.nullif(F.get(parts, i), F.lit("")) for name, i in positions.items()}
     expected = len(header)
     structural = (
         F.when(F.col(RAW) == "", F.lit("empty line"))

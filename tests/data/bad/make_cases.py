@@ -95,6 +95,12 @@ def _parquet(**types: str) -> bytes:
     return sink.getvalue()
 
 
+def _zstd(data: bytes) -> bytes:
+    import pyarrow as pa
+
+    return pa.compress(data, "zstd", asbytes=True)
+
+
 PARQUET_OK = _parquet()
 PARQUET_I1_TEXT = _parquet(I1="string")
 FILES: dict[str, tuple[dict[str, bytes], dict]] = {
@@ -111,10 +117,16 @@ FILES: dict[str, tuple[dict[str, bytes], dict]] = {
     "gzip_name_plain_text": ({"part-0.tsv.gz": line() + b"\n"},
                              {"exit": 2, "message": "part-0.tsv.gz is a truncated or corrupt gzip file (Not a gzipped "
                                                     "file"}),
-    # Hadoop's zstd codec needs a native library that Spark's pip package lacks
+    # Spark 3.5's Hadoop codec needs a native zstd library that its pip package lacks; Spark 4's reads
+    # zstd itself ("spark4": what differs there), so there this file, zstd only in its magic, is corrupt.
     "zstd_file": ({"part-0.tsv.zst": ZSTD_MAGIC + line() + b"\n"},
                   {"exit": 2, "message": "part-0.tsv.zst is zStandard-compressed, and this Spark's Hadoop has no "
-                                         "native zStandard library"}),
+                                         "native zStandard library",
+                   "spark4": {"message": "part-0.tsv.zst is a truncated or corrupt zstd file (Dictionary mismatch)"}}),
+    "zstd_real": ({"part-0.tsv.zst": _zstd(LINES)},
+                  {"exit": 2, "message": "part-0.tsv.zst is zStandard-compressed, and this Spark's Hadoop has no "
+                                         "native zStandard library",
+                   "spark4": {"exit": 0, "rows": 60, "files": 1}}),
     "parquet_truncated": ({"part-0.parquet": PARQUET_OK, "part-1.parquet": PARQUET_OK[: len(PARQUET_OK) // 2]},
                           {"exit": 2, "message": "part-1.parquet is not a Parquet file, or was cut short",
                            "input": {"format": "parquet"}}),
