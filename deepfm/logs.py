@@ -62,6 +62,9 @@ def written_spark_log() -> Path | None:
 _TRANSIENT = ("java.net.ConnectException", "java.net.SocketTimeoutException", "java.net.NoRouteToHostException",
               "org.apache.hadoop.ipc.RetriableException", "org.apache.hadoop.ipc.StandbyException")
 _UNCAUGHT = re.compile(r'^Exception in thread "main" (\S+?)(?::\s*(.*))?$')
+# What the JVM itself prints on every start, and says nothing about this run (Spark 4 loads the
+# incubating vector API).
+_JVM_NOTICES = ("WARNING: Using incubator modules:",)
 
 
 def run_spark_submit(command: list[str]) -> int:
@@ -77,7 +80,7 @@ def run_spark_submit(command: list[str]) -> int:
         line = raw.decode(errors="replace")
         if trace or _UNCAUGHT.match(line.rstrip("\n")):
             trace.append(line)
-        else:
+        elif not line.startswith(_JVM_NOTICES):
             sys.stderr.write(line)
             sys.stderr.flush()
     code = child.wait()

@@ -1,0 +1,76 @@
+"""The current Spark line against the named stack, on one machine in one run.
+
+Runs each benchmark below under each stack's own environment (`make setup` makes .venv, `STACK=current
+make setup` makes .venv-current), interleaved over rounds, keeping each figure's best (this shared
+machine's speed drifts from minute to minute):
+  preprocess rows/s   bench_preprocess.py --sizes 1000000      1M synthetic raw rows on local[2]
+  training samples/s  bench_train.py --readers native          the native pyarrow reader, 1 worker
+  scoring rows/s      bench_score.py --cases spark_raw_logs    raw logs through the Spark score job
+Prints one JSON object: each stack's versions and figures, and the current/named ratios (goal: none
+below 0.95).
+    python bench/bench_stacks.py [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STACKS = {"named": ROOT / ".venv", "current": ROOT / ".venv-current"}
+BENCHMARKS = {
+    "preprocess_rows_per_s": (["bench/bench_preprocess.py", "--sizes", "1000000"],
+                              lambda out: out["runs"][0]["rows_per_s"]),
+    "train_samples_per_s": (["bench/bench_train.py", "--readers-only", "--readers", "native", "--rounds", "1"],
+                            lambda out: out["cases"][0]["samples_per_s"]),
+    "score_raw_rows_per_s": (["bench/bench_score.py", "--cases", "spark_raw_logs", "--rounds", "1"],
+                             lambda out: out["spark_raw_logs"]["rows_per_s"]),
+}
+
+
+def _run(python: Path, args: list[str]) -> dict:
+    result = subprocess.run([str(python), *args], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"bench_stacks.py: {python} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    for stack, venv in STACKS.items():
+        if not (venv / "bin" / "python").exists():
+            sys.exit(f"bench_stacks.py: no {stack} stack at {venv}: run `STACK={stack} make setup` first")
+    versions = {stack: subprocess.run([str(venv / "bin" / "python"), "-c",
+                                       "from deepfm.stack import versions; import json; print(json.dumps(versions()))"],
+                                      cwd=ROOT, capture_output=True, text=True, check=True).stdout
+                for stack, venv in STACKS.items()}
+    best: dict[str, dict[str, float]] = {stack: {} for stack in STACKS}
+    for round_ in range(args.rounds):
+        for name, (command, figure) in BENCHMARKS.items():
+            for stack, venv in STACKS.items():
+                value = figure(_run(venv / "bin" / "python", command))
+                print(f"round {round_ + 1}: {stack} {name} {value:,.0f}", file=sys.stderr)
+                best[stack][name] = max(best[stack].get(name, 0), value)
+    ratios = {name: round(best["current"][name] / best["named"][name], 3) for name in BENCHMARKS}
+    print(json.dumps({
+        "machine": machine(),
+        "benchmark": "stacks",
+        "rounds": args.rounds,
+        "versions": {stack: json.loads(text) for stack, text in versions.items()},
+        "best": best,
+        "ratios_current_vs_named": ratios,
+        "goal": 0.95,
+        "met": all(r >= 0.95 for r in ratios.values()),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
