@@ -8,7 +8,7 @@ machine's speed drifts from minute to minute):
   scoring rows/s      bench_score.py --cases spark_raw_logs    raw logs through the Spark score job
 Prints one JSON object: each stack's versions and figures, and the current/named ratios (goal: none
 below 0.95).
-    python bench/bench_stacks.py [--rounds 2]
+    python bench/bench_stacks.py [--rounds 2] [--benchmarks score_raw_rows_per_s ...]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def _run(python: Path, args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     args = parser.parse_args()
     for stack, venv in STACKS.items():
         if not (venv / "bin" / "python").exists():
@@ -54,12 +55,13 @@ def main() -> None:
                 for stack, venv in STACKS.items()}
     best: dict[str, dict[str, float]] = {stack: {} for stack in STACKS}
     for round_ in range(args.rounds):
-        for name, (command, figure) in BENCHMARKS.items():
+        for name in args.benchmarks:
+            command, figure = BENCHMARKS[name]
             for stack, venv in STACKS.items():
                 value = figure(_run(venv / "bin" / "python", command))
                 print(f"round {round_ + 1}: {stack} {name} {value:,.0f}", file=sys.stderr)
                 best[stack][name] = max(best[stack].get(name, 0), value)
-    ratios = {name: round(best["current"][name] / best["named"][name], 3) for name in BENCHMARKS}
+    ratios = {name: round(best["current"][name] / best["named"][name], 3) for name in args.benchmarks}
     print(json.dumps({
         "machine": machine(),
         "benchmark": "stacks",
