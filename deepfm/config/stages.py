@@ -179,6 +179,9 @@ class TrainConfig(_Strict):
     # The embedding tables' own learning rate (default: 10x lr). Adam moves a parameter at most about
     # lr per step, and a value's row steps only when the value occurs: rows need a larger one.
     embedding_lr: Annotated[float, Field(gt=0)] | None = None
+    # The tables' optimizer (deepfm/training/optim.py): adam, lazy Adam (two vectors of state a row);
+    # rowwise_adagrad, one float of state a row, for tables whose Adam state would not fit.
+    embedding_optimizer: Literal["adam", "rowwise_adagrad"] = "adam"
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
     # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/training/regularization.py).
     # Being in rows, it needs no scaling with data size: evidence grows with the rows, the prior not.

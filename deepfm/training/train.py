@@ -145,7 +145,8 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
         raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)
-    model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, settings["embedding_lr"]))
+    model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, settings["embedding_lr"],
+                                                                     cfg.embedding_optimizer))
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
         prior = EmbeddingPrior.from_vocabulary(vocabulary, fmap, train_rows, cfg.embedding_l2, backend.device,

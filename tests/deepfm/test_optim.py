@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from deepfm.model import DeepFM, DeepFMConfig
-from deepfm.training.optim import RowSparseAdam, make_optimizers
+from deepfm.training.optim import RowSparseAdam, RowWiseAdagrad, make_optimizers
 
 
 def _train(model: DeepFM, table_optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
@@ -89,3 +89,74 @@ def test_row_sparse_adam_refuses_a_dense_gradient():
 def test_sparse_tables_get_row_sparse_adam():
     optimizers = make_optimizers(_model(), lr=1e-3, embedding_lr=1e-2)
     assert [type(o) for o in optimizers] == [torch.optim.Adam, RowSparseAdam]
+
+
+def _rowwise_adagrad_oracle(table: torch.Tensor, grads: list[torch.Tensor], lr: float, eps: float) -> torch.Tensor:
+    """FBGEMM's exact row-wise Adagrad, row by row in float64, from dense gradients."""
+    table, total = table.double().clone(), torch.zeros(len(table), dtype=torch.float64)
+    for grad in grads:
+        for row in range(len(table)):
+            g = grad[row].double()
+            if bool((g != 0).any()):
+                total[row] += g.square().mean()
+                table[row] -= lr * g / (total[row].sqrt() + eps)
+    return table
+
+
+def test_rowwise_adagrad_takes_fbgemms_exact_rowwise_steps_and_keeps_one_float_a_row():
+    model = _model()
+    start = model.embeddings.table.weight.detach().clone()
+    optimizer = RowWiseAdagrad(model.embedding_parameters(), lr=5e-2)
+    grads = []
+    original_step = optimizer.step
+
+    def recording_step():
+        grads.append(model.embeddings.table.weight.grad.to_dense().clone())
+        return original_step()
+
+    optimizer.step = recording_step
+    _train(model, optimizer, steps=12)
+
+    table = model.embeddings.table.weight.detach()
+    torch.testing.assert_close(table.double(), _rowwise_adagrad_oracle(start, grads, lr=5e-2, eps=1e-8),
+                               rtol=0, atol=1e-5)
+    touched = (table != start).any(1)
+    assert 0 < int(touched.sum()) < len(table) and torch.equal(table[~touched], start[~touched])
+    state = optimizer.state_dict()["state"][0]
+    assert list(state) == ["sum"] and state["sum"].shape == (len(table),)
+    assert bool((state["sum"][~touched] == 0).all()) and bool((state["sum"][touched] > 0).all())
+
+
+def test_rowwise_adagrad_moves_a_table_alike_from_sparse_or_dense_gradients():
+    """NCCL's DDP gives the tables dense gradients: a row outside the batch must not move there either."""
+    sparse, dense = _model(), _model()
+    dense.embeddings.table.sparse = False
+    _train(sparse, RowWiseAdagrad(sparse.embedding_parameters(), lr=5e-2), steps=8)
+    _train(dense, RowWiseAdagrad(dense.embedding_parameters(), lr=5e-2), steps=8)
+    torch.testing.assert_close(sparse.embeddings.table.weight, dense.embeddings.table.weight, rtol=0, atol=1e-6)
+
+
+def test_rowwise_adagrad_resumes_from_its_state_dict():
+    model = _model()
+    optimizer = RowWiseAdagrad(model.embedding_parameters(), lr=5e-2)
+    _train(model, optimizer, steps=4)
+    resumed_model = copy.deepcopy(model)
+    resumed = RowWiseAdagrad(resumed_model.embedding_parameters(), lr=5e-2)
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    _train(model, optimizer, steps=4, seed=1)
+    _train(resumed_model, resumed, steps=4, seed=1)
+    assert torch.equal(model.embeddings.table.weight, resumed_model.embeddings.table.weight)
+
+
+def test_rowwise_adagrad_takes_horovods_zero_element_indexed_gradient():
+    table = torch.nn.Parameter(torch.randn(6, 3))
+    start = table.detach().clone()
+    optimizer = RowWiseAdagrad([table], lr=0.1)
+    table.grad = torch.zeros(6, 3).to_sparse()
+    optimizer.step()
+    assert torch.equal(table.detach(), start) and torch.equal(optimizer.state[table]["sum"], torch.zeros(6))
+
+
+def test_the_tables_optimizer_is_a_setting():
+    optimizers = make_optimizers(_model(), lr=1e-3, embedding_lr=1e-2, embedding_optimizer="rowwise_adagrad")
+    assert [type(o) for o in optimizers] == [torch.optim.Adam, RowWiseAdagrad]

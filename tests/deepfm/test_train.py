@@ -200,11 +200,14 @@ def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["torch", "horovod"])
-def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_path, backend):
+@pytest.mark.parametrize("embedding_optimizer", ["adam", "rowwise_adagrad"])
+def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_path, backend, embedding_optimizer):
     # with the embedding prior and the tables' own learning rate: their gradients cross ranks too;
     # with count features, whose frequencies each rank reads from the vocabulary itself
     trained = run_training(_cfg(criteo_shards, tmp_path / backend, backend=backend, workers=2,
-                               embedding_l2=10.0, embedding_lr=3e-3, model={**SMALL_MODEL, "count_features": True}))
+                               embedding_l2=10.0, embedding_lr=3e-3 if embedding_optimizer == "adam" else 3e-2,
+                               embedding_optimizer=embedding_optimizer,
+                               model={**SMALL_MODEL, "count_features": True}))
     assert trained.result.workers == 2
     assert 0.6 < trained.result.test["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
     assert json.loads((Path(trained.model) / "metrics.json").read_text())["workers"] == 2
