@@ -11,6 +11,7 @@ rows is what a row costs, free of the interpreter's, torch's and the MLP's fixed
 
 Cases (train.embedding_optimizer): `adam`, lazy Adam (two moment vectors a row); `rowwise_adagrad`,
 one float a row. `ratio_to_adam` is Adam's bytes per row over the case's: how many more rows fit.
+`bytes_per_row_estimated` is what the driver's memory check (deepfm/training/memory.py) assumes.
 
     python bench/bench_memory.py [--rows 1000000 8000000] [--steps 200] [--cases adam rowwise_adagrad]
 """
@@ -85,11 +86,18 @@ def main() -> None:
     from machine import machine
 
     small, big = args.rows
+    from deepfm.config import TrainConfig
+    from deepfm.training.memory import bytes_per_row
+
     results = {}
     for case in args.cases:
         low, high = measure(case, small, args.steps, args.batch_size), measure(case, big, args.steps, args.batch_size)
+        # What the driver's check (deepfm/training/memory.py) assumes for the same parts
+        assumed = TrainConfig(data="-", output="-", embedding_optimizer=case, embedding_l2=0,
+                              model={"embedding_dim": EMBEDDING_DIM})
         results[case] = {
             "bytes_per_row": round((high["peak_rss_bytes"] - low["peak_rss_bytes"]) / (big - small), 1),
+            "bytes_per_row_estimated": sum(bytes_per_row(assumed, ema=False, centred_prior=False).values()),
             "peak_rss_gib": {str(small): round(low["peak_rss_bytes"] / 2**30, 3),
                              str(big): round(high["peak_rss_bytes"] / 2**30, 3)},
             "steps_per_s": high["steps_per_s"],

@@ -70,3 +70,15 @@ def with_settings(plain: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
             node = node.setdefault(part, {})
         node[last] = value
     return out
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size written as Spark writes them: 512m, 8g, 1.5g, 2048 (bytes)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (e.g. 512m, 8g)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from deepfm.config.base import _URI, PathStr, SettingError, _is_field, _Strict, absolute_path
+from deepfm.config.base import _URI, PathStr, SettingError, _is_field, _Strict, absolute_path, parse_size
 from deepfm.config.dataset import TableSpec
 from deepfm.features.transforms import TransformName
 from deepfm.stack import why_not_petastorm
@@ -182,6 +182,10 @@ class TrainConfig(_Strict):
     # The tables' optimizer (deepfm/training/optim.py): adam, lazy Adam (two vectors of state a row);
     # rowwise_adagrad, one float of state a row, for tables whose Adam state would not fit.
     embedding_optimizer: Literal["adam", "rowwise_adagrad"] = "adam"
+    # The memory of one training worker, as Spark writes sizes (8g, 512m), against which the
+    # embedding tables are checked before training starts (deepfm/training/memory.py). Default: the
+    # memory free on this machine shared by train.workers (launcher local); no check on Spark.
+    worker_memory: str | None = None
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
     # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/training/regularization.py).
     # Being in rows, it needs no scaling with data size: evidence grows with the rows, the prior not.
@@ -210,6 +214,13 @@ class TrainConfig(_Strict):
     # Where a warm-started row's prior (embedding_l2) pulls it: `earlier`, towards the row taken over
     # (yesterday's estimate is today's prior); `zero`, as for a model trained from scratch.
     warm_start_prior: Literal["earlier", "zero"] = "earlier"
+
+    @field_validator("worker_memory")
+    @classmethod
+    def _worker_memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
 
     @field_validator("warm_start")
     @classmethod

@@ -85,6 +85,7 @@ def _train_version(cfg: TrainConfig, root: ModelRoot, resume: bool | Literal["au
         _interrupted_build(root, run_date)
     data = PreprocessOutput.open(cfg.data)  # readable, and encoded by this code's transforms
     cfg, source = _resolve_warm_start(cfg, root, run_date, data)
+    _check_memory(cfg, data)
     if resume == "auto":
         interrupted = root.resumable_with(training_signature(data, cfg, source), run_date)
         if interrupted is None:
@@ -198,6 +199,18 @@ def _resolve_warm_start(cfg: TrainConfig, root: ModelRoot, run_date: str | None,
     if source is not None:
         check_compatible(source, model_config(data.feature_map, cfg, cfg.model.sparse_embeddings), data.feature_map)
     return cfg.model_copy(update={"warm_start": str(source.path) if source is not None else "none"}), source
+
+
+def _check_memory(cfg: TrainConfig, data: PreprocessOutput) -> None:
+    from deepfm.training.memory import check_tables_fit
+    from deepfm.training.train import resolve_regularization
+
+    ema = resolve_regularization(cfg, data.rows("train"), cfg.workers)["ema_decay"] > 0
+    centred = cfg.warm_start != "none" and cfg.warm_start_prior == "earlier"
+    figures = check_tables_fit(cfg, sum(data.feature_map.vocab_sizes.values()), ema, centred, log)
+    log.info("embedding tables: %s rows x %s bytes = %.3f GiB per worker%s", f"{figures['table_rows']:,}",
+             figures["bytes_per_row"], figures["tables_gib"],
+             f" (of {figures['worker_gib']:.2f} GiB)" if "worker_gib" in figures else "")
 
 
 def _launch(cfg: TrainConfig, resume: bool) -> None:

@@ -265,3 +265,35 @@ def test_embedding_tables_step_at_their_own_learning_rate(sparse):
     # Adam's first step moves every parameter with a gradient by about its learning rate
     assert (table.detach() - before[0]).abs().max().item() == pytest.approx(2e-2, rel=1e-3)
     assert (first_layer.detach() - before[1]).abs().max().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_tables_bigger_than_a_workers_memory_exit_2_before_training_naming_the_settings(criteo_shards, tmp_path):
+    cli = [sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={criteo_shards}",
+           "--set", f"train.output={tmp_path / 'models'}", "--set", "train.backend=torch", "--set", "train.workers=2",
+           "--set", "train.batch_size=64"]  # steps enough for the moving average (train.ema_decay auto)
+    rows = sum(f["vocab_size"] for f in json.loads((criteo_shards / "manifest.json").read_text())["feature_map"]["fields"]
+               if f["kind"] == "categorical")
+    # Adam, the moving average and the prior at dim 16: 17 x 4 x (1 + 2 + 1) + 4 bytes a row
+    too_small = f"{(rows * 276 - 1) / 2**20:.3f}m"
+    refused = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}"], cwd=REPO_ROOT,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "train.worker_memory" in errors[0], refused.stderr[-3000:]
+    assert f"{rows:,} rows x 276 bytes" in errors[0] and "train.embedding_optimizer=rowwise_adagrad (276 -> 144" in errors[0]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "models" / "LATEST").exists()
+    # The row-wise optimizer's 144 bytes a row fit the same memory.
+    leaner = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}", "--set", "train.epochs=1",
+                             "--set", "train.embedding_optimizer=rowwise_adagrad", "--set", "train.threads=1"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert leaner.returncode == 0, leaner.stderr[-3000:]
+    assert f"embedding tables: {rows:,} rows x 144 bytes" in leaner.stderr
+
+
+def test_a_worker_memory_that_is_not_a_size_exits_2_naming_it(tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={tmp_path}",
+                              "--set", f"train.output={tmp_path / 'models'}", "--set", "train.worker_memory=lots"],
+                             cwd=REPO_ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert ("train.worker_memory (set in --set train.worker_memory=lots): 'lots' is not a size (e.g. 512m, 8g)"
+            in refused.stderr), refused.stderr[-3000:]
