@@ -62,7 +62,8 @@ def check_tables_fit(cfg: TrainConfig, rows: int, ema: bool, centred_prior: bool
     if cfg.worker_memory is not None:
         have, source = parse_size(cfg.worker_memory), "train.worker_memory"
     elif cfg.launcher == "local":
-        have, source = available_per_worker(cfg.workers), f"the memory free on this machine / train.workers={cfg.workers}"
+        have = available_per_worker(cfg.workers)
+        source = f"the memory free on this machine / train.workers={cfg.workers}"
     else:  # Spark's executors: their size is the cluster's, not this machine's
         have, source = None, ""
     figures = {"table_rows": rows, "bytes_per_row": per_row, "tables_gib": round(need / 2**30, 3)}

@@ -271,8 +271,8 @@ def test_tables_bigger_than_a_workers_memory_exit_2_before_training_naming_the_s
     cli = [sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={criteo_shards}",
            "--set", f"train.output={tmp_path / 'models'}", "--set", "train.backend=torch", "--set", "train.workers=2",
            "--set", "train.batch_size=64"]  # steps enough for the moving average (train.ema_decay auto)
-    rows = sum(f["vocab_size"] for f in json.loads((criteo_shards / "manifest.json").read_text())["feature_map"]["fields"]
-               if f["kind"] == "categorical")
+    fields = json.loads((criteo_shards / "manifest.json").read_text())["feature_map"]["fields"]
+    rows = sum(f["vocab_size"] for f in fields if f["kind"] == "categorical")
     # Adam, the moving average and the prior at dim 16: 17 x 4 x (1 + 2 + 1) + 4 bytes a row
     too_small = f"{(rows * 276 - 1) / 2**20:.3f}m"
     refused = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}"], cwd=REPO_ROOT,
@@ -280,7 +280,8 @@ def test_tables_bigger_than_a_workers_memory_exit_2_before_training_naming_the_s
     assert refused.returncode == 2, refused.stderr[-3000:]
     errors = [line for line in refused.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "train.worker_memory" in errors[0], refused.stderr[-3000:]
-    assert f"{rows:,} rows x 276 bytes" in errors[0] and "train.embedding_optimizer=rowwise_adagrad (276 -> 144" in errors[0]
+    assert f"{rows:,} rows x 276 bytes" in errors[0]
+    assert "train.embedding_optimizer=rowwise_adagrad (276 -> 144" in errors[0]
     assert "Traceback" not in refused.stderr and not (tmp_path / "models" / "LATEST").exists()
     # The row-wise optimizer's 144 bytes a row fit the same memory.
     leaner = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}", "--set", "train.epochs=1",
