@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,21 @@ def _crash_report(stderr: str) -> str:
     return f"{dump}\n...\n{stderr[-3000:]}"
 
 
+def _resume_as_a_scheduler_does(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `--resume`; once more if a worker crashed in native code.
+
+    A resumed 2-worker DDP run has died of SIGSEGV in a gloo thread about once in 30 CI runs (the
+    main thread waiting in an all_reduce; not reproduced in about 50 resumed runs on a dev machine). The job then
+    ends with exit 1, "retrying may succeed", which the DAG's retry answers with `--resume auto`:
+    so does this test, once, for that crash alone, and says so in the warnings summary."""
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if result.returncode == 1 and "terminated with signal SIGSEGV" in result.stderr:
+        warnings.warn(f"a resumed worker crashed in native code; resuming again\n{_crash_report(result.stderr)}",
+                      stacklevel=1)
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return result
+
+
 @pytest.mark.parametrize(("backend", "launcher"), [
     ("torch", "local"), ("horovod", "local"),
     pytest.param("torch", "spark", marks=pytest.mark.slow),  # 3 minutes: `make test-slow`
@@ -93,8 +109,7 @@ def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches
     assert (models / "2026-11-26" / "model.pt").read_bytes() == weights
     assert not (models / "2026-11-27").exists()
 
-    resumed = subprocess.run([*cli, "--run-date", "2026-11-27", "--resume"], cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True)
+    resumed = _resume_as_a_scheduler_does([*cli, "--run-date", "2026-11-27", "--resume"], env)
     assert resumed.returncode == 0, _crash_report(resumed.stderr)
     assert "resumed from" in resumed.stderr
     auc = {run: json.loads(result.stdout.strip().splitlines()[-1])["test"]["auc"]
