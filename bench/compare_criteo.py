@@ -47,8 +47,8 @@ def ours(data: Path, out: Path, seed: int = SEED, precision: str = "fp32") -> di
         "early_stopping_patience": PATIENCE, "seed": seed, "precision": precision,
         "model": {"embedding_dim": EMBEDDING, "hidden": HIDDEN},
     })
-    result = run_training(cfg)
-    return {**result["test"], "epochs": result["epochs"], "valid_auc_best": result["valid_auc_best"]}
+    result = run_training(cfg).result
+    return {**result.test, "epochs": result.epochs, "valid_auc_best": result.valid_auc_best}
 
 
 def bf16_against_fp32(data: Path, seeds: int) -> dict:
@@ -85,7 +85,7 @@ def defaults_over_splits(splits: int, overrides: list[str]) -> dict:
                                                  "tracking.enabled=false", *overrides]).train
             plain = defaults.model_copy(update={**PLAIN, "output": f"{tmp}/p-{seed}"})
             for name, cfg in (("defaults", defaults), ("plain", plain)):
-                aucs[name].append(run_training(cfg)["test"]["auc"])
+                aucs[name].append(run_training(cfg).result.test["auc"])
     differences = np.array(aucs["defaults"]) - np.array(aucs["plain"])
     return {"benchmark": "criteo_sample_defaults_over_splits", "splits": splits, "overrides": overrides,
             "test_auc": {name: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v, ddof=1)), 4),

@@ -86,10 +86,10 @@ def train(data: Path, out: Path, workers: int, backend: str, precision: str = "f
         **(TRAINING if training is None else training), "data": str(data), "output": str(out), "workers": workers,
         "backend": backend if workers > 1 else "none", "batch_size": GLOBAL_BATCH // workers, "precision": precision,
     })
-    result = run_training(cfg)
-    return {"workers": workers, "precision": precision, "test_auc": round(result["test"]["auc"], 4),
-            "test_logloss": round(result["test"]["logloss"], 4), "epochs": result["epochs"],
-            "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result["history"]]}
+    result = run_training(cfg).result
+    return {"workers": workers, "precision": precision, "test_auc": round(result.test["auc"], 4),
+            "test_logloss": round(result.test["logloss"], 4), "epochs": result.epochs,
+            "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result.history]}
 
 
 def fit_teacher_form(seed: int = 7, kind: str = "head") -> dict:
