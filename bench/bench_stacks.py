@@ -6,8 +6,9 @@ machine's speed drifts from minute to minute):
   preprocess rows/s   bench_preprocess.py --sizes 1000000      1M synthetic raw rows on local[2]
   training samples/s  bench_train.py --readers native          the native pyarrow reader, 1 worker
   scoring rows/s      bench_score.py --cases spark_raw_logs    raw logs through the Spark score job
+  in-process scoring  bench_score.py --cases in_process_raw_logs  the job's parse/encode/score, no Spark
 Prints one JSON object: each stack's versions and figures, and the current/named ratios (goal: none
-below 0.95).
+below 0.95; the in-process scoring figure only locates a scoring gap).
     python bench/bench_stacks.py [--rounds 2] [--benchmarks score_raw_rows_per_s ...]
 """
 
@@ -31,6 +32,9 @@ BENCHMARKS = {
                             lambda out: out["cases"][0]["samples_per_s"]),
     "score_raw_rows_per_s": (["bench/bench_score.py", "--cases", "spark_raw_logs", "--rounds", "1"],
                              lambda out: out["spark_raw_logs"]["rows_per_s"]),
+    # The same parse, encode and score without Spark: whether a scoring gap is Python's or Spark's
+    "score_raw_in_process_rows_per_s": (["bench/bench_score.py", "--cases", "in_process_raw_logs", "--rounds", "1"],
+                                        lambda out: out["in_process_raw_logs"]["rows_per_s"]),
 }
 
 
@@ -70,7 +74,7 @@ def main() -> None:
         "best": best,
         "ratios_current_vs_named": ratios,
         "goal": 0.95,
-        "met": all(r >= 0.95 for r in ratios.values()),
+        "met": all(r >= 0.95 for name, r in ratios.items() if name != "score_raw_in_process_rows_per_s"),
     }, indent=2))
 
 
