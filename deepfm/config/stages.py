@@ -176,8 +176,9 @@ class TrainConfig(_Strict):
     # The defaults below were chosen on two synthetic teachers and the Criteo sample together (docs/training.md,
     # "Default training settings"); none of them needs tuning per data set.
     lr: Annotated[float, Field(gt=0)] = 3e-4
-    # The embedding tables' own learning rate (default: 10x lr). Adam moves a parameter at most about
-    # lr per step, and a value's row steps only when the value occurs: rows need a larger one.
+    # The embedding tables' own learning rate (default: 10x lr; 0.03 with rowwise_adagrad). Adam moves
+    # a parameter at most about lr per step, and a value's row steps only when the value occurs: rows
+    # need a larger one.
     embedding_lr: Annotated[float, Field(gt=0)] | None = None
     # The tables' optimizer (deepfm/training/optim.py): adam, lazy Adam (two vectors of state a row);
     # rowwise_adagrad, one float of state a row, for tables whose Adam state would not fit.

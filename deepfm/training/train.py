@@ -111,6 +111,11 @@ class Run:
 EMA_EPOCH_FRACTION, EMA_MIN_STEPS_PER_EPOCH = 0.5, 8
 
 
+# Row-wise Adagrad's own step size (its steps shrink by themselves as a row's gradients add up):
+# measured on the long-tail teacher, where 0.1 diverged (bench/RESULTS.md, issue 28).
+ROWWISE_ADAGRAD_LR = 0.03
+
+
 def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dict[str, Any]:
     """The learning-rate split, prior and averaging that this run uses, with `auto` worked out
     from the training rows and the global batch."""
@@ -120,7 +125,13 @@ def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dic
         ema_decay = 1.0 - 1.0 / horizon if steps_per_epoch >= EMA_MIN_STEPS_PER_EPOCH else 0.0
     else:
         ema_decay = float(cfg.ema_decay)
-    return {"lr": cfg.lr, "embedding_lr": cfg.embedding_lr or float(f"{10 * cfg.lr:.6g}"), "train_rows": train_rows,
+    if cfg.embedding_lr is not None:
+        embedding_lr = cfg.embedding_lr
+    elif cfg.embedding_optimizer == "rowwise_adagrad":
+        embedding_lr = ROWWISE_ADAGRAD_LR
+    else:
+        embedding_lr = float(f"{10 * cfg.lr:.6g}")
+    return {"lr": cfg.lr, "embedding_lr": embedding_lr, "train_rows": train_rows,
             "steps_per_epoch": steps_per_epoch, "ema_decay": round(ema_decay, 6), "ema_setting": cfg.ema_decay,
             "ema_horizon_steps": round(1 / (1 - ema_decay), 1) if ema_decay else 0,
             "embedding_l2": cfg.embedding_l2, "embedding_l2_rarity_exponent": cfg.embedding_l2_rarity_exponent}

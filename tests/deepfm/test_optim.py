@@ -160,3 +160,15 @@ def test_rowwise_adagrad_takes_horovods_zero_element_indexed_gradient():
 def test_the_tables_optimizer_is_a_setting():
     optimizers = make_optimizers(_model(), lr=1e-3, embedding_lr=1e-2, embedding_optimizer="rowwise_adagrad")
     assert [type(o) for o in optimizers] == [torch.optim.Adam, RowWiseAdagrad]
+
+
+def test_each_tables_optimizer_has_its_own_default_learning_rate():
+    from deepfm.config import TrainConfig
+    from deepfm.training.train import ROWWISE_ADAGRAD_LR, resolve_regularization
+
+    def embedding_lr(**settings) -> float:
+        return resolve_regularization(TrainConfig(data="-", output="-", **settings), 10_000, 1)["embedding_lr"]
+
+    assert embedding_lr(lr=2e-4) == pytest.approx(2e-3)  # Adam: 10x the dense layers'
+    assert embedding_lr(lr=2e-4, embedding_optimizer="rowwise_adagrad") == ROWWISE_ADAGRAD_LR == 0.03
+    assert embedding_lr(embedding_optimizer="rowwise_adagrad", embedding_lr=0.01) == 0.01
