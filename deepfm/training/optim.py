@@ -23,8 +23,8 @@ import torch
 from deepfm.model import DeepFM
 
 
-class RowSparseAdam(torch.optim.SparseAdam):
-    """Lazy Adam: only the rows with a gradient move, their moments decaying at the global step."""
+class _RowUpdates:
+    """`step` for an optimizer whose update is written per parameter (`_update`): torch's loop and closure."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -34,18 +34,24 @@ class RowSparseAdam(torch.optim.SparseAdam):
                 loss = closure()
         for group in self.param_groups:
             for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["step"] += 1
-                _update_rows(param, param.grad, state, group)
+                if param.grad is not None:
+                    self._update(param, group)
         return loss
+
+
+class RowSparseAdam(_RowUpdates, torch.optim.SparseAdam):
+    """Lazy Adam: only the rows with a gradient move, their moments decaying at the global step."""
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        if not param.grad.is_sparse:
+            raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        _update_rows(param, param.grad, state, group)
 
 
 def _update_rows(param: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
@@ -69,7 +75,7 @@ def _update_rows(param: torch.Tensor, grad: torch.Tensor, state: dict, group: di
     param.index_copy_(0, rows, param.index_select(0, rows).add_(moved))
 
 
-class RowWiseAdagrad(torch.optim.Optimizer):
+class RowWiseAdagrad(_RowUpdates, torch.optim.Optimizer):
     """Adagrad with one accumulator per row: a touched row r with gradient g_r (its D entries) adds
     mean(g_r^2) to its sum and moves by -lr g_r / (sqrt(sum) + eps), FBGEMM's exact row-wise rule.
 
@@ -87,28 +93,18 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                              f"initial_accumulator_value {initial_accumulator_value} >= 0")
         super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["sum"] = torch.full((param.shape[0],), float(group["initial_accumulator_value"]),
-                                              dtype=torch.float32, device=param.device)
-                rows, values = _touched_rows(param.grad)
-                if values.numel() == 0:
-                    continue
-                total = state["sum"].index_select(0, rows).add_(values.float().square().mean(dim=1))
-                state["sum"].index_copy_(0, rows, total)
-                moved = values.float().div(total.sqrt_().add_(group["eps"]).unsqueeze(1)).mul_(-float(group["lr"]))
-                param.index_copy_(0, rows, param.index_select(0, rows).add_(moved.to(param.dtype)))
-        return loss
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        state = self.state[param]
+        if not state:
+            state["sum"] = torch.full((param.shape[0],), float(group["initial_accumulator_value"]),
+                                      dtype=torch.float32, device=param.device)
+        rows, values = _touched_rows(param.grad)
+        if values.numel() == 0:
+            return
+        total = state["sum"].index_select(0, rows).add_(values.float().square().mean(dim=1))
+        state["sum"].index_copy_(0, rows, total)
+        moved = values.float().div(total.sqrt_().add_(group["eps"]).unsqueeze(1)).mul_(-float(group["lr"]))
+        param.index_copy_(0, rows, param.index_select(0, rows).add_(moved.to(param.dtype)))
 
 
 def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
