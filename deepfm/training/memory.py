@@ -55,7 +55,7 @@ def available_per_worker(workers: int) -> int | None:
 
 def check_tables_fit(cfg: TrainConfig, rows: int, ema: bool, centred_prior: bool, log) -> dict[str, float]:
     """Raise TablesTooBigError when `rows` table rows cannot fit in a worker; warn when they nearly
-    fill it. Returns the figures for the log and metrics."""
+    fill it. Returns the figures for the log."""
     parts = bytes_per_row(cfg, ema, centred_prior)
     per_row = sum(parts.values())
     need = rows * per_row
