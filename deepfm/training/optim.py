@@ -56,10 +56,7 @@ class RowSparseAdam(_RowUpdates, torch.optim.SparseAdam):
 
 def _update_rows(param: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
     """SparseAdam's update (`torch.optim._functional.sparse_adam`) on the gradient's rows."""
-    if grad.sparse_dim() != 1:  # a gradient indexed by element, not by row (e.g. dense.to_sparse())
-        grad = grad.to_dense().to_sparse(1)
-    grad = grad.coalesce()  # the update is non-linear, so each row must appear once
-    rows, values = grad.indices()[0], grad.values()
+    rows, values = _touched_rows(grad)
     if values.numel() == 0:
         return
     if group.get("maximize", False):
@@ -108,7 +105,7 @@ class RowWiseAdagrad(_RowUpdates, torch.optim.Optimizer):
 
 
 def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row indices, their gradient rows), each row once."""
+    """(row indices, their gradient rows), each row once: the updates are non-linear in the gradient."""
     if grad.is_sparse:
         if grad.sparse_dim() != 1:  # indexed by element (Horovod's zero `dense.to_sparse()`), not by row
             grad = grad.to_dense().to_sparse(1)
