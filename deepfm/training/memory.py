@@ -14,6 +14,7 @@ bench/bench_memory.py measures these figures as peak RSS and prints them beside 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from deepfm.config import TrainConfig
@@ -24,6 +25,8 @@ FLOAT = 4
 # The rest of a worker (interpreter, torch, the MLP, batches in flight) needs room too: warn when
 # the tables alone take more than this share of a worker's memory.
 WARN_SHARE = 0.7
+
+log = logging.getLogger(__name__)
 
 
 class TablesTooBigError(UserError):
@@ -53,7 +56,7 @@ def available_per_worker(workers: int) -> int | None:
     return min(candidates) // max(1, workers) if candidates else None
 
 
-def check_tables_fit(cfg: TrainConfig, rows: int, ema: bool, centred_prior: bool, log) -> dict[str, float]:
+def check_tables_fit(cfg: TrainConfig, rows: int, ema: bool, centred_prior: bool) -> dict[str, float]:
     """Raise TablesTooBigError when `rows` table rows cannot fit in a worker; warn when they nearly
     fill it. Returns the figures for the log."""
     parts = bytes_per_row(cfg, ema, centred_prior)
