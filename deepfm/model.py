@@ -83,6 +83,13 @@ class DeepFMConfig:
         return cls(**{**data, "vocab_sizes": tuple(data["vocab_sizes"]), "hidden": tuple(data["hidden"])})
 
 
+@torch.no_grad()
+def init_table_(weight: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    """Small vectors, which keep the FM's pairwise sum near zero at the start, and zero first-order weights."""
+    nn.init.normal_(weight, std=0.01, generator=generator)
+    weight[:, -1] = 0.0
+
+
 class FieldEmbeddings(nn.Module):
     """The shared embeddings: e [B, F, D] and first-order weights w [B, F] for every field.
 
@@ -90,7 +97,7 @@ class FieldEmbeddings(nn.Module):
     lookup rather than one per field.
     """
 
-    def __init__(self, cfg: DeepFMConfig) -> None:
+    def __init__(self, cfg: DeepFMConfig, table: nn.Module | None = None) -> None:
         super().__init__()
         total = sum(cfg.vocab_sizes)
         offsets = torch.tensor([0, *cfg.vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
@@ -99,14 +106,15 @@ class FieldEmbeddings(nn.Module):
         # without dense fields has no dense parameters at all, and vice versa.
         # One table holds each value's vector v (D columns) and its first-order weight w (the last
         # column): one lookup and one sparse update per step instead of two.
-        self.table = nn.Embedding(total, cfg.embedding_dim + 1, sparse=cfg.sparse_embeddings) if total else None
+        # A given table (a worker's stripe of a sharded one, deepfm/training/sharding.py) comes initialised.
+        given = table is not None
+        if not given and total:
+            table = nn.Embedding(total, cfg.embedding_dim + 1, sparse=cfg.sparse_embeddings)
+        self.table = table
         self.dense_vectors = nn.Parameter(torch.empty(cfg.num_dense, cfg.embedding_dim)) if cfg.num_dense else None
         self.dense_weights = nn.Parameter(torch.zeros(cfg.num_dense)) if cfg.num_dense else None
-        # Small initial embeddings keep the FM's pairwise sum near zero at the start.
-        if total:
-            with torch.no_grad():
-                nn.init.normal_(self.table.weight, std=0.01)
-                self.table.weight[:, -1] = 0.0
+        if total and not given:
+            init_table_(self.table.weight)
         if cfg.num_dense:
             nn.init.normal_(self.dense_vectors, std=0.01)
         # mixed dimensions: how many leading dimensions each table row uses (set_row_dims)
@@ -120,7 +128,7 @@ class FieldEmbeddings(nn.Module):
         parts_e, parts_w = [], []
         if self.table is not None:
             rows = ids.long() + self.offsets
-            if self.training and self.table.sparse:
+            if self.training and getattr(self.table, "sparse", False):
                 # Look each distinct row up once: the sparse gradient then holds every row once,
                 # which makes the optimizer's coalescing (a sort) far cheaper on Zipf-skewed ids.
                 # index_select, not [inverse]: its backward is an index_add, on a CPU 2x faster
@@ -200,10 +208,11 @@ class DeepNetwork(nn.Module):
 
 
 class DeepFM(nn.Module):
-    def __init__(self, cfg: DeepFMConfig) -> None:
+    def __init__(self, cfg: DeepFMConfig, table: nn.Module | None = None) -> None:
+        """`table`: the embedding table to use instead of a whole one (a sharded table's stripe)."""
         super().__init__()
         self.config = cfg
-        self.embeddings = FieldEmbeddings(cfg)
+        self.embeddings = FieldEmbeddings(cfg, table)
         self.fm = FactorizationMachine() if cfg.use_fm else None
         self.deep = DeepNetwork(cfg) if cfg.use_deep else None
         if cfg.count_features:

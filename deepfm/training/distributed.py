@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deepfm.errors import UserError
+from deepfm.training.sharding import sharded_parameter_names
 
 
 class Backend(Protocol):
@@ -124,6 +125,7 @@ class TorchBackend:
         # Batch-norm statistics are the only buffers that differ between ranks; the others (the
         # table offsets, count features' frequencies: a float per table row) need no copy each step.
         batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sharded_parameter_names(model))
         return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=batch_norm), optimizers
 
     # NCCL collects CUDA tensors only (a CPU tensor fails with "No backend type associated with device

@@ -18,20 +18,52 @@ issued inside the backward pass, never interleave with DistributedDataParallel's
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from deepfm.model import init_table_
+
+# The state-dict key of the table in a DeepFM model (deepfm/model.py).
+TABLE_KEY = "embeddings.table.weight"
+
+
+class _SharedGroup:
+    """The process group, held by reference through a deepcopy: the moving average of the weights
+    (AveragedModel, a deep copy of the model) exchanges its rows through the same group."""
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        self.group = group
+
+    def __deepcopy__(self, memo: dict) -> _SharedGroup:
+        return self
+
 
 class RowShardedTable(nn.Module):
-    """`rows` x `width` table, this worker's stripe of it in `weight` ([local rows, width])."""
+    """`rows` x `width` table, this worker's stripe of it in `weight` ([local rows, width]).
+
+    `group` defaults to a new group of the default backend (gloo on CPUs, NCCL on GPUs); every
+    worker must construct its table at the same point, as with any collective.
+    """
 
     def __init__(self, rows: int, width: int, group: dist.ProcessGroup | None = None) -> None:
         super().__init__()
-        self.group = group if group is not None else dist.new_group(backend="gloo")
+        self._group = _SharedGroup(group if group is not None else dist.new_group())
         self.world, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
         self.rows, self.width = rows, width
         self.weight = nn.Parameter(torch.empty(len(range(self.rank, rows, self.world)), width))
+
+    @property
+    def group(self) -> dist.ProcessGroup:
+        return self._group.group
+
+    @torch.no_grad()
+    def initialize(self, seed: int) -> None:
+        """DeepFM's initialisation of a table, drawn for this stripe alone from a generator of its
+        own: the whole table is never built, not even to be cut."""
+        init_table_(self.weight, torch.Generator().manual_seed(seed * 1_000_003 + self.rank))
 
     def owned_rows(self) -> torch.Tensor:
         """The global ids of this worker's rows, in the order of `weight`."""
@@ -77,3 +109,43 @@ class _Exchange(torch.autograd.Function):
         # A row asked for by several workers appears once per worker: the optimizer coalesces.
         grad = torch.sparse_coo_tensor(local.unsqueeze(0), received / ctx.world, ctx.shape, check_invariants=False)
         return grad, None, None, None
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(isinstance(m, RowShardedTable) for m in model.modules())
+
+
+def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters every worker holds whole (all of them but the sharded tables' stripes)."""
+    striped = {id(m.weight) for m in model.modules() if isinstance(m, RowShardedTable)}
+    return [p for p in model.parameters() if id(p) not in striped]
+
+
+def sharded_parameter_names(model: nn.Module) -> list[str]:
+    """What DistributedDataParallel must leave alone: each worker's stripe is its own."""
+    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, RowShardedTable)]
+
+
+def stripe_file(rank: int, world: int) -> str:
+    """Where worker `rank` of `world` keeps its stripe of the table in a model directory."""
+    return f"model.table-{rank:04d}-of-{world:04d}.pt"
+
+
+def assemble(stripes: list[torch.Tensor]) -> torch.Tensor:
+    """The whole table from every worker's stripe, in rank order (for the readers of a version)."""
+    world = len(stripes)
+    table = stripes[0].new_empty(sum(len(s) for s in stripes), stripes[0].shape[1])
+    for rank, stripe in enumerate(stripes):
+        table[rank::world] = stripe
+    return table
+
+
+def in_lockstep(batches: Iterable, empty, allreduce_sum) -> Iterator:
+    """`batches`, then `empty` until every worker has run out: every lookup of a sharded table is
+    a collective, so every worker must make as many, and evaluation splits rows unevenly."""
+    remaining = iter(batches)
+    while True:
+        batch = next(remaining, None)
+        if float(allreduce_sum(torch.tensor([0.0 if batch is None else 1.0]))[0]) == 0:
+            return
+        yield empty if batch is None else batch
