@@ -183,6 +183,9 @@ class TrainConfig(_Strict):
     # The tables' optimizer (deepfm/training/optim.py): adam, lazy Adam (two vectors of state a row);
     # rowwise_adagrad, one float of state a row, for tables whose Adam state would not fit.
     embedding_optimizer: Literal["adam", "rowwise_adagrad"] = "adam"
+    # Where the tables live (deepfm/training/sharding.py): replicated, whole on every worker; sharded,
+    # each of the train.workers workers holds and updates 1/workers of the rows (backend torch).
+    embeddings: Literal["replicated", "sharded"] = "replicated"
     # The memory of one training worker, as Spark writes sizes (8g, 512m), against which the
     # embedding tables are checked before training starts (deepfm/training/memory.py). Default: the
     # memory free on this machine shared by train.workers (launcher local); no check on Spark.
@@ -232,6 +235,13 @@ class TrainConfig(_Strict):
     def _check(self) -> TrainConfig:
         if self.workers > 1 and self.backend == "none":
             raise ValueError("workers > 1 needs backend 'horovod' or 'torch'")
+        if self.embeddings == "sharded":
+            if self.backend != "torch":
+                raise ValueError("embeddings 'sharded' needs backend 'torch' (Horovod keeps tables replicated)")
+            if self.model.mixed_dim_exponent > 0:
+                raise ValueError("embeddings 'sharded' does not take model.mixed_dim_exponent > 0 yet; set it to 0")
+            if self.warm_start != "none":
+                raise ValueError("embeddings 'sharded' does not take a warm_start yet; set warm_start to none")
         if self.reader == "petastorm" and _URI.match(self.data) and not self.data.startswith(("file:", "hdfs:")):
             # Petastorm opens remote stores through s3fs/gcsfs (fsspec), which this stack does not
             # carry; the native reader reaches them through pyarrow.fs.

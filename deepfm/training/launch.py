@@ -208,7 +208,7 @@ def _check_memory(cfg: TrainConfig, data: PreprocessOutput) -> None:
     ema = resolve_regularization(cfg, data.rows("train"), cfg.workers)["ema_decay"] > 0
     centred = cfg.warm_start != "none" and cfg.warm_start_prior == "earlier"
     figures = check_tables_fit(cfg, sum(data.feature_map.vocab_sizes.values()), ema, centred)
-    log.info("embedding tables: %s rows x %s bytes = %.3f GiB per worker%s", f"{figures['table_rows']:,}",
+    log.info("embedding tables: %s rows x %g bytes = %.3f GiB per worker%s", f"{figures['table_rows']:,}",
              figures["bytes_per_row"], figures["tables_gib"],
              f" (of {figures['worker_gib']:.2f} GiB)" if "worker_gib" in figures else "")
 

@@ -33,13 +33,15 @@ class TablesTooBigError(UserError):
     """The embedding tables cannot fit in a worker's memory."""
 
 
-def bytes_per_row(cfg: TrainConfig, ema: bool, centred_prior: bool) -> dict[str, int]:
-    """A table row's bytes in one worker, part by part."""
+def bytes_per_row(cfg: TrainConfig, ema: bool, centred_prior: bool) -> dict[str, float]:
+    """A table row's bytes in one worker, part by part. Sharded, a worker holds 1/workers of the
+    rows, their optimizer state and average; the per-row counts and prior stay whole on each."""
     width = (cfg.model.embedding_dim + 1) * FLOAT
-    parts = {"table": width,
-             "optimizer_state": FLOAT if cfg.embedding_optimizer == "rowwise_adagrad" else 2 * width}
+    share = 1 / cfg.workers if cfg.embeddings == "sharded" else 1
+    parts = {"table": width * share,
+             "optimizer_state": (FLOAT if cfg.embedding_optimizer == "rowwise_adagrad" else 2 * width) * share}
     if ema:
-        parts["moving_average"] = width
+        parts["moving_average"] = width * share
     if cfg.model.count_features:
         parts["value_counts"] = FLOAT
     if cfg.embedding_l2:
@@ -60,7 +62,8 @@ def check_tables_fit(cfg: TrainConfig, rows: int, ema: bool, centred_prior: bool
     """Raise TablesTooBigError when `rows` table rows cannot fit in a worker; warn when they nearly
     fill it. Returns the figures for the log."""
     parts = bytes_per_row(cfg, ema, centred_prior)
-    per_row = sum(parts.values())
+    parts = {name: round(size, 1) for name, size in parts.items()}
+    per_row = round(sum(parts.values()), 1)
     need = rows * per_row
     if cfg.worker_memory is not None:
         have, source = parse_size(cfg.worker_memory), "train.worker_memory"
@@ -75,12 +78,14 @@ def check_tables_fit(cfg: TrainConfig, rows: int, ema: bool, centred_prior: bool
     figures["worker_gib"] = round(have / 2**30, 3)
     if need > have:
         leaner = ("" if cfg.embedding_optimizer == "rowwise_adagrad" else
-                  f"set train.embedding_optimizer=rowwise_adagrad ({per_row} -> "
-                  f"{per_row - parts['optimizer_state'] + FLOAT} bytes a row), ")
+                  f"set train.embedding_optimizer=rowwise_adagrad ({per_row:g} -> "
+                  f"{per_row - parts['optimizer_state'] + FLOAT:g} bytes a row), ")
+        sharded = ("" if cfg.embeddings == "sharded" else
+                   "set train.embeddings=sharded with backend torch to split the rows over train.workers, ")
         raise TablesTooBigError(
-            f"the embedding tables need {need / 2**30:.2f} GiB in each training worker ({rows:,} rows x {per_row} "
-            f"bytes: {', '.join(f'{k} {v}' for k, v in parts.items())}) but a worker has {have / 2**30:.2f} GiB "
-            f"({source}): {leaner}lower train.model.embedding_dim, or raise the vocabulary's min_count "
+            f"the embedding tables need {need / 2**30:.2f} GiB in each training worker ({rows:,} rows x {per_row:g} "
+            f"bytes: {', '.join(f'{k} {v:g}' for k, v in parts.items())}) but a worker has {have / 2**30:.2f} GiB "
+            f"({source}): {leaner}{sharded}lower train.model.embedding_dim, or raise the vocabulary's min_count "
             "(preprocess) to keep fewer rows")
     if need > WARN_SHARE * have:
         log.warning("the embedding tables take %.2f of %.2f GiB a training worker has (%s): little room is left "

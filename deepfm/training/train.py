@@ -45,8 +45,16 @@ from deepfm.training.model_versions import (
 )
 from deepfm.training.optim import make_optimizers
 from deepfm.training.precision import check_precision
-from deepfm.training.readers import Reader, evaluation_reader, make_reader
+from deepfm.training.readers import Batch, Reader, evaluation_reader, make_reader
 from deepfm.training.regularization import EmbeddingPrior
+from deepfm.training.sharding import (
+    TABLE_KEY,
+    RowShardedTable,
+    in_lockstep,
+    is_sharded,
+    replicated_parameters,
+    stripe_file,
+)
 from deepfm.training.warm_start import WarmStartError, check_compatible, take_over
 
 log = logging.getLogger(__name__)
@@ -138,11 +146,18 @@ def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dic
 
 
 def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run:
-    # NCCL has no sparse allreduce: on GPUs under DDP the tables use dense gradients.
-    sparse = cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda")
+    # NCCL has no sparse allreduce: on GPUs under DDP replicated tables use dense gradients. A
+    # sharded table's gradient never goes through DDP: it comes sparse, to the rows' owners.
+    sharded = cfg.embeddings == "sharded"
+    sparse = sharded or (cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda"))
     torch.manual_seed(cfg.seed)
     fmap = data.feature_map
-    raw_model = DeepFM(model_config(fmap, cfg, sparse))
+    config = model_config(fmap, cfg, sparse)
+    table = None
+    if sharded and sum(config.vocab_sizes):
+        table = RowShardedTable(sum(config.vocab_sizes), config.embedding_dim + 1)
+        table.initialize(cfg.seed)
+    raw_model = DeepFM(config, table)
     train_rows = data.rows("train")
     vocabulary = data.vocabulary
     warm = center = None
@@ -186,10 +201,10 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
     check_precision(cfg.precision, backend.device)
     run = build_run(cfg, backend, data)
     state = TrainState()
-    if resume and (out / ckpt.CHECKPOINT).is_file():
-        state = _restore(out / ckpt.CHECKPOINT, run, backend)
+    if resume and _checkpoint_to_resume(out, run, backend):
+        state = _restore(out, run, backend)
     elif backend.rank == 0:
-        _fresh_output(out)
+        _fresh_output(out, backend.world)
     backend.barrier()
 
     reader = make_reader(cfg.reader, data.split("train"), fmap, cfg.batch_size, rank=backend.rank, world=backend.world,
@@ -211,13 +226,13 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
             log.info("epoch %d: train loss %.4f, valid AUC %.4f logloss %.4f, %.0f samples/s%s",
                      state.epoch, train_loss, valid["auc"], valid["logloss"], samples / max(seconds, 1e-9),
                      " (best)" if improved else "")
-            if improved:
-                ckpt.save_torch(run.evaluated.state_dict(), out / WEIGHTS)
-            _save_checkpoint(out, run, state)
+        if improved:
+            _save_weights(run.evaluated, out, backend)
+        _save_checkpoint(out, run, state, backend)
         backend.barrier()
         stopped = stop_after_epoch is not None and bool(stop_after_epoch(state.epoch - 1, valid))
 
-    run.raw_model.load_state_dict(ckpt.load_torch(out / WEIGHTS, backend.device))
+    _load_weights(run.raw_model, out, backend)
     test = evaluate(run.raw_model, data.split("test"), fmap, cfg.eval_batch_size, backend)
     result = TrainingResult(
         valid_auc_best=state.best_criterion if state.monitor == "auc" else math.nan,
@@ -225,9 +240,12 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
         history=state.history, workers=backend.world, regularization=run.regularization,
         replica_fingerprints=state.replica_fingerprints, warm_start=run.warm_start)
     if backend.rank == 0:
-        write_model_version(out, run.raw_model, data, cfg.model_dump(mode="json"), result)
+        write_model_version(out, run.raw_model, data, cfg.model_dump(mode="json"), result,
+                            table_stripes=backend.world if is_sharded(run.raw_model) else 0)
         plot_training_curves(result.history, out / CURVES)
         log.info("test AUC %.4f logloss %.4f; model in %s", test["auc"], test["logloss"], out)
+    elif is_sharded(run.raw_model):  # rank 0's checkpoint goes when the version is committed
+        (out / _checkpoint_file(backend.rank)).unlink()
     return result
 
 
@@ -280,8 +298,8 @@ def _train_epoch(cfg: TrainConfig, run: Run, reader: Reader, backend: Backend,
         state.step_in_epoch = step + 1
         state.global_step += 1
         progress.update(float(totals[0] / totals[1]), int(totals[1]))
-        if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0 and backend.rank == 0:
-            _save_checkpoint(Location.of(cfg.output), run, state)
+        if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
+            _save_checkpoint(Location.of(cfg.output), run, state, backend)
     progress.close()
     return loss_sum / max(rows, 1), time.perf_counter() - start, rows
 
@@ -290,8 +308,9 @@ def _train_epoch(cfg: TrainConfig, run: Run, reader: Reader, backend: Backend,
 def check_replicas_identical(model: DeepFM, backend: Backend, epoch: int) -> list[list[float]]:
     """Every rank's (sum, sum of squares) of the trained weights, in float64, which data-parallel
     training keeps bit-identical: the ranks see different rows, so without a working gradient
-    exchange they would differ after the first step. Raises when they do."""
-    weights = [p.detach().double() for p in model.parameters()]
+    exchange they would differ after the first step. Raises when they do. A sharded table's
+    stripes differ by design and are left out."""
+    weights = [p.detach().double() for p in replicated_parameters(model)]
     mine = torch.stack([sum(w.sum() for w in weights), sum((w * w).sum() for w in weights)])
     every = backend.allgather(mine).cpu().reshape(backend.world, 2)
     if not bool((every == every[0]).all()):
@@ -334,29 +353,76 @@ def predict(model: DeepFM, reader) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(model: DeepFM, split_dir: Where, fmap: FeatureMap, batch_size: int, backend: Backend) -> dict:
     """Exact metrics over every row of the split: each rank predicts its share, all gather."""
-    labels, probs = predict(model, evaluation_reader(split_dir, fmap, batch_size, backend.rank, backend.world))
+    batches = evaluation_reader(split_dir, fmap, batch_size, backend.rank, backend.world)
+    if is_sharded(model):
+        nothing = Batch(torch.zeros(0, len(fmap.categorical), dtype=torch.int32), torch.zeros(0, len(fmap.dense)),
+                        torch.zeros(0))
+        batches = in_lockstep(batches, nothing, backend.allreduce_sum)
+    labels, probs = predict(model, batches)
     labels = backend.allgather(torch.from_numpy(labels)).numpy()
     probs = backend.allgather(torch.from_numpy(probs)).numpy()
     return binary_metrics(labels, probs)
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def _fresh_output(out: Location) -> None:
-    for name in (ckpt.CHECKPOINT, WEIGHTS, METRICS):
+# Replicated, rank 0 writes the weights and the checkpoint for all. Sharded, every rank holds rows
+# no other has: each writes its stripe of the weights and a checkpoint of its own, and rank 0's
+# weights file holds everything but the table.
+def _checkpoint_file(rank: int) -> str:
+    return ckpt.CHECKPOINT if rank == 0 else f"checkpoint.rank{rank}.pt"
+
+
+def _fresh_output(out: Location, world: int) -> None:
+    stale = [_checkpoint_file(rank) for rank in range(world)] + [stripe_file(rank, world) for rank in range(world)]
+    for name in (*stale, WEIGHTS, METRICS):
         (out / name).unlink()
     out.mkdir()
 
 
-def _save_checkpoint(out: Location, run: Run, state: TrainState) -> None:
-    ckpt.save_checkpoint(out / ckpt.CHECKPOINT, run.raw_model, run.optimizers, run.schedulers, state.__dict__,
-                         run.averaged)
+def _save_weights(model: DeepFM, out: Location, backend: Backend) -> None:
+    state = model.state_dict()
+    if is_sharded(model):
+        ckpt.save_torch(state.pop(TABLE_KEY), out / stripe_file(backend.rank, backend.world))
+    if backend.rank == 0:
+        ckpt.save_torch(state, out / WEIGHTS)
 
 
-def _restore(path: Location, run: Run, backend: Backend) -> TrainState:
+def _load_weights(model: DeepFM, out: Location, backend: Backend) -> None:
+    state = ckpt.load_torch(out / WEIGHTS, backend.device)
+    if is_sharded(model):
+        state[TABLE_KEY] = ckpt.load_torch(out / stripe_file(backend.rank, backend.world), backend.device)
+    model.load_state_dict(state)
+
+
+def _save_checkpoint(out: Location, run: Run, state: TrainState, backend: Backend) -> None:
+    if backend.rank == 0 or is_sharded(run.raw_model):
+        ckpt.save_checkpoint(out / _checkpoint_file(backend.rank), run.raw_model, run.optimizers, run.schedulers,
+                             state.__dict__, run.averaged)
+
+
+def _checkpoint_to_resume(out: Location, run: Run, backend: Backend) -> bool:
+    """Whether there is a checkpoint to resume from; sharded, every rank must have its own."""
+    if not is_sharded(run.raw_model):
+        return (out / ckpt.CHECKPOINT).is_file()
+    mine = (out / _checkpoint_file(backend.rank)).is_file()
+    ranks_with_one = int(backend.allreduce_sum(torch.tensor([float(mine)]))[0])
+    if 0 < ranks_with_one < backend.world:
+        raise UserError(f"{out} holds the checkpoints of {ranks_with_one} of the {backend.world} workers of a sharded "
+                        "run (train.workers changed, or a run was killed while writing them): run without --resume "
+                        "to train from scratch")
+    return ranks_with_one == backend.world
+
+
+def _restore(out: Location, run: Run, backend: Backend) -> TrainState:
+    path = out / (_checkpoint_file(backend.rank) if is_sharded(run.raw_model) else ckpt.CHECKPOINT)
     saved = ckpt.restore_checkpoint(path, run.raw_model, run.optimizers, run.schedulers, run.averaged, backend.device)
     if "best_auc" in saved:  # a checkpoint written before the name said what it holds
         saved["best_criterion"] = saved.pop("best_auc")
     state = TrainState(**saved)
+    steps = backend.allgather(torch.tensor([float(state.global_step)]))
+    if not bool((steps == steps[0]).all()):
+        raise UserError(f"the workers' checkpoints in {out} are from different steps ({steps.int().tolist()}): a run "
+                        "was killed while writing them; run without --resume to train from scratch")
     if backend.rank == 0:
         log.info("resumed from %s at epoch %d step %d", path, state.epoch, state.step_in_epoch)
     return state
