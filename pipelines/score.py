@@ -165,7 +165,7 @@ def _arrow_parses(cfg: Config, engines: features.Engines) -> bool:
 
 def _scorer(spark: SparkSession, model: ModelVersion, keep: list[str], threads: int, device: str,
             vocabulary: Broadcast | None) -> ArrowScorer:
-    weights = spark.sparkContext.broadcast(model.weights.read_bytes())
+    weights = spark.sparkContext.broadcast(model.weights_bytes())
     fmap = model.feature_map
     return ArrowScorer(
         weights_digest=model.weights_digest,

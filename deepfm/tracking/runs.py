@@ -225,7 +225,7 @@ def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date:
     import mlflow
 
     from deepfm.serving.pyfunc import MODEL_ARTIFACT, input_example, signature
-    from deepfm.training.model_versions import CURVES, METRICS, MODEL_CONFIG, VOCABULARY, WEIGHTS, open_model_version
+    from deepfm.training.model_versions import CURVES, METRICS, MODEL_CONFIG, VOCABULARY, open_model_version
 
     start = time.perf_counter()
     _client(tracking)  # creates the experiment where the configuration says
@@ -252,7 +252,7 @@ def _log_training(tracking: TrackingConfig, cfg: Config, version: str, run_date:
         with _local_copy(model.path, (METRICS, MODEL_CONFIG, CURVES)) as local:
             mlflow.log_artifacts(str(local), "training")
         if tracking.log_model:
-            with _local_copy(model.path, (WEIGHTS, MODEL_CONFIG, VOCABULARY)) as local:
+            with _local_copy(model.path, (*(f.name for f in model.weight_files), MODEL_CONFIG, VOCABULARY)) as local:
                 mlflow.pyfunc.log_model(
                     name=PYFUNC, python_model=str(_MODEL_SCRIPT), artifacts={MODEL_ARTIFACT: str(local)},
                     signature=signature(model.feature_map), input_example=input_example(model.feature_map, local),

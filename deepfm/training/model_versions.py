@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from deepfm.storage.commit import swap_into_place
 from deepfm.storage.files import ARROW_FILES
 from deepfm.storage.location import Location, Where
 from deepfm.training import checkpoint as ckpt
+from deepfm.training.sharding import TABLE_KEY, assemble, stripe_file
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,9 @@ class ModelVersion:
     vocab_fingerprint: str
     weights_digest: str  # content hash of the weights: two models with equal digests score identically
     train_config: dict[str, Any]  # the training config that trained it (even when the run was resumed)
+    # Trained with sharded tables: the table is in this many stripe files beside the weights
+    # (deepfm/training/sharding.py), which hold everything else. 0: the weights hold it all.
+    table_stripes: int = 0
 
     @property
     def name(self) -> str:
@@ -158,6 +163,26 @@ class ModelVersion:
     def vocabulary(self) -> Location:
         return self.path / VOCABULARY
 
+    @property
+    def weight_files(self) -> list[Location]:
+        """Every file of the weights: the weights and the table's stripes, if any."""
+        return [self.weights, *(self.path / stripe_file(r, self.table_stripes) for r in range(self.table_stripes))]
+
+    def state_dict(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The whole model's weights, the table put together from its stripes where it has them."""
+        state = ckpt.load_torch(self.weights, device)
+        if self.table_stripes:
+            state[TABLE_KEY] = assemble([ckpt.load_torch(f, device) for f in self.weight_files[1:]])
+        return state
+
+    def weights_bytes(self) -> bytes:
+        """The whole model's weights as one `torch.save` file, for the readers that take bytes."""
+        if not self.table_stripes:
+            return self.weights.read_bytes()
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        return buffer.getvalue()
+
     def load(self, device: str | torch.device = "cpu") -> DeepFM:
         """The model in eval mode, weights loaded with weights_only=True.
 
@@ -166,7 +191,7 @@ class ModelVersion:
         """
         model = DeepFM(self.config)
         try:
-            model.load_state_dict(ckpt.load_torch(self.weights, device))
+            model.load_state_dict(self.state_dict(device))
         except pickle.UnpicklingError:
             # torch's message advises weights_only=False, which would run whatever code the file holds.
             raise ModelVersionError(f"{self.weights} holds objects other than tensors and was refused (loading it "
@@ -206,13 +231,22 @@ def _read_version(path: Location) -> ModelVersion:
     except (ValueError, KeyError, TypeError) as err:
         raise ModelVersionError(f"{path / MODEL_CONFIG} is unreadable: {err!r}") from err
     fmap.check_transforms(path / MODEL_CONFIG)
-    return ModelVersion(path, config, fmap, fingerprint, _file_hash(path / WEIGHTS)[:16], meta["train"])
+    stripes = int(meta.get("table_stripes", 0))
+    version = ModelVersion(path, config, fmap, fingerprint, "", meta["train"], stripes)
+    missing = [f for f in version.weight_files if not f.is_file()]
+    if missing:
+        raise ModelVersionError(f"{missing[0]} is missing: {path} is not a complete model directory")
+    digest = _file_hash(path / WEIGHTS)
+    if stripes:
+        digest = hashlib.sha256("".join(_file_hash(f) for f in version.weight_files).encode()).hexdigest()
+    return replace(version, weights_digest=digest[:16])
 
 
 def write_model_version(out: Location, model: DeepFM, data: PreprocessOutput, train_config: dict[str, Any],
-                        result: TrainingResult) -> None:
+                        result: TrainingResult, table_stripes: int = 0) -> None:
     """Rank 0 writes everything but the weights (saved as training improves) and the curves."""
     ckpt.save_json({
+        **({"table_stripes": table_stripes} if table_stripes else {}),
         "model": model.config.to_dict(),
         "feature_map": data.feature_map.to_dict(),
         "vocab_fingerprint": data.vocab_fingerprint,

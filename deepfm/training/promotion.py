@@ -148,7 +148,7 @@ def _sample(holdout: Location, max_rows: int) -> pa.Table:
 def _scores(version: ModelVersion, rows: pa.Table) -> np.ndarray:
     """The model's probabilities on raw rows, encoded with its own vocabulary: the score job's code."""
     fmap = version.feature_map
-    weights = version.weights.read_bytes()
+    weights = version.weights_bytes()
     with version.vocabulary.open() as f:
         vocabulary = vocabulary_to_bytes(pq.read_table(f))
     scorer = ArrowScorer(weights_digest=version.weights_digest, model_config=version.config.to_dict(),

@@ -31,7 +31,6 @@ from deepfm.features.feature_map import FIRST_VALUE_ID, FeatureField, FeatureMap
 from deepfm.features.vocabulary import table_offsets, token_rows
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.storage.location import Where
-from deepfm.training import checkpoint as ckpt
 from deepfm.training.model_versions import ModelRoot, ModelVersion, open_model_version
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
     """Initialise `model` (built fresh for this feature map) from `source`. Returns what was taken
     over, and the table's prior centre: each taken-over row as taken over, zero for the others
     (deepfm/training/regularization.py)."""
-    weights = ckpt.load_torch(source.weights, "cpu")
+    weights = source.state_dict("cpu")
     state = model.state_dict()
     for key, value in weights.items():
         if key != TABLE and key not in FROM_VOCABULARY:
