@@ -152,11 +152,12 @@ def _test_auc(model, data) -> float:
     return evaluate(model, data / "test", PreprocessOutput.open(data).feature_map, 4096, make_backend("none"))["auc"]
 
 
-def _kill_when_checkpointed(cmd, checkpoint: Path) -> dict:
+def _kill_when_checkpointed(cmd, checkpoint: Path, also: Path | None = None) -> dict:
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    written = [checkpoint] + ([also] if also else [])
+    while not all(p.exists() for p in written) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -286,3 +286,21 @@ def test_the_row_key_a_data_set_declares_is_kept_by_default(spark, trained, tmp_
     first = (trained["logs"] / "part-0.tsv").read_text().splitlines()[0].split("\t")
     row = next(r for r in table.to_pylist() if r["row_id"] == int(first[0]))
     assert row["C9"] == (first[3 + 13 + 8] or None)  # raw, not its encoded id
+
+
+def test_a_sharded_version_trained_on_spark_scores_equal_to_in_process(spark, trained, tmp_path):
+    """Sharded tables under the Spark launcher (2 barrier tasks): the version's stripes, put together,
+    score raw logs in the Spark job exactly as the eager model scores the training encodings."""
+    sharded = run_training(TrainConfig.model_validate({
+        "data": str(trained["root"] / "prep"), "output": str(tmp_path / "model"), "epochs": 1, "batch_size": 256,
+        "model": {"embedding_dim": 8, "hidden": [32, 16]}, "threads": 1, "backend": "torch", "workers": 2,
+        "launcher": "spark", "embeddings": "sharded"}))
+    assert open_model_version(sharded.model).table_stripes == 2
+    cfg = _score_cfg(trained, model=sharded.model, output=str(tmp_path / "scores"))
+    table = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
+    spark_scores = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
+    shards = pa.concat_tables(pq.read_table(trained["root"] / "prep" / split) for split in ("train", "valid", "test"))
+    expected = in_process_probabilities(Path(sharded.model), shards)
+    got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
+    assert len(got) == 10_000 and np.abs(got - expected).max() < 1e-5
+    assert set(table["model_digest"].to_pylist()) == {open_model_version(sharded.model).weights_digest}
