@@ -10,16 +10,20 @@ rows is what a row costs, free of the interpreter's, torch's and the MLP's fixed
     bytes_per_row = (peak(R_big) - peak(R_small)) / (R_big - R_small)
 
 Cases (train.embedding_optimizer): `adam`, lazy Adam (two moment vectors a row); `rowwise_adagrad`,
-one float a row. `ratio_to_adam` is Adam's bytes per row over the case's: how many more rows fit.
-`bytes_per_row_estimated` is what the driver's memory check (deepfm/training/memory.py) assumes.
+one float a row; `sharded_adam` and `sharded_rowwise_adagrad`, the same with train.embeddings=sharded
+over 2 gloo workers (deepfm/training/sharding.py), each drawing its own batches: the figure is the
+larger of the two workers' peaks. `ratio_to_adam` is replicated Adam's bytes per row over the case's:
+how many more rows fit in a worker. `bytes_per_row_estimated` is what the driver's memory check
+(deepfm/training/memory.py) assumes.
 
-    python bench/bench_memory.py [--rows 1000000 8000000] [--steps 200] [--cases adam rowwise_adagrad]
+    python bench/bench_memory.py [--rows 1000000 8000000] [--steps 200] [--cases adam rowwise_adagrad ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-CASES = ("adam", "rowwise_adagrad")
+CASES = ("adam", "rowwise_adagrad", "sharded_adam", "sharded_rowwise_adagrad")
+SHARDED_WORKERS = 2
 EMBEDDING_DIM = 16
 SMALL_FIELDS = (1_000, 100, 10)
 
@@ -43,15 +48,22 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
     from deepfm.training.distributed import make_backend
     from deepfm.training.optim import make_optimizers
     from deepfm.training.readers import Batch
+    from deepfm.training.sharding import RowShardedTable
     from deepfm.training.train import train_step
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     vocab = (rows, *SMALL_FIELDS)
-    raw = DeepFM(DeepFMConfig(vocab_sizes=vocab, embedding_dim=EMBEDDING_DIM, hidden=(64, 64), sparse_embeddings=True))
-    backend = make_backend("none", "cpu")
-    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, case))
-    generator = torch.Generator().manual_seed(0)
+    config = DeepFMConfig(vocab_sizes=vocab, embedding_dim=EMBEDDING_DIM, hidden=(64, 64), sparse_embeddings=True)
+    sharded = case.startswith("sharded_")
+    backend = make_backend("torch" if sharded else "none", "cpu")
+    table = None
+    if sharded:  # as deepfm/training/train.py's build_run makes it
+        table = RowShardedTable(sum(vocab), EMBEDDING_DIM + 1)
+        table.initialize(0)
+    raw = DeepFM(config, table)
+    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, case.removeprefix("sharded_")))
+    generator = torch.Generator().manual_seed(backend.rank)
     start = time.perf_counter()
     for _ in range(steps):
         ids = torch.stack([torch.randint(0, size, (batch_size,), generator=generator) for size in vocab], 1)
@@ -61,13 +73,26 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
             opt.step()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    backend.close()
     return {"case": case, "rows": rows, "peak_rss_bytes": peak, "steps_per_s": round(steps / seconds, 2)}
 
 
 def measure(case: str, rows: int, steps: int, batch_size: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", case, str(rows), str(steps), str(batch_size)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """The case in fresh processes: one, or one per worker of a sharded run (the largest peak)."""
+    from deepfm.training.launch import free_port
+
+    world = SHARDED_WORKERS if case.startswith("sharded_") else 1
+    port = str(free_port())
+    workers = [subprocess.Popen([sys.executable, __file__, "--child", case, str(rows), str(steps), str(batch_size)],
+                                stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                                     "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+               for rank in range(world)]
+    outputs = [w.communicate()[0] for w in workers]
+    if any(w.returncode for w in workers):
+        raise SystemExit(f"bench_memory: case {case} at {rows} rows failed")
+    figures = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    return max(figures, key=lambda f: f["peak_rss_bytes"])
 
 
 def main() -> None:
@@ -93,8 +118,10 @@ def main() -> None:
     for case in args.cases:
         low, high = measure(case, small, args.steps, args.batch_size), measure(case, big, args.steps, args.batch_size)
         # What the driver's check (deepfm/training/memory.py) assumes for the same parts
-        assumed = TrainConfig(data="-", output="-", embedding_optimizer=case, embedding_l2=0,
-                              model={"embedding_dim": EMBEDDING_DIM})
+        sharded = case.startswith("sharded_")
+        assumed = TrainConfig(data="-", output="-", embedding_optimizer=case.removeprefix("sharded_"), embedding_l2=0,
+                              model={"embedding_dim": EMBEDDING_DIM}, embeddings="sharded" if sharded else "replicated",
+                              backend="torch", workers=SHARDED_WORKERS if sharded else 1)
         results[case] = {
             "bytes_per_row": round((high["peak_rss_bytes"] - low["peak_rss_bytes"]) / (big - small), 1),
             "bytes_per_row_estimated": sum(bytes_per_row(assumed, ema=False, centred_prior=False).values()),
