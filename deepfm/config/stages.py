@@ -240,8 +240,6 @@ class TrainConfig(_Strict):
                 raise ValueError("embeddings 'sharded' needs backend 'torch' (Horovod keeps tables replicated)")
             if self.model.mixed_dim_exponent > 0:
                 raise ValueError("embeddings 'sharded' does not take model.mixed_dim_exponent > 0 yet; set it to 0")
-            if self.warm_start != "none":
-                raise ValueError("embeddings 'sharded' does not take a warm_start yet; set warm_start to none")
         if self.reader == "petastorm" and _URI.match(self.data) and not self.data.startswith(("file:", "hdfs:")):
             # Petastorm opens remote stores through s3fs/gcsfs (fsspec), which this stack does not
             # carry; the native reader reaches them through pyarrow.fs.

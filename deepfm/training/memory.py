@@ -35,7 +35,8 @@ class TablesTooBigError(UserError):
 
 def bytes_per_row(cfg: TrainConfig, ema: bool, centred_prior: bool) -> dict[str, float]:
     """A table row's bytes in one worker, part by part. Sharded, a worker holds 1/workers of the
-    rows, their optimizer state and average; the per-row counts and prior stay whole on each."""
+    rows, their optimizer state, average and prior centres; the per-row counts and prior strengths
+    stay whole on each."""
     width = (cfg.model.embedding_dim + 1) * FLOAT
     share = 1 / cfg.workers if cfg.embeddings == "sharded" else 1
     parts = {"table": width * share,
@@ -45,7 +46,7 @@ def bytes_per_row(cfg: TrainConfig, ema: bool, centred_prior: bool) -> dict[str,
     if cfg.model.count_features:
         parts["value_counts"] = FLOAT
     if cfg.embedding_l2:
-        parts["prior"] = FLOAT + (width if centred_prior else 0)
+        parts["prior"] = FLOAT + (width * share if centred_prior else 0)
     return parts
 
 

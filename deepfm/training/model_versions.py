@@ -175,6 +175,21 @@ class ModelVersion:
             state[TABLE_KEY] = assemble([ckpt.load_torch(f, device) for f in self.weight_files[1:]])
         return state
 
+    def weights_and_table_rows(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every weight but the table, and the table's `rows` alone (a warm start's), reading a
+        sharded version's stripes one at a time, so that the whole table is never in memory."""
+        state = ckpt.load_torch(self.weights, "cpu")
+        if not self.table_stripes:
+            return state, state.pop(TABLE_KEY)[rows]
+        picked = None
+        for stripe_index, path in enumerate(self.weight_files[1:]):
+            stripe = ckpt.load_torch(path, "cpu")
+            if picked is None:
+                picked = stripe.new_empty(len(rows), stripe.shape[1])
+            here = rows % self.table_stripes == stripe_index
+            picked[here] = stripe[rows[here] // self.table_stripes]
+        return state, picked
+
     def weights_bytes(self) -> bytes:
         """The whole model's weights as one `torch.save` file, for the readers that take bytes."""
         if not self.table_stripes:

@@ -35,11 +35,13 @@ from deepfm.storage.location import Where
 
 class EmbeddingPrior:
     def __init__(self, inverse_counts: torch.Tensor, strength: float, rarity_exponent: float = 0.0,
-                 center: torch.Tensor | None = None) -> None:
+                 center: torch.Tensor | torch.nn.Module | None = None) -> None:
         self.inverse_counts = inverse_counts  # [total rows of the table], times the rarity factor
         self.strength = strength
         self.rarity_exponent = rarity_exponent
-        self.center = center  # [total rows, D + 1]: each row's prior mean (None: zero)
+        # each row's prior mean (None: zero): [total rows, D + 1], or for a sharded table a
+        # RowShardedTable of them (deepfm/training/sharding.py)
+        self.center = center
 
     def describe(self, train_rows: int) -> dict[str, float]:
         """The prior, in training rows, that values of a few frequencies pay: what it amounts to on this data."""
@@ -51,7 +53,7 @@ class EmbeddingPrior:
     @classmethod
     def from_vocabulary(cls, vocabulary: Where, fmap: FeatureMap, train_rows: int, strength: float,
                         device: torch.device, rarity_exponent: float = 0.0,
-                        center: torch.Tensor | None = None) -> EmbeddingPrior:
+                        center: torch.Tensor | torch.nn.Module | None = None) -> EmbeddingPrior:
         counted = row_counts(vocabulary, fmap)
         counts = np.where(np.isnan(counted), float(max(train_rows, 1)), np.maximum(counted, 1))
         rarity = _rarity(train_rows, counts, rarity_exponent)
@@ -64,8 +66,13 @@ class EmbeddingPrior:
         unique, occurrences = torch.unique(rows, return_counts=True)
         weight = occurrences * self.inverse_counts[unique]
         rows_now = model.embeddings.table(unique)
-        offset = rows_now if self.center is None else rows_now - self.center[unique]
+        offset = rows_now if self.center is None else rows_now - self._center_rows(unique)
         return self.strength * (weight * offset.pow(2).sum(1)).sum() / len(ids)
+
+
+    def _center_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        # A sharded table's centres are sharded alike, and looked up as its rows are.
+        return self.center(rows) if isinstance(self.center, torch.nn.Module) else self.center[rows]
 
 
 def _rarity(train_rows: int, counts: np.ndarray | float, exponent: float) -> np.ndarray | float:

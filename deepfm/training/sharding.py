@@ -65,6 +65,13 @@ class RowShardedTable(nn.Module):
         own: the whole table is never built, not even to be cut."""
         init_table_(self.weight, torch.Generator().manual_seed(seed * 1_000_003 + self.rank))
 
+    def holding(self, stripe: torch.Tensor) -> RowShardedTable:
+        """A table of the same rows and workers whose stripe is `stripe`, not trained: a lookup by
+        global id of other values kept per row (the prior's centres, deepfm/training/regularization.py)."""
+        other = RowShardedTable(self.rows, stripe.shape[1], self.group)
+        other.weight = nn.Parameter(stripe, requires_grad=False)
+        return other
+
     def owned_rows(self) -> torch.Tensor:
         """The global ids of this worker's rows, in the order of `weight`."""
         return torch.arange(self.rank, self.rows, self.world)

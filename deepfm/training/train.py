@@ -168,6 +168,8 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
         source = open_model_version(cfg.warm_start)
         check_compatible(source, raw_model.config, fmap)
         warm, center = take_over(raw_model, fmap, vocabulary, source)
+        if table is not None:
+            center = table.holding(center)
     if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
         raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)

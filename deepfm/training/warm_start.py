@@ -32,10 +32,10 @@ from deepfm.features.vocabulary import table_offsets, token_rows
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.storage.location import Where
 from deepfm.training.model_versions import ModelRoot, ModelVersion, open_model_version
+from deepfm.training.sharding import TABLE_KEY, RowShardedTable
 
 log = logging.getLogger(__name__)
 
-TABLE = "embeddings.table.weight"
 # Decided anew from this run's vocabulary (DeepFM.set_value_counts), never taken over.
 FROM_VOCABULARY = ("embeddings.row_dims", "log_frequencies")
 # Model settings that may differ between the two: they change how a model trains or computes, not
@@ -139,21 +139,25 @@ def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
               source: ModelVersion) -> tuple[dict[str, Any], torch.Tensor | None]:
     """Initialise `model` (built fresh for this feature map) from `source`. Returns what was taken
     over, and the table's prior centre: each taken-over row as taken over, zero for the others
-    (deepfm/training/regularization.py)."""
-    weights = source.state_dict("cpu")
+    (deepfm/training/regularization.py); of a sharded table, this worker's stripe of both."""
+    table = model.embeddings.table
+    match = match_rows(fmap, vocabulary, source) if table is not None else None
+    rows, from_rows = (torch.from_numpy(match.rows), torch.from_numpy(match.from_rows)) if match else (None, None)
+    if isinstance(table, RowShardedTable):  # this worker's rows only, at their places in its stripe
+        owned = rows % table.world == table.rank
+        rows, from_rows = rows[owned] // table.world, from_rows[owned]
+    weights, taken = source.weights_and_table_rows(from_rows if match else torch.zeros(0, dtype=torch.long))
     state = model.state_dict()
     for key, value in weights.items():
-        if key != TABLE and key not in FROM_VOCABULARY:
+        if key != TABLE_KEY and key not in FROM_VOCABULARY:
             state[key].copy_(value)
     summary: dict[str, Any] = {"from": str(source.path), "version": source.name,
                                "weights_digest": source.weights_digest}
     center = None
-    if model.embeddings.table is not None:
-        match = match_rows(fmap, vocabulary, source)
-        table = model.embeddings.table.weight
-        table[torch.from_numpy(match.rows)] = weights[TABLE][torch.from_numpy(match.from_rows)].to(table.dtype)
-        center = torch.zeros_like(table)
-        center[torch.from_numpy(match.rows)] = table[torch.from_numpy(match.rows)]
+    if match is not None:
+        table.weight[rows] = taken.to(table.weight.dtype)
+        center = torch.zeros_like(table.weight)
+        center[rows] = table.weight[rows]
         totals = {k: sum(v[k] for v in match.fields.values()) for k in ("taken_over", "new", "dropped")}
         summary.update({"rows": totals, "fields": match.fields})
         log.info("warm start from %s: %d embedding rows taken over, %d new, %d dropped", source.path,

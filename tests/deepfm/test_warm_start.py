@@ -11,8 +11,9 @@ from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.model import DeepFM
 from deepfm.training.launch import run_training
 from deepfm.training.model_versions import ModelRoot, open_model_version
+from deepfm.training.sharding import TABLE_KEY
 from deepfm.training.train import model_config
-from deepfm.training.warm_start import TABLE, WarmStartError, take_over
+from deepfm.training.warm_start import WarmStartError, take_over
 from pipelines.preprocess import run_preprocess
 from tests.conftest import CRITEO_COLUMNS, criteo_dataset, make_config
 
@@ -60,7 +61,8 @@ def test_rows_of_shared_tokens_are_taken_over_new_ones_initialised_gone_ones_dro
     summary, _ = take_over(model, fmap, data.vocabulary, previous)
 
     old_weights = torch.load(previous.weights.local_path, weights_only=True)
-    old_table, new_table, fresh_table = old_weights[TABLE], model.embeddings.table.weight, fresh.embeddings.table.weight
+    old_table, new_table = old_weights[TABLE_KEY], model.embeddings.table.weight
+    fresh_table = fresh.embeddings.table.weight
     offsets_old = dict(zip([f.name for f in previous.feature_map.categorical],
                            np.cumsum([0, *[f.vocab_size for f in previous.feature_map.categorical][:-1]]), strict=True))
     offsets_new = dict(zip([f.name for f in fmap.categorical],
@@ -88,7 +90,7 @@ def test_rows_of_shared_tokens_are_taken_over_new_ones_initialised_gone_ones_dro
     hashed = slice(offsets_new["C3"], offsets_new["C3"] + 66)  # 64 buckets after missing and OOV
     assert torch.equal(new_table[hashed], old_table[offsets_old["C3"]:offsets_old["C3"] + 66])
     for key, value in old_weights.items():  # every dense weight, copied
-        if key != TABLE:
+        if key != TABLE_KEY:
             assert torch.equal(model.state_dict()[key], value), key
 
 
@@ -143,3 +145,53 @@ def test_values_the_serving_model_knows_are_kept_when_seen_at_all(days, spark, t
     rare = c4[c4["count"] < 50]
     assert len(rare) > 10 and set(rare.token) <= set(known)  # below min_count, kept because the model knows them
     assert (c4["count"] >= 1).all()  # a known value is kept only when this data has it
+
+
+def _sharded_take_over(rank: int, port: int, data: str, source: str, out: str) -> None:
+    """One of 2 gloo workers: its stripe of a sharded table warm-started from `source`."""
+    import os
+
+    import torch.distributed as dist
+
+    from deepfm.training.sharding import RowShardedTable
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo")
+    prep = PreprocessOutput.open(data)
+    config = model_config(prep.feature_map, _cfg(data, out), sparse=True)
+    table = RowShardedTable(sum(config.vocab_sizes), config.embedding_dim + 1)
+    table.initialize(0)
+    summary, center = take_over(DeepFM(config, table), prep.feature_map, prep.vocabulary, open_model_version(source))
+    torch.save({"stripe": table.weight.detach(), "center": center, "summary": summary}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_a_sharded_table_takes_over_each_workers_rows_from_a_sharded_version(days, tmp_path):
+    """Day 1 trained sharded; day 2's sharded table takes over, worker by worker, exactly the rows a
+    whole table takes over (read from the stripes one at a time); then day 2 trains from them."""
+    import torch.multiprocessing as mp
+
+    from deepfm.training.launch import free_port
+
+    day1, day2 = days
+    root = ModelRoot.of(tmp_path / "models")
+    sharded = {"backend": "torch", "workers": 2, "embeddings": "sharded"}
+    previous = open_model_version(run_training(_cfg(day1, root.path, **sharded), run_date="2026-11-01").model)
+    assert previous.table_stripes == 2
+    data = PreprocessOutput.open(day2)
+    whole = DeepFM(model_config(data.feature_map, _cfg(day2, root.path), sparse=True))
+    summary, center = take_over(whole, data.feature_map, data.vocabulary, previous)
+    out = str(tmp_path / "stripes")
+    mp.spawn(_sharded_take_over, args=(free_port(), str(day2), str(previous.path), out), nprocs=2)
+    taken = center.abs().sum(1) > 0  # the rows taken over (a fresh row's centre is zero)
+    assert 0 < int(taken.sum()) < len(taken)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=False)
+        mine = taken[rank::2]
+        assert torch.equal(got["stripe"][mine], whole.embeddings.table.weight.detach()[rank::2][mine])
+        assert torch.equal(got["center"], center[rank::2])
+        assert got["summary"] == summary
+    # and the day trains on, warm-started, as a daily run does
+    second = run_training(_cfg(day2, root.path, warm_start="latest", **sharded), run_date="2026-11-02")
+    assert root.record("2026-11-02").warm_start["rows"]["taken_over"] == summary["rows"]["taken_over"]
+    assert 0.55 < second.result.test["auc"] < 0.9
