@@ -11,9 +11,12 @@ Targets: model AUC within 0.005 of the true-probability AUC; 2 workers within 0.
 in 1M rows; target: within 0.05 of its AUC), and --defaults trains with the train: defaults of
 conf/base.yaml instead of this benchmark's settings.
 --bf16 adds the 1-worker run with train.precision bf16 (target: within 0.002 of fp32).
+--sharded trains 2 workers with replicated and with sharded tables (train.embeddings) instead, the
+same seed and settings (target: within 0.001 of replicated).
 --preprocess-set and --train-set measure a lever: the same generated rows re-preprocessed, or trained,
 with one setting changed (e.g. --preprocess-set preprocess.vocab.oov_buckets=1000).
     python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit] [--one-worker] [--bf16]
+                                      [--sharded]
                                       [--teacher head|long_tail] [--defaults]
                                       [--preprocess-set KEY=VALUE ...] [--train-set KEY=VALUE ...]
 """
@@ -81,14 +84,16 @@ def true_auc(data: Path) -> float:
 
 
 def train(data: Path, out: Path, workers: int, backend: str, precision: str = "fp32",
-          training: dict | None = None) -> dict:
+          training: dict | None = None, embeddings: str = "replicated") -> dict:
     cfg = TrainConfig.model_validate({
         **(TRAINING if training is None else training), "data": str(data), "output": str(out), "workers": workers,
         "backend": backend if workers > 1 else "none", "batch_size": GLOBAL_BATCH // workers, "precision": precision,
+        "embeddings": embeddings,
     })
     result = run_training(cfg).result
-    return {"workers": workers, "precision": precision, "test_auc": round(result.test["auc"], 4),
-            "test_logloss": round(result.test["logloss"], 4), "epochs": result.epochs,
+    return {"workers": workers, "precision": precision, "embeddings": embeddings,
+            "test_auc": round(result.test["auc"], 4), "test_logloss": round(result.test["logloss"], 4),
+            "epochs": result.epochs, "samples_per_s": [round(h["samples_per_s"]) for h in result.history],
             "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result.history]}
 
 
@@ -153,6 +158,7 @@ def main() -> None:
     parser.add_argument("--no-teacher-fit", action="store_true", help="skip fitting the teacher's own form")
     parser.add_argument("--one-worker", action="store_true", help="skip the 2-worker run")
     parser.add_argument("--bf16", action="store_true", help="also train 1 worker with train.precision bf16")
+    parser.add_argument("--sharded", action="store_true", help="2 workers, replicated against sharded tables")
     parser.add_argument("--teacher", choices=["head", "long_tail"], default="head")
     parser.add_argument("--defaults", action="store_true", help="train with conf/base.yaml's train: settings")
     parser.add_argument("--preprocess-set", action="append", default=[], metavar="KEY=VALUE",
@@ -168,6 +174,17 @@ def main() -> None:
                              {key.removeprefix("train."): yaml.safe_load(value)
                               for key, _, value in (pair.partition("=") for pair in args.train_set)})
     best = true_auc(data)
+    if args.sharded:
+        replicated = train(data, out / "w2", 2, "torch", training=training)
+        sharded = train(data, out / "w2-sharded", 2, "torch", training=training, embeddings="sharded")
+        print(json.dumps({
+            "machine": machine(), "benchmark": "synthetic_quality_sharded", "teacher": args.teacher,
+            "data": str(data), "training": training, "true_probability_test_auc": round(best, 4),
+            "replicated": replicated, "sharded": sharded,
+            "sharded_vs_replicated_auc": round(sharded["test_auc"] - replicated["test_auc"], 4),
+            "sharded_within_0.001": abs(sharded["test_auc"] - replicated["test_auc"]) <= 0.001,
+        }, indent=2))
+        return
     one = train(data, out / "w1", 1, args.backend, training=training)
     two = None if args.one_worker else train(data, out / "w2", 2, args.backend, training=training)
     bf16 = train(data, out / "w1-bf16", 1, args.backend, "bf16", training) if args.bf16 else None
