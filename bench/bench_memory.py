@@ -12,7 +12,8 @@ rows is what a row costs, free of the interpreter's, torch's and the MLP's fixed
 Cases (train.embedding_optimizer): `adam`, lazy Adam (two moment vectors a row); `rowwise_adagrad`,
 one float a row; `sharded_adam` and `sharded_rowwise_adagrad`, the same with train.embeddings=sharded
 over 2 gloo workers (deepfm/training/sharding.py), each drawing its own batches: the figure is the
-larger of the two workers' peaks. `ratio_to_adam` is replicated Adam's bytes per row over the case's:
+larger of the two workers' peaks; `_bf16`, the table kept in bf16 (train.table_precision).
+`ratio_to_adam` is replicated Adam's bytes per row over the case's:
 how many more rows fit in a worker. `bytes_per_row_estimated` is what the driver's memory check
 (deepfm/training/memory.py) assumes.
 
@@ -34,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-CASES = ("adam", "rowwise_adagrad", "sharded_adam", "sharded_rowwise_adagrad")
+CASES = ("adam", "rowwise_adagrad", "rowwise_adagrad_bf16", "sharded_adam", "sharded_rowwise_adagrad",
+         "sharded_rowwise_adagrad_bf16")
 SHARDED_WORKERS = 2
 EMBEDDING_DIM = 16
 SMALL_FIELDS = (1_000, 100, 10)
@@ -44,25 +46,29 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
     """In this process (a child of main()): build, train `steps` steps, report the peak RSS."""
     import torch
 
-    from deepfm.model import DeepFM, DeepFMConfig
+    from deepfm.model import DeepFM, DeepFMConfig, init_table_
     from deepfm.training.distributed import make_backend
     from deepfm.training.optim import make_optimizers
     from deepfm.training.readers import Batch
     from deepfm.training.sharding import RowShardedTable
-    from deepfm.training.train import train_step
+    from deepfm.training.train import TABLE_DTYPES, train_step
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     vocab = (rows, *SMALL_FIELDS)
     config = DeepFMConfig(vocab_sizes=vocab, embedding_dim=EMBEDDING_DIM, hidden=(64, 64), sparse_embeddings=True)
-    sharded = case.startswith("sharded_")
+    sharded, optimizer, precision = _settings(case)
+    dtype = TABLE_DTYPES[precision]
     backend = make_backend("torch" if sharded else "none", "cpu")
     table = None
     if sharded:  # as deepfm/training/train.py's build_run makes it
-        table = RowShardedTable(sum(vocab), EMBEDDING_DIM + 1)
+        table = RowShardedTable(sum(vocab), EMBEDDING_DIM + 1, dtype=dtype)
         table.initialize(0)
+    elif dtype != torch.float32:
+        table = torch.nn.Embedding(sum(vocab), EMBEDDING_DIM + 1, sparse=True, dtype=dtype)
+        init_table_(table.weight)
     raw = DeepFM(config, table)
-    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, case.removeprefix("sharded_")))
+    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, optimizer))
     generator = torch.Generator().manual_seed(backend.rank)
     start = time.perf_counter()
     for _ in range(steps):
@@ -77,11 +83,19 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
     return {"case": case, "rows": rows, "peak_rss_bytes": peak, "steps_per_s": round(steps / seconds, 2)}
 
 
+def _settings(case: str) -> tuple[bool, str, str]:
+    """(sharded, train.embedding_optimizer, train.table_precision) of a case's name."""
+    sharded = case.startswith("sharded_")
+    name = case.removeprefix("sharded_")
+    precision = "bf16" if name.endswith("_bf16") else "fp32"
+    return sharded, name.removesuffix("_bf16"), precision
+
+
 def measure(case: str, rows: int, steps: int, batch_size: int) -> dict:
     """The case in fresh processes: one, or one per worker of a sharded run (the largest peak)."""
     from deepfm.training.launch import free_port
 
-    world = SHARDED_WORKERS if case.startswith("sharded_") else 1
+    world = SHARDED_WORKERS if _settings(case)[0] else 1
     port = str(free_port())
     workers = [subprocess.Popen([sys.executable, __file__, "--child", case, str(rows), str(steps), str(batch_size)],
                                 stdout=subprocess.PIPE, text=True,
@@ -118,10 +132,10 @@ def main() -> None:
     for case in args.cases:
         low, high = measure(case, small, args.steps, args.batch_size), measure(case, big, args.steps, args.batch_size)
         # What the driver's check (deepfm/training/memory.py) assumes for the same parts
-        sharded = case.startswith("sharded_")
-        assumed = TrainConfig(data="-", output="-", embedding_optimizer=case.removeprefix("sharded_"), embedding_l2=0,
+        sharded, optimizer, precision = _settings(case)
+        assumed = TrainConfig(data="-", output="-", embedding_optimizer=optimizer, embedding_l2=0,
                               model={"embedding_dim": EMBEDDING_DIM}, embeddings="sharded" if sharded else "replicated",
-                              backend="torch", workers=SHARDED_WORKERS if sharded else 1)
+                              backend="torch", workers=SHARDED_WORKERS if sharded else 1, table_precision=precision)
         results[case] = {
             "bytes_per_row": round((high["peak_rss_bytes"] - low["peak_rss_bytes"]) / (big - small), 1),
             "bytes_per_row_estimated": sum(bytes_per_row(assumed, ema=False, centred_prior=False).values()),

@@ -133,10 +133,11 @@ class FieldEmbeddings(nn.Module):
                 # which makes the optimizer's coalescing (a sort) far cheaper on Zipf-skewed ids.
                 # index_select, not [inverse]: its backward is an index_add, on a CPU 2x faster
                 # than the accumulating index_put of advanced indexing.
+                # .float(): a table kept in bf16 (train.table_precision) computes in fp32 from here on.
                 unique, inverse = torch.unique(rows, return_inverse=True)
-                looked_up = self.table(unique).index_select(0, inverse.flatten()).view(*rows.shape, -1)
+                looked_up = self.table(unique).float().index_select(0, inverse.flatten()).view(*rows.shape, -1)
             else:
-                looked_up = self.table(rows)
+                looked_up = self.table(rows).float()
             # split, not two slices: its backward writes the [B, F, D+1] gradient once (a cat),
             # where each slice's would fill a zero tensor of that size and add them up.
             vectors, weights = looked_up.split([looked_up.shape[-1] - 1, 1], dim=-1)

@@ -186,6 +186,10 @@ class TrainConfig(_Strict):
     # Where the tables live (deepfm/training/sharding.py): replicated, whole on every worker; sharded,
     # each of the train.workers workers holds and updates 1/workers of the rows (backend torch).
     embeddings: Literal["replicated", "sharded"] = "replicated"
+    # How the tables are kept: fp32, or bf16 (half the bytes; they compute in fp32 and are updated
+    # with stochastic rounding). bf16 needs embedding_optimizer rowwise_adagrad (Adam's two fp32
+    # vectors a row would outweigh the saving) and leaves the moving average off (ema_decay auto).
+    table_precision: Literal["fp32", "bf16"] = "fp32"
     # The memory of one training worker, as Spark writes sizes (8g, 512m), against which the
     # embedding tables are checked before training starts (deepfm/training/memory.py). Default: the
     # memory free on this machine shared by train.workers (launcher local); no check on Spark.
@@ -235,6 +239,15 @@ class TrainConfig(_Strict):
     def _check(self) -> TrainConfig:
         if self.workers > 1 and self.backend == "none":
             raise ValueError("workers > 1 needs backend 'horovod' or 'torch'")
+        if self.table_precision == "bf16":
+            if self.embedding_optimizer != "rowwise_adagrad":
+                raise ValueError("table_precision 'bf16' needs embedding_optimizer 'rowwise_adagrad' (Adam's fp32 "
+                                 "state would outweigh what bf16 saves)")
+            if self.backend == "horovod":
+                raise ValueError("table_precision 'bf16' needs backend 'torch' or 'none'")
+            if self.ema_decay not in ("auto", 0, 0.0):
+                raise ValueError("table_precision 'bf16' keeps no moving average (each step's share would round "
+                                 "away): set ema_decay to auto or 0")
         if self.embeddings == "sharded":
             if self.backend != "torch":
                 raise ValueError("embeddings 'sharded' needs backend 'torch' (Horovod keeps tables replicated)")

@@ -39,7 +39,8 @@ def bytes_per_row(cfg: TrainConfig, ema: bool, centred_prior: bool) -> dict[str,
     stay whole on each."""
     width = (cfg.model.embedding_dim + 1) * FLOAT
     share = 1 / cfg.workers if cfg.embeddings == "sharded" else 1
-    parts = {"table": width * share,
+    stored = width // 2 if cfg.table_precision == "bf16" else width
+    parts = {"table": stored * share,
              "optimizer_state": (FLOAT if cfg.embedding_optimizer == "rowwise_adagrad" else 2 * width) * share}
     if ema:
         parts["moving_average"] = width * share

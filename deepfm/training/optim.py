@@ -21,6 +21,7 @@ import math
 import torch
 
 from deepfm.model import DeepFM
+from deepfm.training.precision import round_stochastically
 
 
 class _RowUpdates:
@@ -101,7 +102,9 @@ class RowWiseAdagrad(_RowUpdates, torch.optim.Optimizer):
         total = state["sum"].index_select(0, rows).add_(values.float().square().mean(dim=1))
         state["sum"].index_copy_(0, rows, total)
         moved = values.float().div(total.sqrt_().add_(group["eps"]).unsqueeze(1)).mul_(-float(group["lr"]))
-        param.index_copy_(0, rows, param.index_select(0, rows).add_(moved.to(param.dtype)))
+        # A bf16 table (train.table_precision) is updated in fp32 and rounded stochastically.
+        updated = param.index_select(0, rows).float().add_(moved)
+        param.index_copy_(0, rows, round_stochastically(updated, param.dtype))
 
 
 def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

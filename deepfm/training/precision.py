@@ -78,3 +78,21 @@ def refuse_slow_bf16(precision: str, support: Bf16Support, key: str) -> None:
 
 def autocast(precision: str, device_type: str) -> torch.autocast:
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def round_stochastically(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 `values` in `dtype`; into bfloat16 rounded up or down at random, in proportion to the
+    distance (unbiased: E[result] = values).
+
+    A bf16 table row keeps 8 bits of mantissa: an optimizer's step smaller than half its last bit
+    would round to nothing every time, and a rare value's row, which takes small steps, would stop
+    learning. Rounded stochastically, such steps add up in expectation (Gupta et al., 2015;
+    FBGEMM's bf16/fp16 tables do the same). The randomness is torch's global generator, which
+    checkpoints keep, so a resumed run draws what the uninterrupted one drew.
+    """
+    if dtype != torch.bfloat16:
+        return values.to(dtype)
+    bits = values.float().contiguous().view(torch.int32)
+    # bf16 is fp32's upper 16 bits: a uniform 16-bit carry into them, then truncation.
+    noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, device=bits.device)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)

@@ -65,14 +65,14 @@ class EmbeddingPrior:
         rows = ids.long() + model.embeddings.offsets
         unique, occurrences = torch.unique(rows, return_counts=True)
         weight = occurrences * self.inverse_counts[unique]
-        rows_now = model.embeddings.table(unique)
+        rows_now = model.embeddings.table(unique).float()
         offset = rows_now if self.center is None else rows_now - self._center_rows(unique)
         return self.strength * (weight * offset.pow(2).sum(1)).sum() / len(ids)
 
 
     def _center_rows(self, rows: torch.Tensor) -> torch.Tensor:
         # A sharded table's centres are sharded alike, and looked up as its rows are.
-        return self.center(rows) if isinstance(self.center, torch.nn.Module) else self.center[rows]
+        return (self.center(rows) if isinstance(self.center, torch.nn.Module) else self.center[rows]).float()
 
 
 def _rarity(train_rows: int, counts: np.ndarray | float, exponent: float) -> np.ndarray | float:

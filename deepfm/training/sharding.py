@@ -48,12 +48,13 @@ class RowShardedTable(nn.Module):
     worker must construct its table at the same point, as with any collective.
     """
 
-    def __init__(self, rows: int, width: int, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, rows: int, width: int, group: dist.ProcessGroup | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self._group = _SharedGroup(group if group is not None else dist.new_group())
         self.world, self.rank = dist.get_world_size(self.group), dist.get_rank(self.group)
         self.rows, self.width = rows, width
-        self.weight = nn.Parameter(torch.empty(len(range(self.rank, rows, self.world)), width))
+        self.weight = nn.Parameter(torch.empty(len(range(self.rank, rows, self.world)), width, dtype=dtype))
 
     @property
     def group(self) -> dist.ProcessGroup:

@@ -29,7 +29,7 @@ from deepfm.errors import UserError
 from deepfm.features.feature_map import FeatureMap
 from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.features.vocabulary import row_counts
-from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.model import DeepFM, DeepFMConfig, init_table_
 from deepfm.storage.location import Location, Where
 from deepfm.tracking.report import plot_training_curves
 from deepfm.training import checkpoint as ckpt
@@ -114,6 +114,9 @@ class Run:
     warm_start: dict[str, Any] | None  # what the model was initialised from (deepfm/training/warm_start.py)
 
 
+# The embedding tables' storage (train.table_precision): they compute in fp32 whatever they are kept in.
+TABLE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 # The moving average spans half an epoch: long enough to smooth Adam's last steps, short enough
 # that the weights it ships are this epoch's. Below this many steps per epoch it is left off.
 EMA_EPOCH_FRACTION, EMA_MIN_STEPS_PER_EPOCH = 0.5, 8
@@ -130,7 +133,9 @@ def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dic
     steps_per_epoch = max(1, train_rows // (cfg.batch_size * world))
     if cfg.ema_decay == "auto":
         horizon = EMA_EPOCH_FRACTION * steps_per_epoch
-        ema_decay = 1.0 - 1.0 / horizon if steps_per_epoch >= EMA_MIN_STEPS_PER_EPOCH else 0.0
+        # An average of bf16 rows would round each step's small share away (train.table_precision).
+        averages = steps_per_epoch >= EMA_MIN_STEPS_PER_EPOCH and cfg.table_precision == "fp32"
+        ema_decay = 1.0 - 1.0 / horizon if averages else 0.0
     else:
         ema_decay = float(cfg.ema_decay)
     if cfg.embedding_lr is not None:
@@ -153,10 +158,14 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     torch.manual_seed(cfg.seed)
     fmap = data.feature_map
     config = model_config(fmap, cfg, sparse)
-    table = None
-    if sharded and sum(config.vocab_sizes):
-        table = RowShardedTable(sum(config.vocab_sizes), config.embedding_dim + 1)
+    rows, width, dtype = sum(config.vocab_sizes), config.embedding_dim + 1, TABLE_DTYPES[cfg.table_precision]
+    table = None  # the model's own: a whole fp32 table
+    if rows and sharded:
+        table = RowShardedTable(rows, width, dtype=dtype)
         table.initialize(cfg.seed)
+    elif rows and dtype != torch.float32:
+        table = torch.nn.Embedding(rows, width, sparse=sparse, dtype=dtype)
+        init_table_(table.weight)
     raw_model = DeepFM(config, table)
     train_rows = data.rows("train")
     vocabulary = data.vocabulary

@@ -172,3 +172,37 @@ def test_each_tables_optimizer_has_its_own_default_learning_rate():
     assert embedding_lr(lr=2e-4) == pytest.approx(2e-3)  # Adam: 10x the dense layers'
     assert embedding_lr(lr=2e-4, embedding_optimizer="rowwise_adagrad") == ROWWISE_ADAGRAD_LR == 0.03
     assert embedding_lr(embedding_optimizer="rowwise_adagrad", embedding_lr=0.01) == 0.01
+
+
+def test_stochastic_rounding_to_bf16_is_unbiased_and_exact_on_bf16_values():
+    from deepfm.training.precision import round_stochastically
+
+    torch.manual_seed(0)
+    exact = torch.randn(1000).bfloat16().float()
+    assert torch.equal(round_stochastically(exact, torch.bfloat16).float(), exact)  # nothing to round
+    # 1 + 1/1000 lies between two bf16 values 1/128 apart: nearest rounding always gives 1.0
+    value = torch.full((200_000,), 1.0 + 1e-3)
+    assert torch.equal(value.bfloat16(), torch.ones(200_000, dtype=torch.bfloat16))
+    rounded = round_stochastically(value, torch.bfloat16).float()
+    assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert float(rounded.mean()) == pytest.approx(1.0 + 1e-3, abs=1e-4)
+    assert torch.equal(round_stochastically(value, torch.float32), value)
+
+
+def test_rowwise_adagrad_steps_a_bf16_table_as_an_fp32_one_on_average():
+    """Steps far below a bf16 row's last bit (2^-8 just under 1): nearest rounding would leave the
+    rows where they were; rounded stochastically they move as fp32 rows do, on average over rows."""
+    torch.manual_seed(0)
+    start = torch.ones(4000, 3)
+    touched = torch.arange(0, 4000, 2)
+    tables = {dtype: torch.nn.Parameter(start.to(dtype, copy=True)) for dtype in (torch.float32, torch.bfloat16)}
+    optimizers = {dtype: RowWiseAdagrad([p], lr=1e-4) for dtype, p in tables.items()}
+    for _ in range(300):
+        for dtype, p in tables.items():
+            p.grad = torch.sparse_coo_tensor(touched.unsqueeze(0), torch.ones(len(touched), 3, dtype=dtype), (4000, 3))
+            optimizers[dtype].step()
+    moved = {dtype: (start - p.detach().float())[touched] for dtype, p in tables.items()}
+    assert tables[torch.bfloat16].dtype == torch.bfloat16
+    assert float(moved[torch.float32].mean()) > 0.003  # 300 steps of 1e-4 / sqrt(step)
+    assert float(moved[torch.bfloat16].mean()) == pytest.approx(float(moved[torch.float32].mean()), rel=0.03)
+    assert torch.equal(tables[torch.bfloat16].detach()[1::2].float(), start[1::2])  # untouched rows stay

@@ -22,11 +22,12 @@ def _cfg(data, output, **kw):
                                        "model": SMALL_MODEL, "threads": 1, "backend": "torch", "workers": 2, **kw})
 
 
-@pytest.mark.parametrize("embedding_optimizer", ["adam", "rowwise_adagrad"])
-def test_sharded_training_commits_a_version_that_scores_as_the_run_evaluated(criteo_shards, tmp_path,
-                                                                            embedding_optimizer):
-    trained = run_training(_cfg(criteo_shards, tmp_path / "m", embeddings="sharded", embedding_l2=1.0,
-                                embedding_optimizer=embedding_optimizer, model={**SMALL_MODEL, "count_features": True}))
+@pytest.mark.parametrize("tables", [{"embedding_optimizer": "adam"}, {"embedding_optimizer": "rowwise_adagrad"},
+                                    {"embedding_optimizer": "rowwise_adagrad", "table_precision": "bf16"}],
+                         ids=["adam", "rowwise_adagrad", "rowwise_adagrad-bf16"])
+def test_sharded_training_commits_a_version_that_scores_as_the_run_evaluated(criteo_shards, tmp_path, tables):
+    trained = run_training(_cfg(criteo_shards, tmp_path / "m", embeddings="sharded", embedding_l2=1.0, **tables,
+                                model={**SMALL_MODEL, "count_features": True}))
     out = Path(trained.model)
     assert 0.6 < trained.result.test["auc"] < 0.85
     files = {p.name for p in out.iterdir()}
@@ -37,6 +38,7 @@ def test_sharded_training_commits_a_version_that_scores_as_the_run_evaluated(cri
     stripes = [load_torch(out / f"model.table-000{r}-of-0002.pt") for r in range(2)]
     assert [len(s) for s in stripes] == [len(range(r, total, 2)) for r in range(2)]
     assert "embeddings.table.weight" not in load_torch(out / "model.pt")
+    assert {s.dtype for s in stripes} == {torch.bfloat16 if tables.get("table_precision") else torch.float32}
     # The version put together from its stripes scores the test split exactly as the sharded run did.
     version = open_model_version(out)
     assert version.table_stripes == 2
@@ -102,10 +104,33 @@ def test_the_memory_check_counts_a_workers_share_of_sharded_rows():
     the prior's per-row strengths stay whole on each."""
     from deepfm.training.memory import bytes_per_row
 
-    def parts(embeddings: str) -> dict:
+    def parts(embeddings: str, precision: str = "fp32") -> dict:
         cfg = TrainConfig(data="-", output="-", backend="torch", workers=4, embeddings=embeddings,
-                          embedding_optimizer="rowwise_adagrad", model={"embedding_dim": 16})
-        return bytes_per_row(cfg, ema=True, centred_prior=False)
+                          embedding_optimizer="rowwise_adagrad", model={"embedding_dim": 16},
+                          table_precision=precision)
+        return bytes_per_row(cfg, ema=precision == "fp32", centred_prior=False)
 
     assert parts("replicated") == {"table": 68, "optimizer_state": 4, "moving_average": 68, "prior": 4}
     assert parts("sharded") == {"table": 17, "optimizer_state": 1, "moving_average": 17, "prior": 4}
+    assert parts("sharded", "bf16") == {"table": 8.5, "optimizer_state": 1, "prior": 4}  # 2 bytes a float
+
+
+def test_replicated_bf16_tables_stay_identical_on_both_workers_and_ship_in_bf16(criteo_shards, tmp_path):
+    """Stochastic rounding draws from torch's generator, which every rank advances alike."""
+    trained = run_training(_cfg(criteo_shards, tmp_path / "m", embedding_optimizer="rowwise_adagrad",
+                                table_precision="bf16"))
+    first, second = trained.result.replica_fingerprints
+    assert first == second and 0.6 < trained.result.test["auc"] < 0.85
+    assert trained.result.regularization["ema_decay"] == 0  # auto: no average of bf16 rows
+    shipped = load_torch(Path(trained.model) / "model.pt")["embeddings.table.weight"]
+    assert shipped.dtype == torch.bfloat16
+    model = open_model_version(trained.model).load()  # an fp32 model of the bf16 values: the same scores
+    assert trained.result.test["auc"] == pytest.approx(_test_auc(model, criteo_shards), abs=1e-6)
+
+
+def test_bf16_tables_with_adam_are_refused_naming_the_settings(tmp_path):
+    result = run_cli([sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={tmp_path}",
+                      "--set", f"train.output={tmp_path / 'm'}", "--set", "train.table_precision=bf16"])
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "table_precision 'bf16' needs embedding_optimizer 'rowwise_adagrad'" in last
