@@ -91,7 +91,7 @@ class RowShardedTable(nn.Module):
 class _Exchange(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, unique: torch.Tensor, world: int, group) -> torch.Tensor:
-        owner = unique % world
+        owner, _ = place(unique, world)
         order = torch.argsort(owner, stable=True)
         send = torch.bincount(owner, minlength=world)
         receive = torch.empty_like(send)
@@ -99,7 +99,7 @@ class _Exchange(torch.autograd.Function):
         send_counts, receive_counts = send.tolist(), receive.tolist()
         requested = unique.new_empty(sum(receive_counts))
         dist.all_to_all_single(requested, unique[order], receive_counts, send_counts, group=group)
-        local = requested // world
+        _, local = place(requested, world)
         rows_sorted = weight.new_empty(len(unique), weight.shape[1])
         dist.all_to_all_single(rows_sorted, weight.index_select(0, local), send_counts, receive_counts, group=group)
         rows = torch.empty_like(rows_sorted)
@@ -117,6 +117,11 @@ class _Exchange(torch.autograd.Function):
         # A row asked for by several workers appears once per worker: the optimizer coalesces.
         grad = torch.sparse_coo_tensor(local.unsqueeze(0), received / ctx.world, ctx.shape, check_invariants=False)
         return grad, None, None, None
+
+
+def place(rows: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the worker that owns each global row, its index in that worker's stripe)."""
+    return rows % world, rows // world
 
 
 def is_sharded(model: nn.Module) -> bool:
