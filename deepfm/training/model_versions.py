@@ -53,7 +53,7 @@ from deepfm.storage.commit import swap_into_place
 from deepfm.storage.files import ARROW_FILES
 from deepfm.storage.location import Location, Where
 from deepfm.training import checkpoint as ckpt
-from deepfm.training.sharding import TABLE_KEY, assemble, stripe_file
+from deepfm.training.sharding import TABLE_KEY, assemble, place, stripe_file
 
 log = logging.getLogger(__name__)
 
@@ -175,19 +175,21 @@ class ModelVersion:
             state[TABLE_KEY] = assemble([ckpt.load_torch(f, device) for f in self.weight_files[1:]])
         return state
 
-    def weights_and_table_rows(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Every weight but the table, and the table's `rows` alone (a warm start's), reading a
-        sharded version's stripes one at a time, so that the whole table is never in memory."""
+    def weights_and_table_rows(self, rows: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Every weight but the table, and the table's `rows` alone (a warm start's; None: none),
+        reading a sharded version's stripes one at a time, so that the whole table is never in memory."""
         state = ckpt.load_torch(self.weights, "cpu")
-        if not self.table_stripes:
-            return state, state.pop(TABLE_KEY)[rows]
+        whole = state.pop(TABLE_KEY, None)
+        if rows is None or whole is not None:
+            return state, None if rows is None else whole[rows]
+        owner, local = place(rows, self.table_stripes)
         picked = None
         for stripe_index, path in enumerate(self.weight_files[1:]):
             stripe = ckpt.load_torch(path, "cpu")
             if picked is None:
                 picked = stripe.new_empty(len(rows), stripe.shape[1])
-            here = rows % self.table_stripes == stripe_index
-            picked[here] = stripe[rows[here] // self.table_stripes]
+            here = owner == stripe_index
+            picked[here] = stripe[local[here]]
         return state, picked
 
     def weights_bytes(self) -> bytes:
@@ -251,9 +253,8 @@ def _read_version(path: Location) -> ModelVersion:
     missing = [f for f in version.weight_files if not f.is_file()]
     if missing:
         raise ModelVersionError(f"{missing[0]} is missing: {path} is not a complete model directory")
-    digest = _file_hash(path / WEIGHTS)
-    if stripes:
-        digest = hashlib.sha256("".join(_file_hash(f) for f in version.weight_files).encode()).hexdigest()
+    hashes = [_file_hash(f) for f in version.weight_files]
+    digest = hashlib.sha256("".join(hashes).encode()).hexdigest() if stripes else hashes[0]
     return replace(version, weights_digest=digest[:16])
 
 

@@ -32,7 +32,7 @@ from deepfm.features.vocabulary import table_offsets, token_rows
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.storage.location import Where
 from deepfm.training.model_versions import ModelRoot, ModelVersion, open_model_version
-from deepfm.training.sharding import TABLE_KEY, RowShardedTable
+from deepfm.training.sharding import TABLE_KEY, RowShardedTable, place
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,13 @@ def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
     (deepfm/training/regularization.py); of a sharded table, this worker's stripe of both."""
     table = model.embeddings.table
     match = match_rows(fmap, vocabulary, source) if table is not None else None
-    rows, from_rows = (torch.from_numpy(match.rows), torch.from_numpy(match.from_rows)) if match else (None, None)
-    if isinstance(table, RowShardedTable):  # this worker's rows only, at their places in its stripe
-        owned = rows % table.world == table.rank
-        rows, from_rows = rows[owned] // table.world, from_rows[owned]
-    weights, taken = source.weights_and_table_rows(from_rows if match else torch.zeros(0, dtype=torch.long))
+    rows = from_rows = None
+    if match is not None:
+        rows, from_rows = torch.from_numpy(match.rows), torch.from_numpy(match.from_rows)
+        if isinstance(table, RowShardedTable):  # this worker's rows only, at their places in its stripe
+            owner, local = place(rows, table.world)
+            rows, from_rows = local[owner == table.rank], from_rows[owner == table.rank]
+    weights, taken = source.weights_and_table_rows(from_rows)
     state = model.state_dict()
     for key, value in weights.items():
         if key != TABLE_KEY and key not in FROM_VOCABULARY:

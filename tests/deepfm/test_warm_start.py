@@ -195,3 +195,21 @@ def test_a_sharded_table_takes_over_each_workers_rows_from_a_sharded_version(day
     second = run_training(_cfg(day2, root.path, warm_start="latest", **sharded), run_date="2026-11-02")
     assert root.record("2026-11-02").warm_start["rows"]["taken_over"] == summary["rows"]["taken_over"]
     assert 0.55 < second.result.test["auc"] < 0.9
+
+
+def test_a_model_without_categorical_fields_takes_its_dense_weights_over(tmp_path):
+    """No table on either side: every weight is copied, and there is no table to centre a prior on."""
+    from deepfm.model import DeepFMConfig
+    from deepfm.storage.location import Location
+    from deepfm.training.model_versions import ModelVersion
+
+    config = DeepFMConfig(vocab_sizes=(), num_dense=3, embedding_dim=4, hidden=(8,))
+    torch.manual_seed(1)
+    earlier = DeepFM(config)
+    torch.save(earlier.state_dict(), tmp_path / "model.pt")
+    source = ModelVersion(Location.of(str(tmp_path)), config, None, "", "digest", {})
+    torch.manual_seed(2)
+    model = DeepFM(config)
+    summary, center = take_over(model, None, None, source)
+    assert center is None and "rows" not in summary
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in earlier.state_dict().items())
