@@ -46,29 +46,20 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
     """In this process (a child of main()): build, train `steps` steps, report the peak RSS."""
     import torch
 
-    from deepfm.model import DeepFM, DeepFMConfig, init_table_
+    from deepfm.model import DeepFM, DeepFMConfig
     from deepfm.training.distributed import make_backend
     from deepfm.training.optim import make_optimizers
     from deepfm.training.readers import Batch
-    from deepfm.training.sharding import RowShardedTable
-    from deepfm.training.train import TABLE_DTYPES, train_step
+    from deepfm.training.train import embedding_table, train_step
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     vocab = (rows, *SMALL_FIELDS)
     config = DeepFMConfig(vocab_sizes=vocab, embedding_dim=EMBEDDING_DIM, hidden=(64, 64), sparse_embeddings=True)
-    sharded, optimizer, precision = _settings(case)
-    dtype = TABLE_DTYPES[precision]
-    backend = make_backend("torch" if sharded else "none", "cpu")
-    table = None
-    if sharded:  # as deepfm/training/train.py's build_run makes it
-        table = RowShardedTable(sum(vocab), EMBEDDING_DIM + 1, dtype=dtype)
-        table.initialize(0)
-    elif dtype != torch.float32:
-        table = torch.nn.Embedding(sum(vocab), EMBEDDING_DIM + 1, sparse=True, dtype=dtype)
-        init_table_(table.weight)
-    raw = DeepFM(config, table)
-    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, optimizer))
+    settings = _train_config(case)
+    backend = make_backend("torch" if settings.embeddings == "sharded" else "none", "cpu")
+    raw = DeepFM(config, embedding_table(settings, config))  # as deepfm/training/train.py's build_run makes it
+    model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, settings.embedding_optimizer))
     generator = torch.Generator().manual_seed(backend.rank)
     start = time.perf_counter()
     for _ in range(steps):
@@ -83,19 +74,23 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
     return {"case": case, "rows": rows, "peak_rss_bytes": peak, "steps_per_s": round(steps / seconds, 2)}
 
 
-def _settings(case: str) -> tuple[bool, str, str]:
-    """(sharded, train.embedding_optimizer, train.table_precision) of a case's name."""
+def _train_config(case: str):
+    """The training settings a case's name stands for (the table's part of them)."""
+    from deepfm.config import TrainConfig
+
     sharded = case.startswith("sharded_")
     name = case.removeprefix("sharded_")
-    precision = "bf16" if name.endswith("_bf16") else "fp32"
-    return sharded, name.removesuffix("_bf16"), precision
+    return TrainConfig(data="-", output="-", embedding_optimizer=name.removesuffix("_bf16"), embedding_l2=0,
+                       model={"embedding_dim": EMBEDDING_DIM}, embeddings="sharded" if sharded else "replicated",
+                       backend="torch", workers=SHARDED_WORKERS if sharded else 1,
+                       table_precision="bf16" if name.endswith("_bf16") else "fp32")
 
 
 def measure(case: str, rows: int, steps: int, batch_size: int) -> dict:
     """The case in fresh processes: one, or one per worker of a sharded run (the largest peak)."""
     from deepfm.training.launch import free_port
 
-    world = SHARDED_WORKERS if _settings(case)[0] else 1
+    world = _train_config(case).workers
     port = str(free_port())
     workers = [subprocess.Popen([sys.executable, __file__, "--child", case, str(rows), str(steps), str(batch_size)],
                                 stdout=subprocess.PIPE, text=True,
@@ -125,17 +120,13 @@ def main() -> None:
     from machine import machine
 
     small, big = args.rows
-    from deepfm.config import TrainConfig
     from deepfm.training.memory import bytes_per_row
 
     results = {}
     for case in args.cases:
         low, high = measure(case, small, args.steps, args.batch_size), measure(case, big, args.steps, args.batch_size)
         # What the driver's check (deepfm/training/memory.py) assumes for the same parts
-        sharded, optimizer, precision = _settings(case)
-        assumed = TrainConfig(data="-", output="-", embedding_optimizer=optimizer, embedding_l2=0,
-                              model={"embedding_dim": EMBEDDING_DIM}, embeddings="sharded" if sharded else "replicated",
-                              backend="torch", workers=SHARDED_WORKERS if sharded else 1, table_precision=precision)
+        assumed = _train_config(case)
         results[case] = {
             "bytes_per_row": round((high["peak_rss_bytes"] - low["peak_rss_bytes"]) / (big - small), 1),
             "bytes_per_row_estimated": sum(bytes_per_row(assumed, ema=False, centred_prior=False).values()),

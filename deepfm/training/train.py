@@ -150,22 +150,30 @@ def resolve_regularization(cfg: TrainConfig, train_rows: int, world: int) -> dic
             "embedding_l2": cfg.embedding_l2, "embedding_l2_rarity_exponent": cfg.embedding_l2_rarity_exponent}
 
 
+def embedding_table(cfg: TrainConfig, config: DeepFMConfig) -> torch.nn.Module | None:
+    """The table train.embeddings and train.table_precision ask for, initialised; None where the
+    model's own (a whole fp32 table) is it. A sharded table needs torch.distributed initialised."""
+    rows, width, dtype = sum(config.vocab_sizes), config.embedding_dim + 1, TABLE_DTYPES[cfg.table_precision]
+    if rows and cfg.embeddings == "sharded":
+        table = RowShardedTable(rows, width, dtype=dtype)
+        table.initialize(cfg.seed)
+        return table
+    if rows and dtype != torch.float32:
+        table = torch.nn.Embedding(rows, width, sparse=config.sparse_embeddings, dtype=dtype)
+        init_table_(table.weight)
+        return table
+    return None
+
+
 def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run:
     # NCCL has no sparse allreduce: on GPUs under DDP replicated tables use dense gradients. A
     # sharded table's gradient never goes through DDP: it comes sparse, to the rows' owners.
-    sharded = cfg.embeddings == "sharded"
-    sparse = sharded or (cfg.model.sparse_embeddings and not (cfg.backend == "torch" and backend.device.type == "cuda"))
+    sparse = cfg.embeddings == "sharded" or (cfg.model.sparse_embeddings
+                                             and not (cfg.backend == "torch" and backend.device.type == "cuda"))
     torch.manual_seed(cfg.seed)
     fmap = data.feature_map
     config = model_config(fmap, cfg, sparse)
-    rows, width, dtype = sum(config.vocab_sizes), config.embedding_dim + 1, TABLE_DTYPES[cfg.table_precision]
-    table = None  # the model's own: a whole fp32 table
-    if rows and sharded:
-        table = RowShardedTable(rows, width, dtype=dtype)
-        table.initialize(cfg.seed)
-    elif rows and dtype != torch.float32:
-        table = torch.nn.Embedding(rows, width, sparse=sparse, dtype=dtype)
-        init_table_(table.weight)
+    table = embedding_table(cfg, config)
     raw_model = DeepFM(config, table)
     train_rows = data.rows("train")
     vocabulary = data.vocabulary
@@ -383,6 +391,11 @@ def _checkpoint_file(rank: int) -> str:
     return ckpt.CHECKPOINT if rank == 0 else f"checkpoint.rank{rank}.pt"
 
 
+def _my_checkpoint(out: Location, run: Run, backend: Backend) -> Location:
+    """The checkpoint this rank reads: its own when sharded, rank 0's for all when replicated."""
+    return out / (_checkpoint_file(backend.rank) if is_sharded(run.raw_model) else ckpt.CHECKPOINT)
+
+
 def _fresh_output(out: Location, world: int) -> None:
     stale = [_checkpoint_file(rank) for rank in range(world)] + [stripe_file(rank, world) for rank in range(world)]
     for name in (*stale, WEIGHTS, METRICS):
@@ -413,9 +426,9 @@ def _save_checkpoint(out: Location, run: Run, state: TrainState, backend: Backen
 
 def _checkpoint_to_resume(out: Location, run: Run, backend: Backend) -> bool:
     """Whether there is a checkpoint to resume from; sharded, every rank must have its own."""
+    mine = _my_checkpoint(out, run, backend).is_file()
     if not is_sharded(run.raw_model):
-        return (out / ckpt.CHECKPOINT).is_file()
-    mine = (out / _checkpoint_file(backend.rank)).is_file()
+        return mine
     ranks_with_one = int(backend.allreduce_sum(torch.tensor([float(mine)]))[0])
     if 0 < ranks_with_one < backend.world:
         raise UserError(f"{out} holds the checkpoints of {ranks_with_one} of the {backend.world} workers of a sharded "
@@ -425,7 +438,7 @@ def _checkpoint_to_resume(out: Location, run: Run, backend: Backend) -> bool:
 
 
 def _restore(out: Location, run: Run, backend: Backend) -> TrainState:
-    path = out / (_checkpoint_file(backend.rank) if is_sharded(run.raw_model) else ckpt.CHECKPOINT)
+    path = _my_checkpoint(out, run, backend)
     saved = ckpt.restore_checkpoint(path, run.raw_model, run.optimizers, run.schedulers, run.averaged, backend.device)
     if "best_auc" in saved:  # a checkpoint written before the name said what it holds
         saved["best_criterion"] = saved.pop("best_auc")
