@@ -107,14 +107,12 @@ class FieldEmbeddings(nn.Module):
         # One table holds each value's vector v (D columns) and its first-order weight w (the last
         # column): one lookup and one sparse update per step instead of two.
         # A given table (a worker's stripe of a sharded one, deepfm/training/sharding.py) comes initialised.
-        given = table is not None
-        if not given and total:
+        if table is None and total:
             table = nn.Embedding(total, cfg.embedding_dim + 1, sparse=cfg.sparse_embeddings)
+            init_table_(table.weight)
         self.table = table
         self.dense_vectors = nn.Parameter(torch.empty(cfg.num_dense, cfg.embedding_dim)) if cfg.num_dense else None
         self.dense_weights = nn.Parameter(torch.zeros(cfg.num_dense)) if cfg.num_dense else None
-        if total and not given:
-            init_table_(self.table.weight)
         if cfg.num_dense:
             nn.init.normal_(self.dense_vectors, std=0.01)
         # mixed dimensions: how many leading dimensions each table row uses (set_row_dims)

@@ -69,7 +69,6 @@ class EmbeddingPrior:
         offset = rows_now if self.center is None else rows_now - self._center_rows(unique)
         return self.strength * (weight * offset.pow(2).sum(1)).sum() / len(ids)
 
-
     def _center_rows(self, rows: torch.Tensor) -> torch.Tensor:
         # A sharded table's centres are sharded alike, and looked up as its rows are.
         return (self.center(rows) if isinstance(self.center, torch.nn.Module) else self.center[rows]).float()
