@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -124,6 +125,15 @@ class Location:
     def open(self) -> pa.NativeFile:
         """A seekable binary file (what pyarrow.parquet and torch.load take)."""
         return self.filesystem.open_input_file(self.path)
+
+    @property
+    def size(self) -> int:
+        return self.filesystem.get_file_info(self.path).size
+
+    def download_to(self, dest: Path) -> None:
+        """Copy the file to a local path in chunks (for files too big to hold in memory), atomically."""
+        with self.filesystem.open_input_stream(self.path) as source:
+            _write_local(dest, lambda out: shutil.copyfileobj(source, out, 1 << 24))
 
     def read_bytes(self) -> bytes:
         with self.filesystem.open_input_stream(self.path) as f:

@@ -39,7 +39,9 @@ import json
 import logging
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,7 +55,7 @@ from deepfm.storage.commit import swap_into_place
 from deepfm.storage.files import ARROW_FILES
 from deepfm.storage.location import Location, Where
 from deepfm.training import checkpoint as ckpt
-from deepfm.training.sharding import TABLE_KEY, assemble, place, stripe_file
+from deepfm.training.sharding import TABLE_KEY, StripedTable, assemble, place, stripe_file
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +202,22 @@ class ModelVersion:
         torch.save(self.state_dict(), buffer)
         return buffer.getvalue()
 
-    def load(self, device: str | torch.device = "cpu") -> DeepFM:
-        """The model in eval mode, weights loaded with weights_only=True.
+    @property
+    def weights_size(self) -> int:
+        """Bytes of all its weight files."""
+        return sum(f.size for f in self.weight_files)
+
+    def load(self, device: str | torch.device = "cpu", mapped_from: Sequence[str | Path] | None = None) -> DeepFM:
+        """The model in eval mode, weights loaded with weights_only=True; with `mapped_from` (local
+        copies of `weight_files`), memory-mapped from those instead of read (`map_model`).
 
         Score and evaluate call this on the driver before any input work, so that a corrupt or
         foreign model.pt fails in a second with its name, not in every executor minutes later.
         """
-        model = DeepFM(self.config)
         try:
+            if mapped_from is not None:
+                return map_model(self.config, mapped_from).to(device)
+            model = DeepFM(self.config)
             model.load_state_dict(self.state_dict(device))
         except pickle.UnpicklingError:
             # torch's message advises weights_only=False, which would run whatever code the file holds.
@@ -226,6 +236,22 @@ class ModelVersion:
         """What the version records of its run; None for a model directory outside a model root."""
         path = self.path / RECORD
         return VersionRecord.from_json(path.read_text()) if path.is_file() else None
+
+
+def map_model(config: DeepFMConfig, files: Sequence[str | Path]) -> DeepFM:
+    """The model in eval mode over its weight files memory-mapped (`files`: local copies of a
+    version's `weight_files`, in that order). Nothing is read until used, and the embedding table
+    only where a batch looks it up: a process scores with a table bigger than its memory, and the
+    Python workers of one machine share the pages. The table stays on the CPU (StripedTable)."""
+    state = torch.load(files[0], map_location="cpu", mmap=True, weights_only=True)
+    stripes = ([state.pop(TABLE_KEY)] if TABLE_KEY in state
+               else [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files[1:]])
+    rows = sum(config.vocab_sizes)
+    if rows and sum(len(s) for s in stripes) != rows:
+        raise ValueError(f"the table has {sum(len(s) for s in stripes)} rows, the model's fields {rows}")
+    model = DeepFM(config, StripedTable(stripes) if rows else None)
+    model.load_state_dict(state, assign=True)  # assign: the mapped tensors themselves, not copies
+    return model.eval()
 
 
 def open_model_version(where: Where) -> ModelVersion:

@@ -119,6 +119,29 @@ class _Exchange(torch.autograd.Function):
         return grad, None, None, None
 
 
+class StripedTable(nn.Module):
+    """A trained table read where it lies, for inference: global row r is row r // N of stripe
+    r % N (`stripes` in rank order; a table saved whole is one stripe). The stripes are not
+    parameters and are never copied: memory-mapped files (deepfm/training/model_versions.py) stay
+    on disk but for the rows a batch looks up. Lookups run on the CPU; rows go to the ids' device."""
+
+    def __init__(self, stripes: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.stripes = list(stripes)
+        self.rows = sum(len(s) for s in self.stripes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = ids.long().cpu()
+        if len(self.stripes) == 1:
+            return self.stripes[0][rows].to(ids.device)
+        owner, local = place(rows, len(self.stripes))
+        looked_up = self.stripes[0].new_empty(*rows.shape, self.stripes[0].shape[1])
+        for index, stripe in enumerate(self.stripes):
+            here = owner == index
+            looked_up[here] = stripe[local[here]]
+        return looked_up.to(ids.device)
+
+
 def place(rows: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(the worker that owns each global row, its index in that worker's stripe)."""
     return rows % world, rows // world
