@@ -7,8 +7,11 @@ transform  the model directory's feature map and vocabulary, never refitted: uns
            Python worker parses the raw lines and encodes the Arrow batches it scores
            (deepfm/features/parse.py, encode.py, the vocabulary broadcast once); Spark SQL parses
            and encodes only what Arrow cannot (pipelines/features.py). Neither runs per-row Python.
-predict    mapInArrow: each Python worker builds the model once, from a broadcast of its weights,
-           and scores Arrow batches of score.batch_rows rows
+predict    mapInArrow: each Python worker builds the model once and scores Arrow batches of
+           score.batch_rows rows. A model of up to score.broadcast_max_mb comes as a broadcast of its
+           weights; a bigger one (or score.tables=mapped) from its weight files, which each executor
+           memory-maps: a worker reads only the table rows it looks up, the page cache holds them for
+           every worker of the machine, and no executor needs the model's size in memory
 write      output/run_date=D/ (Parquet, _rejects/, _SUCCESS), swapped in by rename: a rerun for the
            same date replaces the whole partition, and a failed run leaves the old one untouched
 
@@ -22,16 +25,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from pyspark import Broadcast
+from pyspark import Broadcast, SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.config import Config, ScoreConfig, TableSpec, VocabConfig, parse_run_date
+from deepfm.errors import UserError
 from deepfm.features.feature_map import FeatureMap
 from deepfm.features.parse import ParseLines
 from deepfm.features.preprocess_output import PreprocessOutput, manifest_path
@@ -75,7 +81,7 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str, engines: features
     read.check_output_outside_inputs(spark, score.output, "score.output",
                                      {"input": score.preprocessed or _input_spec(cfg).path})
     model = open_model_version(score.model)
-    model.load()  # a model that cannot be loaded fails here, before any input work
+    weights = executor_weights(spark, model, score.tables, score.broadcast_max_mb)
     partition = f"{storage.qualify(score.output).rstrip('/')}/{RUN_DATE}={run_date}"
     scored_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     with committed_directory(storage, partition, "score", "score.output") as tmp:
@@ -86,13 +92,15 @@ def run_score(spark: SparkSession, cfg: Config, run_date: str, engines: features
                    + (" (encoding in Arrow)" if encoder is not None else ""))
         if encoder is not None and _arrow_parses(cfg, engines):
             with step(f"read, quarantine and {scoring.replace('encoding', 'parsing and encoding')}"):
-                predictions, counts = _score_lines(spark, cfg, model, encoder, f"{tmp}/_staging", f"{tmp}/{REJECTS}")
+                predictions, counts = _score_lines(spark, cfg, model, weights, encoder, f"{tmp}/_staging",
+                                                   f"{tmp}/{REJECTS}")
             scoring = "write the scores"
         else:
             with step("read and quarantine input" if score.preprocessed is None else "read encoded input"):
                 inputs, keep, counts = _model_inputs(spark, cfg, model, vocabulary, f"{tmp}/_staging",
                                                      f"{tmp}/{REJECTS}", engines, encoder is not None)
-            predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device, encoder)
+            predictions = predict(inputs, model, keep, score.batch_rows, score.threads, score.device, encoder,
+                                  weights)
             for name in keep:
                 if name.startswith(_RAW_PREFIX):
                     predictions = predictions.withColumnRenamed(name, name.removeprefix(_RAW_PREFIX))
@@ -163,9 +171,73 @@ def _arrow_parses(cfg: Config, engines: features.Engines) -> bool:
     return not cfg.require("dataset").side_tables and read.arrow_parses(_input_spec(cfg))
 
 
-def _scorer(spark: SparkSession, model: ModelVersion, keep: list[str], threads: int, device: str,
+Weights = Callable[[], "bytes | list[str]"]
+
+
+def executor_weights(spark: SparkSession, model: ModelVersion, tables: str = "auto", broadcast_max_mb: int = 1024
+                     ) -> Weights:
+    """What the scoring Python workers build the model from (ArrowScorer.weights), after the model
+    is loaded here the same way, so that one that cannot be fails before any input work: a broadcast
+    of its weights, or (score.tables) the paths of its weight files, which each executor maps."""
+    size = model.weights_size
+    if tables == "broadcast" or (tables == "auto" and size <= broadcast_max_mb << 20):
+        model.load()
+        broadcast = spark.sparkContext.broadcast(model.weights_bytes())
+        return lambda: broadcast.value
+    _check_address_space(spark, size)
+    local_master = spark.sparkContext.master.startswith("local")
+    if local_master and all(f.is_local for f in model.weight_files):
+        paths = [str(f.local_path) for f in model.weight_files]
+    else:
+        paths = _staged_weight_files(model)
+    model.load(mapped_from=paths)
+    log.info("executors map the model's %.2f GiB of weights from its files (score.tables=%s)", size / 2**30, tables)
+    if local_master:  # the executor is this process's JVM: its Python workers read the driver's files
+        return lambda: paths
+    for path in paths:
+        # A file: URI, not a path: Spark resolves a path's links, and would ship the link's target under its name.
+        spark.sparkContext.addFile(Path(path).as_uri())
+    names = [Path(p).name for p in paths]
+    return lambda: [SparkFiles.get(name) for name in names]
+
+
+def _staged_weight_files(model: ModelVersion) -> list[str]:
+    """The weight files for SparkContext.addFile, in the driver's directory of added files (deleted
+    with the application): links to local files, copies of remote ones, named by the weights'
+    digest, because added files are fetched by name and two versions' names are alike."""
+    staging = Path(SparkFiles.getRootDirectory()) / "deepfm-weights"
+    staging.mkdir(exist_ok=True)
+    paths = []
+    for source in model.weight_files:
+        staged = staging / f"{model.weights_digest}-{source.name}"
+        if not staged.exists():
+            if source.is_local:
+                staged.symlink_to(source.local_path)
+            else:
+                log.info("copying %s (%.2f GiB) for the executors", source, source.size / 2**30)
+                source.download_to(staged)
+        paths.append(str(staged))
+    return paths
+
+
+def _check_address_space(spark: SparkSession, weights_size: int) -> None:
+    """spark.executor.pyspark.memory caps each Python worker's address space (RLIMIT_AS), which
+    mapped files count in whole, though they take no memory until read."""
+    limit = spark.sparkContext.getConf().get("spark.executor.pyspark.memory", None)
+    if limit is None:
+        return
+    limit_mb = spark.sparkContext._jvm.org.apache.spark.network.util.JavaUtils.byteStringAsMb(limit)
+    needed_mb = (weights_size >> 20) + 1024  # and torch's own mappings
+    if needed_mb > limit_mb:
+        raise UserError(
+            f"spark.executor.pyspark.memory={limit} caps each Python worker's address space, and mapping the "
+            f"model's {weights_size / 2**30:.2f} GiB of weight files (score.tables) needs about {needed_mb} MiB of "
+            "it: unset spark.executor.pyspark.memory (mapped pages are page cache, which the kernel reclaims) "
+            "or raise it above that")
+
+
+def _scorer(model: ModelVersion, weights: Weights, keep: list[str], threads: int, device: str,
             vocabulary: Broadcast | None) -> ArrowScorer:
-    weights = spark.sparkContext.broadcast(model.weights_bytes())
     fmap = model.feature_map
     return ArrowScorer(
         weights_digest=model.weights_digest,
@@ -173,7 +245,7 @@ def _scorer(spark: SparkSession, model: ModelVersion, keep: list[str], threads: 
         categorical=tuple(f.name for f in fmap.categorical),
         dense=tuple(f.name for f in fmap.dense),
         keep=tuple(keep),
-        weights=lambda: weights.value,
+        weights=weights,
         threads=threads,
         device=device,
         feature_map=fmap.to_dict() if vocabulary is not None else None,
@@ -181,8 +253,8 @@ def _scorer(spark: SparkSession, model: ModelVersion, keep: list[str], threads: 
     )
 
 
-def _score_lines(spark: SparkSession, cfg: Config, model: ModelVersion, vocabulary: Broadcast, staging: str,
-                 rejects: str) -> tuple[DataFrame, dict[str, Any]]:
+def _score_lines(spark: SparkSession, cfg: Config, model: ModelVersion, weights: Weights, vocabulary: Broadcast,
+                 staging: str, rejects: str) -> tuple[DataFrame, dict[str, Any]]:
     """Raw text logs scored in one pass: the lines go to the Python workers, which parse, encode and
     score them; good rows' scores and rejected rows' reasons are staged together (a few narrow
     columns), then split into the predictions and the rejects."""
@@ -191,7 +263,7 @@ def _score_lines(spark: SparkSession, cfg: Config, model: ModelVersion, vocabula
     keep = _raw_keep(cfg, model.feature_map)
     lines, header, positions = read.raw_lines(spark, spec, "input")
     scorer = LineScorer(ParseLines(read.line_parser(spec, header, positions), read.ARROW_BOOKKEEPING),
-                        _scorer(spark, model, [], score.threads, score.device, vocabulary), tuple(keep),
+                        _scorer(model, weights, [], score.threads, score.device, vocabulary), tuple(keep),
                         model.feature_map.label)
     columns = {c.name: c for c in spec.resolved_columns}
     schema = T.StructType([
@@ -205,11 +277,12 @@ def _score_lines(spark: SparkSession, cfg: Config, model: ModelVersion, vocabula
 
 
 def predict(inputs: DataFrame, model: ModelVersion, keep: list[str], batch_rows: int = 16_384, threads: int = 1,
-            device: str = "auto", vocabulary: Broadcast | None = None) -> DataFrame:
+            device: str = "auto", vocabulary: Broadcast | None = None, weights: Weights | None = None) -> DataFrame:
     """`keep` columns plus `probability`, computed in the executors by mapInArrow; with `vocabulary`
-    (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too."""
+    (a broadcast of its Arrow IPC bytes) `inputs` hold raw feature values, encoded there too.
+    `weights`: from `executor_weights`; by default, its choice for the model's size."""
     spark = inputs.sparkSession
-    scorer = _scorer(spark, model, keep, threads, device, vocabulary)
+    scorer = _scorer(model, weights or executor_weights(spark, model), keep, threads, device, vocabulary)
     schema = T.StructType([inputs.schema[name] for name in keep] + [T.StructField(PROBABILITY, T.FloatType())])
     # mapInArrow hands the function batches of this many rows; the setting is read when the job runs.
     spark.conf.set(_ARROW_BATCH, str(batch_rows))

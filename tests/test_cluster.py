@@ -233,12 +233,17 @@ def worker_env(cluster):
 
 
 def test_a_stage_runs_from_the_environment_installed_on_the_worker_without_unpacking(cluster, pipeline, worker_env):
+    """Also with score.tables=mapped: the weight files reach the executor by SparkContext.addFile and
+    are memory-mapped there, where the shipped run had them broadcast."""
     run_date = "2026-11-29"
-    summary = submit(cluster, "score", "--run-date", run_date, *pipeline["score_args"], worker_env=worker_env)
+    summary = submit(cluster, "score", "--run-date", run_date, *pipeline["score_args"], "--set", "score.tables=mapped",
+                     worker_env=worker_env)
     assert summary["rows"] == 10_000
     app = finished_app(cluster, f"deepfm-score-{run_date}")
+    mapped = [p.name for d in cluster.executor_dirs(app["id"]) for p in d.glob("*-model.pt")]
     assert app["ran_tasks"] and not app["unpacked"], app
-    assert app["left_mb"] < 50, app  # executor logs only
+    assert app["left_mb"] < 50, app  # executor logs and the (small) model's added files only
+    assert mapped and "executors map the model's" in summary["log"], mapped
     # Scores equal the shipped environment's, row for row.
     scores = cluster.work / "scores"
     assert _rows(scores / f"run_date={run_date}", drop=("scored_at",)) == _rows(

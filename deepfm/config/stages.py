@@ -279,6 +279,11 @@ class ScoreConfig(_Strict):
     threads: Annotated[int, Field(ge=1)] = 1  # torch threads per Python worker (Spark runs one per core)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    # How executors get the weights: "broadcast" (each Python worker holds the whole model), or
+    # "mapped" (each executor memory-maps the weight files and reads only the rows it looks up: for a
+    # model bigger than an executor's memory). "auto": mapped above broadcast_max_mb of weights.
+    tables: Literal["auto", "broadcast", "mapped"] = "auto"
+    broadcast_max_mb: Annotated[int, Field(ge=0)] = 1024
 
     @model_validator(mode="after")
     def _check(self) -> ScoreConfig:

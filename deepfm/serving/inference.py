@@ -22,6 +22,7 @@ import torch
 from deepfm.features.encode import FeatureEncoder, cached_encoder
 from deepfm.features.parse import ParseLines
 from deepfm.model import DeepFM, DeepFMConfig
+from deepfm.training.model_versions import map_model
 
 PROBABILITY = "probability"
 
@@ -33,8 +34,10 @@ _LOCK = threading.Lock()
 class ArrowScorer:
     """A picklable callable for `DataFrame.mapInArrow`: model inputs in, `keep` + probability out.
 
-    `weights` returns the serialized state dict (a Spark broadcast's `.value`, or the file's bytes);
-    it is called only by the first batch a process sees for this model version. With `vocabulary`
+    `weights` returns the serialized state dict (a Spark broadcast's `.value`, or the file's bytes),
+    or the local paths of the version's weight files, which are memory-mapped (`map_model`: for a
+    model bigger than the process's memory); it is called only by the first batch a process sees
+    for this model version. With `vocabulary`
     (the Arrow IPC bytes of the model's vocabulary, likewise) and `feature_map`, batches hold raw
     feature values, and each is encoded here (deepfm/features/encode.py) before the model sees it.
     """
@@ -44,7 +47,7 @@ class ArrowScorer:
     categorical: tuple[str, ...]
     dense: tuple[str, ...]
     keep: tuple[str, ...]
-    weights: Callable[[], bytes]
+    weights: Callable[[], bytes | list[str]]
     threads: int = 1
     device: str = "auto"
     feature_map: dict[str, Any] | None = None
@@ -71,7 +74,9 @@ class ArrowScorer:
         key = f"{self.weights_digest}/{device}"
         with _LOCK:
             if key not in _MODELS:
-                _MODELS[key] = load_state(self.model_config, self.weights(), device)
+                weights = self.weights()
+                _MODELS[key] = (map_model(DeepFMConfig.from_dict(self.model_config), weights).to(device)
+                                if isinstance(weights, list) else load_state(self.model_config, weights, device))
             return _MODELS[key], device
 
     def _encoder(self) -> FeatureEncoder | None:

@@ -27,7 +27,9 @@ MODEL_ARTIFACT = "model"  # the name of the model directory among the pyfunc's a
 class DeepFMModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         model_dir = open_model_version(context.artifacts[MODEL_ARTIFACT])
-        self._model = model_dir.load()
+        # Memory-mapped from the artifacts (local files): the worker processes of a machine (a Spark UDF's,
+        # a server's) share one copy of the table in the page cache, and a table bigger than memory serves.
+        self._model = model_dir.load(mapped_from=[f.local_path for f in model_dir.weight_files])
         self._feature_map = model_dir.feature_map
         vocabulary = pq.read_table(model_dir.vocabulary.local_path) if model_dir.vocabulary.is_file() else None
         self._encoder = FeatureEncoder(model_dir.feature_map, vocabulary)

@@ -148,7 +148,9 @@ def _sample(holdout: Location, max_rows: int) -> pa.Table:
 def _scores(version: ModelVersion, rows: pa.Table) -> np.ndarray:
     """The model's probabilities on raw rows, encoded with its own vocabulary: the score job's code."""
     fmap = version.feature_map
-    weights = version.weights_bytes()
+    # Mapped where the files are local: a sharded version's table is never put together.
+    weights = ([str(f.local_path) for f in version.weight_files] if all(f.is_local for f in version.weight_files)
+               else version.weights_bytes())
     with version.vocabulary.open() as f:
         vocabulary = vocabulary_to_bytes(pq.read_table(f))
     scorer = ArrowScorer(weights_digest=version.weights_digest, model_config=version.config.to_dict(),

@@ -147,6 +147,12 @@ def test_train_from_s3_to_s3_then_score_and_evaluate_read_the_model_from_s3(spar
     got = dict(zip(table["row_id"].to_pylist(), table["probability"].to_numpy(), strict=True))
     assert got.keys() == expected.keys()
     assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
+    # Mapped in the executors: the weight files are copied from the store to the driver's disk once.
+    mapped = run_score(spark, Config.model_validate({**trained["cfg"], "score": {
+        "model": model_uri, "output": str(tmp_path / "mapped"), "preprocessed": test_split, "tables": "mapped"}}),
+        "2026-11-27")
+    assert pq.read_table(mapped.partition.removeprefix("file:")).sort_by("row_id")["probability"].equals(
+        table.sort_by("row_id")["probability"])
 
     report_uri = f"s3://{BUCKET}/reports/2026-11-27"
     evaluated = run_evaluate(spark, Config.model_validate({**trained["cfg"], "evaluate": {

@@ -304,3 +304,25 @@ def test_a_sharded_version_trained_on_spark_scores_equal_to_in_process(spark, tr
     got = np.array([spark_scores[i] for i in shards["row_id"].to_pylist()])
     assert len(got) == 10_000 and np.abs(got - expected).max() < 1e-5
     assert set(table["model_digest"].to_pylist()) == {open_model_version(sharded.model).weights_digest}
+    # The executors map the stripes where training wrote them, and read only the rows they look up.
+    cfg = _score_cfg(trained, model=sharded.model, output=str(tmp_path / "mapped"), tables="mapped")
+    mapped = pq.read_table(Path(run_score(spark, cfg, "2026-11-27").partition.removeprefix("file:")))
+    assert mapped.sort_by("row_id")["probability"].equals(table.sort_by("row_id")["probability"])
+
+
+def test_a_model_over_broadcast_max_mb_is_mapped_by_the_executors_and_scores_alike(spark, trained, scored, tmp_path,
+                                                                                  caplog):
+    cfg = _score_cfg(trained, output=str(tmp_path / "scores"), broadcast_max_mb=0)
+    with caplog.at_level(logging.INFO, logger="pipelines.score"):
+        result = run_score(spark, cfg, "2026-11-27")
+    assert "executors map the model's" in caplog.text
+    mapped = pq.read_table(Path(result.partition.removeprefix("file:"))).sort_by("row_id")
+    assert mapped["probability"].equals(scored[1].sort_by("row_id")["probability"])
+
+
+def test_mapped_tables_under_a_python_address_space_cap_fail_naming_the_setting(trained, tmp_path):
+    capped = run_cli([*CLI, "score", "--run-date", "2026-11-27", *_cli_sets(trained, tmp_path / "s"),
+                      "--set", "spark.conf.spark.executor.pyspark.memory=512m", "--set", "score.tables=mapped"])
+    assert capped.returncode == 2 and "Traceback" not in capped.stderr
+    assert "spark.executor.pyspark.memory=512m caps each Python worker" in capped.stderr
+    assert not (tmp_path / "s").exists()
