@@ -48,14 +48,40 @@ def test_sharded_training_commits_a_version_that_scores_as_the_run_evaluated(cri
     # Only the replicated parameters are compared between the workers: they stayed identical.
     first, second = trained.result.replica_fingerprints
     assert first == second
+    # Mapped (what score does for a big model): the stripes are read in place, not put together or copied.
+    mapped = version.load(mapped_from=[f.local_path for f in version.weight_files])
+    assert trained.result.test["auc"] == pytest.approx(_test_auc(mapped, criteo_shards), abs=1e-6)
+    stripes_in_place = mapped.embeddings.table.stripes
+    assert [_file_mapped_at(s.data_ptr()) for s in stripes_in_place] == [str(f.local_path)
+                                                                        for f in version.weight_files[1:]]
 
 
-def test_sharded_and_replicated_training_learn_alike(criteo_shards, tmp_path):
-    """The same steps on other initial rows (a sharded table draws each stripe on its own): equal
-    AUC up to the noise of a 989-row test split."""
-    sharded = run_training(_cfg(criteo_shards, tmp_path / "sharded", embeddings="sharded")).result.test["auc"]
-    replicated = run_training(_cfg(criteo_shards, tmp_path / "replicated")).result.test["auc"]
-    assert abs(sharded - replicated) < 0.02
+def _file_mapped_at(address: int) -> str | None:
+    """The file this process has mapped at `address` (/proc/self/maps), if any."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            if start <= address < end:
+                return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+def test_sharded_and_replicated_training_from_the_same_weights_end_with_equal_weights(criteo_shards, tmp_path):
+    """The same 2 workers, data and steps: a sharded table takes the steps a replicated one does.
+    Both start from one version's weights (warm start: a sharded table draws its own initial rows),
+    with row-wise Adagrad, whose update is the same for a row's sparse or dense gradient."""
+    start = run_training(_cfg(criteo_shards, tmp_path / "start", workers=1, epochs=1))
+    common = {"epochs": 1, "embedding_optimizer": "rowwise_adagrad", "warm_start": start.model, "ema_decay": 0.0}
+    sharded = run_training(_cfg(criteo_shards, tmp_path / "sharded", embeddings="sharded", **common))
+    replicated = run_training(_cfg(criteo_shards, tmp_path / "replicated", **common))
+    sharded_state = open_model_version(sharded.model).state_dict()
+    replicated_state = open_model_version(replicated.model).state_dict()
+    assert sharded_state.keys() == replicated_state.keys()
+    before = open_model_version(start.model).state_dict()["embeddings.table.weight"]
+    assert not torch.equal(replicated_state["embeddings.table.weight"], before)  # the steps moved the rows
+    for name, weight in replicated_state.items():
+        torch.testing.assert_close(sharded_state[name], weight, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(criteo_shards, tmp_path):
