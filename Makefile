@@ -6,7 +6,7 @@ export STACK VENV
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: docs setup test-cross-stack setup-airflow setup-mlflow mlflow-server run test test-slow test-cluster test-airflow test-tracking-server package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score clean
+.PHONY: docs setup test-cross-stack setup-airflow setup-mlflow mlflow-server run test test-slow test-cluster test-airflow test-tracking-server package lint bench-preprocess bench-train bench-quality bench-quality-synthetic bench-score bench-mapped-score clean
 
 setup:
 	@bash scripts/setup.sh
@@ -95,6 +95,9 @@ bench-quality-synthetic: setup
 
 bench-score: setup
 	$(PY) bench/bench_score.py
+
+bench-mapped-score: setup
+	$(PY) bench/bench_mapped_score.py
 
 clean:
 	rm -rf out dist build site .pytest_cache

@@ -70,39 +70,48 @@ def in_process_rate(model_dir: Path, data: Path, batch_rows: int) -> dict:
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 
 
-def in_process_raw_rate(model_dir: Path, raw: Path, batch_rows: int) -> dict:
-    """The score job's Python side alone, on every core: the raw lines read from the file, parsed,
-    encoded and scored in batches by the same LineScorer, with no Spark around it."""
+def raw_line_scorer(md, keep: tuple[str, ...] = (), weights=None):
+    """The score job's LineScorer over the synthetic logs' lines, with the whole model in this
+    process (`weights`: its state dict's bytes; default, the version's)."""
     from deepfm.features.encode import vocabulary_to_bytes
     from deepfm.features.parse import ParseLines
     from deepfm.serving.inference import ArrowScorer, LineScorer
     from pipelines import read
 
-    md = open_model_version(model_dir)
     fmap, spec = md.feature_map, load_config(CONF_FILES).dataset.input
-    weights, vocabulary = md.weights.read_bytes(), vocabulary_to_bytes(pq.read_table(md.vocabulary.uri))
+    weights = md.weights_bytes() if weights is None else weights
+    vocabulary = vocabulary_to_bytes(pq.read_table(md.vocabulary.uri))
     header = [c.name for c in spec.resolved_columns]  # the synthetic logs have no header line
-    scorer = LineScorer(
+    return LineScorer(
         ParseLines(read.line_parser(spec, header, {name: i for i, name in enumerate(header)}), read.ARROW_BOOKKEEPING),
         ArrowScorer(weights_digest=md.weights_digest, model_config=md.config.to_dict(),
                     categorical=tuple(f.name for f in fmap.categorical), dense=tuple(f.name for f in fmap.dense),
                     keep=(), weights=lambda: weights,
                     threads=os.cpu_count() or 1, device="cpu", feature_map=fmap.to_dict(),
                     vocabulary=lambda: vocabulary),
-        (), fmap.label)
+        keep, fmap.label)
 
-    def batches():
-        lines = [line for f in sorted(raw.glob("*.tsv")) for line in f.read_text().splitlines()]
-        for begin in range(0, len(lines), batch_rows):
-            chunk = pa.array(lines[begin:begin + batch_rows], pa.string())
-            yield pa.RecordBatch.from_arrays(
-                [chunk, pa.array(np.zeros(len(chunk), bool)), pa.nulls(len(chunk), pa.binary()),
-                 pa.array([str(raw)] * len(chunk), pa.string())],
-                names=[read.RAW, read.BAD_UTF8, read.RAW_BYTES, read.SOURCE])
 
-    next(scorer(iter([next(batches())])))  # warm-up: the model and the encoder are built once
+def raw_batches(raw: Path, batch_rows: int):
+    """The logs' lines as the batches `pipelines.read.raw_lines` hands the score job's Python workers."""
+    from pipelines import read
+
+    lines = [line for f in sorted(raw.glob("*.tsv")) for line in f.read_text().splitlines()]
+    for begin in range(0, len(lines), batch_rows):
+        chunk = pa.array(lines[begin:begin + batch_rows], pa.string())
+        yield pa.RecordBatch.from_arrays(
+            [chunk, pa.array(np.zeros(len(chunk), bool)), pa.nulls(len(chunk), pa.binary()),
+             pa.array([str(raw)] * len(chunk), pa.string())],
+            names=[read.RAW, read.BAD_UTF8, read.RAW_BYTES, read.SOURCE])
+
+
+def in_process_raw_rate(model_dir: Path, raw: Path, batch_rows: int) -> dict:
+    """The score job's Python side alone, on every core: the raw lines read from the file, parsed,
+    encoded and scored in batches by the same LineScorer, with no Spark around it."""
+    scorer = raw_line_scorer(open_model_version(model_dir))
+    next(scorer(iter([next(raw_batches(raw, batch_rows))])))  # warm-up: the model and the encoder are built once
     start = time.perf_counter()
-    rows = sum(out.num_rows for out in scorer(batches()))
+    rows = sum(out.num_rows for out in scorer(raw_batches(raw, batch_rows)))
     seconds = time.perf_counter() - start
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 

@@ -38,6 +38,60 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            found = {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(keys)}
+    except (OSError, IndexError, ValueError):
+        return {}
+    return found
+
+
+def tree_memory(root: int) -> dict[str, int]:
+    """Bytes resident in a process tree: `anon` (private: heaps, copies; what a memory limit must
+    hold) and `file` (mapped files: page cache, shared between processes and reclaimed under
+    pressure), each summed over the processes."""
+    tree, totals, stack = _children(), {"anon": 0, "file": 0}, [root]
+    while stack:
+        pid = stack.pop()
+        status = _status_kib(pid, ("RssAnon", "RssFile"))
+        totals["anon"] += status.get("RssAnon", 0) << 10
+        totals["file"] += status.get("RssFile", 0) << 10
+        stack.extend(tree.get(pid, []))
+    return totals
+
+
+class PeakMemory:
+    """Samples `tree_memory(root)` every `every_s` while in the with-block: the peak of each part
+    and of the largest single process's anonymous memory."""
+
+    def __init__(self, root: int, every_s: float = 0.25) -> None:
+        self.root, self.every_s = root, every_s
+        self.peak = {"anon": 0, "file": 0, "largest_process_anon": 0}
+        self._done = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            parts = tree_memory(self.root)
+            tree, stack, largest = _children(), [self.root], 0
+            while stack:
+                pid = stack.pop()
+                largest = max(largest, _status_kib(pid, ("RssAnon",)).get("RssAnon", 0) << 10)
+                stack.extend(tree.get(pid, []))
+            for key, value in (*parts.items(), ("largest_process_anon", largest)):
+                self.peak[key] = max(self.peak[key], value)
+            self._done.wait(self.every_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def run_measured(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float, int]:
     """Run a command; return (result, wall seconds, peak RSS of its process tree in bytes)."""
     peak = 0
