@@ -12,7 +12,8 @@ rows is what a row costs, free of the interpreter's, torch's and the MLP's fixed
 Cases (train.embedding_optimizer): `adam`, lazy Adam (two moment vectors a row); `rowwise_adagrad`,
 one float a row; `sharded_adam` and `sharded_rowwise_adagrad`, the same with train.embeddings=sharded
 over 2 gloo workers (deepfm/training/sharding.py), each drawing its own batches: the figure is the
-larger of the two workers' peaks; `_bf16`, the table kept in bf16 (train.table_precision).
+larger of the two workers' peaks; `_bf16`, the table kept in bf16 (train.table_precision);
+`ddp_adam` (asked for by name), replicated Adam over 2 DistributedDataParallel workers.
 `ratio_to_adam` is replicated Adam's bytes per row over the case's:
 how many more rows fit in a worker. `bytes_per_row_estimated` is what the driver's memory check
 (deepfm/training/memory.py) assumes.
@@ -37,6 +38,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 CASES = ("adam", "rowwise_adagrad", "rowwise_adagrad_bf16", "sharded_adam", "sharded_rowwise_adagrad",
          "sharded_rowwise_adagrad_bf16")
+# Replicated over 2 DistributedDataParallel workers (each holds the whole table): not in the
+# default run, whose replicated cases are one process; for the largest-table measure at 2 workers.
+EXTRA_CASES = ("ddp_adam",)
 SHARDED_WORKERS = 2
 EMBEDDING_DIM = 16
 SMALL_FIELDS = (1_000, 100, 10)
@@ -57,7 +61,7 @@ def peak_rss_after_training(case: str, rows: int, steps: int, batch_size: int) -
     vocab = (rows, *SMALL_FIELDS)
     config = DeepFMConfig(vocab_sizes=vocab, embedding_dim=EMBEDDING_DIM, hidden=(64, 64), sparse_embeddings=True)
     settings = _train_config(case)
-    backend = make_backend("torch" if settings.embeddings == "sharded" else "none", "cpu")
+    backend = make_backend("torch" if settings.workers > 1 else "none", "cpu")
     raw = DeepFM(config, embedding_table(settings, config))  # as deepfm/training/train.py's build_run makes it
     model, optimizers = backend.prepare(raw, make_optimizers(raw, 1e-3, 1e-2, settings.embedding_optimizer))
     generator = torch.Generator().manual_seed(backend.rank)
@@ -78,16 +82,16 @@ def _train_config(case: str):
     """The training settings a case's name stands for (the table's part of them)."""
     from deepfm.config import TrainConfig
 
-    sharded = case.startswith("sharded_")
-    name = case.removeprefix("sharded_")
+    sharded, ddp = case.startswith("sharded_"), case.startswith("ddp_")
+    name = case.removeprefix("sharded_").removeprefix("ddp_")
     return TrainConfig(data="-", output="-", embedding_optimizer=name.removesuffix("_bf16"), embedding_l2=0,
                        model={"embedding_dim": EMBEDDING_DIM}, embeddings="sharded" if sharded else "replicated",
-                       backend="torch", workers=SHARDED_WORKERS if sharded else 1,
+                       backend="torch", workers=SHARDED_WORKERS if sharded or ddp else 1,
                        table_precision="bf16" if name.endswith("_bf16") else "fp32")
 
 
 def measure(case: str, rows: int, steps: int, batch_size: int) -> dict:
-    """The case in fresh processes: one, or one per worker of a sharded run (the largest peak)."""
+    """The case in fresh processes: one, or one per worker of a 2-worker run (the largest peak)."""
     from deepfm.training.launch import free_port
 
     world = _train_config(case).workers
@@ -109,7 +113,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs=2, default=[1_000_000, 8_000_000], metavar=("SMALL", "BIG"))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=CASES + EXTRA_CASES, default=list(CASES))
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
