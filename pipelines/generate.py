@@ -22,10 +22,27 @@ at least 2 rows in 100,000 (about 20 in 1M rows, up to 20,000 values a field) ca
 same strength as a popular one, in fields of at most 1M values, so a model must learn thousands of
 values per field from tens of rows each. Rows are made in seeded chunks: any chunk can be
 regenerated alone, and 45M rows stream through in bounded memory.
+
+A family of teachers (issue 26) builds on the long-tail one, each adding one structure real logs
+have and the others lack, so that defaults are judged on more than one form of data:
+- `field_pairs`: the pairwise term is field-pair specific (FFM-style): value x of field f meets
+  field g with a vector of its own for g, <v(f, x, g), v(g, y, f)>, which shared embeddings hold
+  only approximately;
+- `heavy_tail`: flatter Zipf tails, and signal in values down to 1 row in 100,000 (about 10 in 1M
+  rows), up to 50,000 values a field;
+- `numeric_cross`: beside the shared effects, six categorical fields change the slope of a
+  numeric field's effect per value (numeric x categorical);
+- `triples`: three strong crosses of three small fields each, one effect per combination of their
+  top 10 values, which no sum of pairs can express.
+Every teacher's effects are functions of (field, rank); a value left out (rank -1) adds nothing.
+So the "learnable" reference of issue 26, the teacher with the effects of values seen fewer than k
+times in train zeroed, is `teacher.logit(ints, ranks with those values set to -1)`;
+`decode_ranks` turns the logs' tokens back into ranks to count and mask them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -57,6 +74,16 @@ LONG_TAIL_HEAD, LONG_TAIL_MIN_SHARE, LONG_TAIL_MAX_CARDINALITY = 20_000, 2e-5, 1
 INTERACTION_DIM = 4
 INTERACTING = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 18, 19, 22, 24)
 INTERACTION_SCALE = 0.26  # the interactions' logit spread is then ~1.6, like the first-order terms'
+# heavy_tail: fields' Zipf exponents this much lower, and signal down to 1 row in 100,000.
+HEAVY_TAIL_HEAD, HEAVY_TAIL_MIN_SHARE, HEAVY_TAIL_FLATTER = 50_000, 1e-5, 0.1
+# numeric_cross: (categorical field, numeric field) pairs whose slope depends on the categorical value.
+NUMERIC_CROSSES = ((0, 0), (2, 2), (7, 4), (10, 6), (13, 9), (15, 10))
+NUMERIC_CROSS_SCALE = 0.5
+# triples: three fields each of small cardinality (C6, C14, C17; C5, C22, C23; C9, C20, C25), crossed
+# over their top TRIPLE_TOP values.
+TRIPLES = ((5, 13, 16), (4, 21, 22), (8, 19, 24))
+TRIPLE_TOP, TRIPLE_SCALE = 10, 0.6
+TEACHER_FAMILY = ("long_tail", "field_pairs", "heavy_tail", "numeric_cross", "triples")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 INT_NAMES = tuple(f"I{i}" for i in range(1, NUM_INT + 1))
@@ -81,6 +108,10 @@ class Teacher:
     item_weights: tuple[np.ndarray, np.ndarray]
     spread: np.ndarray  # (NUM_CAT,) the standard deviation of each field's first-order weights
     bias: float = 0.0
+    # field_pairs: (len(INTERACTING), head, len(INTERACTING), INTERACTION_DIM), replacing `vectors`
+    pair_vectors: np.ndarray | None = None
+    numeric_slopes: np.ndarray | None = None  # numeric_cross: (len(NUMERIC_CROSSES), head)
+    triple_effects: np.ndarray | None = None  # triples: (len(TRIPLES), TRIPLE_TOP ** 3)
 
     @property
     def head(self) -> int:
@@ -92,12 +123,16 @@ class Teacher:
         rng = np.random.default_rng([cfg.seed, 0xC0FFEE])
         cards = np.maximum(2, np.round(np.array(CRITEO_CARDINALITIES) * cfg.cardinality_scale)).astype(np.int64)
         head, min_share = HEAD, SIGNAL_MIN_SHARE
-        if cfg.teacher == "long_tail":
+        if cfg.teacher != "head":
             head, min_share = LONG_TAIL_HEAD, LONG_TAIL_MIN_SHARE
             cards = np.minimum(cards, LONG_TAIL_MAX_CARDINALITY)
+        if cfg.teacher == "heavy_tail":
+            head, min_share = HEAVY_TAIL_HEAD, HEAVY_TAIL_MIN_SHARE
         # Big fields have long flat tails, small ones a few dominant values (as in the real data).
         exponents = np.clip(1.05 + 0.2 * np.maximum(0, 6 - np.log10(cards)), 1.05, 1.9)
         exponents += rng.uniform(-0.03, 0.03, NUM_CAT)
+        if cfg.teacher == "heavy_tail":
+            exponents = np.maximum(exponents - HEAVY_TAIL_FLATTER, 1.0)
         cdfs = [_zipf_cdf(int(k), float(s)) for k, s in zip(cards, exponents, strict=True)]
         spread = rng.uniform(0.15, 0.6, NUM_CAT)[:, None]
         teacher = cls(
@@ -114,6 +149,16 @@ class Teacher:
             item_weights=(rng.standard_normal(ITEM_CATEGORIES) * 0.4, rng.standard_normal(ITEM_BRANDS) * 0.2),
             spread=spread[:, 0],
         )
+        # The family's structures come from a generator of their own: the base teacher's draws stay as they were.
+        extra = np.random.default_rng([cfg.seed, 0xFA111])
+        if cfg.teacher == "field_pairs":
+            teacher.vectors = np.zeros_like(teacher.vectors)
+            teacher.pair_vectors = (extra.standard_normal((len(INTERACTING), head, len(INTERACTING), INTERACTION_DIM),
+                                                          dtype=np.float32) * INTERACTION_SCALE)
+        elif cfg.teacher == "numeric_cross":
+            teacher.numeric_slopes = extra.standard_normal((len(NUMERIC_CROSSES), head)) * NUMERIC_CROSS_SCALE
+        elif cfg.teacher == "triples":
+            teacher.triple_effects = extra.standard_normal((len(TRIPLES), TRIPLE_TOP ** 3)) * TRIPLE_SCALE
         teacher.bias = teacher.calibrate_bias(cfg.base_ctr, np.random.default_rng([cfg.seed, 0xB1A5]))
         return teacher
 
@@ -145,6 +190,21 @@ class Teacher:
             total += v
             squares += (v ** 2).sum(1)
         out += 0.5 * ((total ** 2).sum(1) - squares)
+        if self.pair_vectors is not None:
+            for a, b in itertools.combinations(range(len(INTERACTING)), 2):
+                f, g = INTERACTING[a], INTERACTING[b]
+                both = head[:, f] & head[:, g]
+                meet = (self.pair_vectors[a, idx[:, f], b] * self.pair_vectors[b, idx[:, g], a]).sum(1)
+                out += np.where(both, meet, 0.0)
+        if self.numeric_slopes is not None:
+            for k, (f, i) in enumerate(NUMERIC_CROSSES):
+                shape = np.tanh(np.log1p(np.maximum(np.nan_to_num(ints[:, i], nan=0.0), 0)) - self.int_center[i])
+                out += np.where(head[:, f] & ~np.isnan(ints[:, i]), self.numeric_slopes[k, idx[:, f]] * shape, 0.0)
+        if self.triple_effects is not None:
+            for k, fields in enumerate(TRIPLES):
+                top = np.all([(ranks[:, f] >= 0) & (ranks[:, f] < TRIPLE_TOP) for f in fields], axis=0)
+                cell = sum(np.maximum(ranks[:, f], 0) * TRIPLE_TOP ** j for j, f in enumerate(fields))
+                out += np.where(top, self.triple_effects[k, np.where(top, cell, 0)], 0.0)
         return out
 
     def calibrate_bias(self, base_ctr: float, rng: np.random.Generator) -> float:
@@ -212,9 +272,26 @@ def _cat_columns(ranks: np.ndarray, fields) -> dict[str, pa.Array]:
     return {CAT_NAMES[f]: _hex_tokens(ranks[:, f], salt=f) for f in fields}
 
 
+_TOKEN_MULTIPLIER = 2654435761
+_TOKEN_INVERSE = pow(_TOKEN_MULTIPLIER, -1, 1 << 32)  # the multiplier is odd: invertible modulo 2^32
+
+
+def decode_ranks(tokens: pa.Array | pa.ChunkedArray, field: int) -> np.ndarray:
+    """The ranks of a categorical field's tokens as the logs hold them (-1: missing): `_hex_tokens` undone."""
+    text = pa.chunked_array([tokens]) if isinstance(tokens, pa.Array) else tokens
+    missing = text.is_null().to_numpy(zero_copy_only=False)
+    chars = np.frombuffer(text.fill_null("00000000").to_numpy(zero_copy_only=False).astype("S8").tobytes(),
+                          np.uint8).reshape(-1, 8).astype(np.uint64)
+    digits = np.where(chars <= ord("9"), chars - ord("0"), chars - ord("a") + 10)
+    codes = (digits << np.arange(28, -1, -4, dtype=np.uint64)).sum(1, dtype=np.uint64)
+    mixed = codes ^ np.uint64(((field + 1) * 0x9E3779B1) & 0xFFFFFFFF)
+    ranks = ((mixed * np.uint64(_TOKEN_INVERSE)) & np.uint64(0xFFFFFFFF)).astype(np.int64) - 1
+    return np.where(missing, -1, ranks)
+
+
 def _hex_tokens(ranks: np.ndarray, salt: int) -> pa.Array:
     """8-hex-digit tokens, a bijection of (field, rank) like Criteo's hashed values."""
-    mixed = (ranks.astype(np.uint64) + np.uint64(1)) * np.uint64(2654435761)
+    mixed = (ranks.astype(np.uint64) + np.uint64(1)) * np.uint64(_TOKEN_MULTIPLIER)
     codes = (mixed ^ np.uint64((salt + 1) * 0x9E3779B1)) & np.uint64(0xFFFFFFFF)
     shifts = np.arange(28, -1, -4, dtype=np.uint64)
     digits = _HEX[((codes[:, None] >> shifts) & np.uint64(0xF)).astype(np.intp)]

@@ -93,8 +93,9 @@ class GenerateConfig(_Strict):
     cardinality_scale: Annotated[float, Field(gt=0)] = 1.0
     # Which values carry click signal: `head`, a field's popular ones (at least 1 row in 1,000);
     # `long_tail`, also the rare ones down to 2 rows in 100,000 (about 20 in 1M rows), in fields
-    # of at most 1M values, as in real logs (pipelines/generate.py).
-    teacher: Literal["head", "long_tail"] = "head"
+    # of at most 1M values, as in real logs; `field_pairs`, `heavy_tail`, `numeric_cross` and
+    # `triples`, the long-tail teacher with one more structure each (pipelines/generate.py).
+    teacher: Literal["head", "long_tail", "field_pairs", "heavy_tail", "numeric_cross", "triples"] = "head"
     gzip: bool = False  # write .tsv.gz
     # A dated stream: `days` partitions output/dt=YYYY-MM-DD/ from start_date on, `rows` rows each,
     # whose values and effects drift from day to day as `drift` says (pipelines/drift.py).
@@ -110,6 +111,8 @@ class GenerateConfig(_Strict):
             raise SettingError(("start_date",), f"not a date as YYYY-MM-DD: {self.start_date!r}") from None
         if self.days is not None and self.mode != "criteo":
             raise SettingError(("days",), "a dated stream is written in mode criteo only")
+        if self.days is not None and self.teacher not in ("head", "long_tail"):
+            raise SettingError(("teacher",), "a dated stream drifts the head and long_tail teachers only")
         broken = self.drift.broken_day
         if broken is not None:
             if self.days is None:

@@ -6,7 +6,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from deepfm.config import GenerateConfig
-from pipelines.generate import CRITEO_COLUMNS, Teacher, generate
+from pipelines.generate import (
+    CRITEO_COLUMNS,
+    INTERACTING,
+    NUMERIC_CROSSES,
+    TRIPLES,
+    Teacher,
+    decode_ranks,
+    generate,
+    sigmoid,
+)
 
 
 def _read(path):
@@ -112,3 +121,44 @@ def test_the_long_tail_teacher_puts_signal_into_values_seen_20_to_1000_times_in_
         # the head teacher's rare values carry nothing; the long-tail teacher's over a tenth of the logit
         assert unexplained > 0.1 if rare_values else unexplained < 1e-9
     assert teacher.cardinalities.max() <= 1_000_000
+
+
+@pytest.mark.parametrize("kind", ["field_pairs", "heavy_tail", "numeric_cross", "triples"])
+def test_each_family_teacher_labels_its_logs_with_what_its_logit_says_of_the_decoded_values(tmp_path, kind):
+    """The logs' p_true is the teacher's logit of the rows' values, read back from the tokens: the
+    learnable reference (values masked to -1) can be computed from the logs alone."""
+    cfg = GenerateConfig(output=str(tmp_path / "raw"), rows=5_000, teacher=kind, seed=3)
+    generate(cfg)
+    table = _read(tmp_path / "raw" / "part-00000.tsv")
+    ranks = np.stack([decode_ranks(table.column(f"C{f + 1}"), f) for f in range(26)], 1)
+    ints = np.stack([table.column(f"I{i + 1}").to_numpy(zero_copy_only=False).astype(float) for i in range(13)], 1)
+    teacher = Teacher.create(cfg)
+    np.testing.assert_allclose(sigmoid(teacher.logit(ints, ranks)), table.column("p_true").to_numpy(), atol=1e-6)
+    # With every categorical value masked, only the bias and the numeric effects are left.
+    numeric_only = teacher.logit(ints, np.full_like(ranks, -1))
+    assert np.corrcoef(numeric_only, teacher.logit(ints, ranks))[0, 1] < 0.5
+
+
+def test_the_family_adds_one_structure_each_to_the_long_tail_teacher():
+    base = Teacher.create(GenerateConfig(output="unused", teacher="long_tail"))
+    ints, ranks, logit = base.sample(50_000, np.random.default_rng(1))
+    crossed = {"numeric_cross": [f for f, _ in NUMERIC_CROSSES], "triples": [f for t in TRIPLES for f in t],
+               "field_pairs": list(INTERACTING)}
+    for kind, fields in crossed.items():
+        teacher = Teacher.create(GenerateConfig(output="unused", teacher=kind))
+        assert np.array_equal(teacher.first_order, base.first_order)  # the base draws are kept
+        added = (teacher.logit(ints, ranks) - teacher.bias) - (logit - base.bias)  # each calibrates its own bias
+        assert added.std() > 0.3, kind
+        # The structure lives in its fields: without their values the teacher is the base one (less
+        # the base's pair terms in those fields, which field_pairs replaces).
+        masked = ranks.copy()
+        masked[:, fields] = -1
+        np.testing.assert_allclose(teacher.logit(ints, masked) - teacher.bias, base.logit(ints, masked) - base.bias,
+                                   atol=1e-9)
+    heavy = Teacher.create(GenerateConfig(output="unused", teacher="heavy_tail"))
+    assert heavy.signal_values.sum() > 2 * base.signal_values.sum()
+
+
+def test_a_dated_stream_of_a_family_teacher_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="teacher"):
+        GenerateConfig(output="unused", teacher="triples", days=3)
