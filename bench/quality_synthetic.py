@@ -15,10 +15,17 @@ conf/base.yaml instead of this benchmark's settings.
 same seed and settings (target: within 0.001 of replicated).
 --preprocess-set and --train-set measure a lever: the same generated rows re-preprocessed, or trained,
 with one setting changed (e.g. --preprocess-set preprocess.vocab.oov_buckets=1000).
+--family (issue 26) runs the generator's family of teachers (long_tail, field_pairs, heavy_tail,
+numeric_cross, triples) with the train: defaults, one worker, on each --split-seeds split, and
+reports per teacher the gap to the true probability and to the learnable reference: the teacher
+with the effects of values seen fewer than 10 times in train zeroed (what a model can learn from
+these rows), both over all 1M rows; --peer adds DeepCTR-Torch 0.3.0's DeepFM on the same rows.
+Goal: gap to the learnable reference <= 0.02 on every teacher, and ahead of DeepCTR-Torch.
     python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit] [--one-worker] [--bf16]
                                       [--sharded]
-                                      [--teacher head|long_tail] [--defaults]
-                                      [--preprocess-set KEY=VALUE ...] [--train-set KEY=VALUE ...]
+                                      [--teacher head|long_tail|field_pairs|heavy_tail|numeric_cross|triples]
+                                      [--defaults] [--preprocess-set KEY=VALUE ...] [--train-set KEY=VALUE ...]
+    python bench/quality_synthetic.py --family [--split-seeds 2017 1] [--peer] [--teachers ...]
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 import yaml
 from sklearn.metrics import roc_auc_score
@@ -45,9 +56,11 @@ from synthetic_data import generate, preprocess  # noqa: E402
 from deepfm.config import GenerateConfig, TrainConfig, with_settings  # noqa: E402
 from deepfm.training.launch import run_training  # noqa: E402
 from pipelines import generate as gen  # noqa: E402
+from pipelines.vocab import COUNT, FIELD, TOKEN  # noqa: E402
 
 GLOBAL_BATCH = 4096
 ROWS = 1_000_000
+LEARNABLE_MIN_COUNT = 10  # the learnable reference zeroes the effects of values seen fewer times in train
 # Tuned on the validation split, and since made the train: defaults (which differ only in the
 # moving average's horizon, `auto` there: half an epoch, ~0.99 here): the embedding prior keeps the
 # ~40k tail ids near zero and is looser for popular values (rarity exponent), the tables need a
@@ -81,6 +94,38 @@ def default_training() -> dict:
 def true_auc(data: Path) -> float:
     test = ds.dataset(data / "test").to_table(columns=["label", "p_true"])
     return float(roc_auc_score(test.column("label").to_numpy(), test.column("p_true").to_numpy()))
+
+
+def reference_aucs(raw: Path, data: Path, teacher_kind: str, seed: int = 7) -> dict:
+    """Over every generated row: the AUC of the true probability, and of the learnable reference (the
+    teacher with the values seen fewer than LEARNABLE_MIN_COUNT times in `data`'s train split left out,
+    their counts read from its vocabulary)."""
+    from deepfm.features.preprocess_output import PreprocessOutput
+
+    output = PreprocessOutput.open(data)
+    vocabulary = pq.read_table(output.vocabulary.local_path)
+    table = pa.concat_tables(pacsv.read_csv(
+        path, read_options=pacsv.ReadOptions(column_names=list(gen.CRITEO_COLUMNS)),
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        convert_options=pacsv.ConvertOptions(column_types={name: pa.string() for name in gen.CAT_NAMES},
+                                             strings_can_be_null=True)) for path in sorted(raw.glob("*.tsv")))
+    ints = np.stack([table[name].to_numpy(zero_copy_only=False).astype(float) for name in gen.INT_NAMES], 1)
+    ranks = np.stack([gen.decode_ranks(table[name], f) for f, name in enumerate(gen.CAT_NAMES)], 1)
+    learnable = ranks.copy()
+    fields = {f.name: f for f in output.feature_map.fields}
+    for f, name in enumerate(gen.CAT_NAMES):
+        if fields[name].hash_buckets is not None or (fields[name].min_count or 1) > LEARNABLE_MIN_COUNT:
+            raise SystemExit(f"{name} is hashed, or its vocabulary keeps only values seen {fields[name].min_count}+ "
+                             f"times: the reference needs the train counts down to {LEARNABLE_MIN_COUNT}")
+        field = vocabulary.filter(pc.equal(vocabulary[FIELD], name))
+        known = field.filter(pc.greater_equal(field[COUNT], LEARNABLE_MIN_COUNT))[TOKEN].drop_null()
+        known = known.filter(pc.match_substring_regex(known, "^[0-9a-f]{8}$"))  # values, not tail buckets
+        learnable[:, f] = np.where(np.isin(ranks[:, f], gen.decode_ranks(known, f)), ranks[:, f], -1)
+    teacher = gen.Teacher.create(GenerateConfig(output="unused", seed=seed, teacher=teacher_kind))
+    label = table["label"].to_numpy()
+    return {"true_probability_auc_all_rows": round(float(roc_auc_score(label, table["p_true"].to_numpy())), 4),
+            "learnable_auc_all_rows": round(float(roc_auc_score(label, teacher.logit(ints, learnable))), 4),
+            "rows_with_a_value_left_out": round(float((learnable != ranks).any(1).mean()), 3)}
 
 
 def train(data: Path, out: Path, workers: int, backend: str, precision: str = "fp32",
@@ -150,6 +195,39 @@ def fit_teacher_form(seed: int = 7, kind: str = "head") -> dict:
             "gap": round(test_true - best_test, 4)}
 
 
+def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool) -> dict:
+    """Each teacher of the family with the train: defaults, one worker, on each split seed."""
+    per_teacher = {}
+    for kind in teachers:
+        runs = []
+        for split_seed in split_seeds:
+            data = prepare(out / kind, kind, [f"dataset.split.seed={split_seed}"])
+            references = reference_aucs(out / kind / "raw", data, kind)
+            ours = train(data, out / kind / f"w1-split{split_seed}", 1, "none", training=default_training())
+            run = {"split_seed": split_seed, **references, "true_probability_test_auc": round(true_auc(data), 4),
+                   "test_auc": ours["test_auc"], "epochs": ours["epochs"],
+                   "gap_to_true": round(references["true_probability_auc_all_rows"] - ours["test_auc"], 4),
+                   "gap_to_learnable": round(references["learnable_auc_all_rows"] - ours["test_auc"], 4)}
+            if peer:
+                from compare_criteo import deepctr
+
+                run["deepctr_torch_test_auc"] = round(deepctr(data)["auc"], 4)
+            runs.append(run)
+            print(json.dumps({kind: run}), file=sys.stderr, flush=True)
+        gaps = [r["gap_to_learnable"] for r in runs]
+        per_teacher[kind] = {
+            "runs": runs, "gap_to_learnable_mean": round(float(np.mean(gaps)), 4),
+            "gap_to_learnable_spread": round(float(np.max(gaps) - np.min(gaps)), 4),
+            "gap_to_true_mean": round(float(np.mean([r["gap_to_true"] for r in runs])), 4),
+            **({"ahead_of_deepctr": all(r["test_auc"] > r["deepctr_torch_test_auc"] for r in runs)} if peer else {}),
+        }
+    means = [t["gap_to_learnable_mean"] for t in per_teacher.values()]
+    return {"machine": machine(), "benchmark": "synthetic_quality_family", "split_seeds": split_seeds,
+            "learnable_min_count": LEARNABLE_MIN_COUNT, "training": default_training(), "teachers": per_teacher,
+            "family_gap_to_learnable_mean": round(float(np.mean(means)), 4),
+            "every_teacher_within_0.02_of_learnable": all(m <= 0.02 for m in means)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="preprocessed synthetic data (default: generate 1M rows)")
@@ -159,7 +237,11 @@ def main() -> None:
     parser.add_argument("--one-worker", action="store_true", help="skip the 2-worker run")
     parser.add_argument("--bf16", action="store_true", help="also train 1 worker with train.precision bf16")
     parser.add_argument("--sharded", action="store_true", help="2 workers, replicated against sharded tables")
-    parser.add_argument("--teacher", choices=["head", "long_tail"], default="head")
+    parser.add_argument("--teacher", choices=["head", *gen.TEACHER_FAMILY], default="head")
+    parser.add_argument("--family", action="store_true", help="every teacher of the family, train: defaults")
+    parser.add_argument("--teachers", nargs="+", choices=gen.TEACHER_FAMILY, default=list(gen.TEACHER_FAMILY))
+    parser.add_argument("--split-seeds", nargs="+", type=int, default=[2017])
+    parser.add_argument("--peer", action="store_true", help="with --family: DeepCTR-Torch's DeepFM on the same rows")
     parser.add_argument("--defaults", action="store_true", help="train with conf/base.yaml's train: settings")
     parser.add_argument("--preprocess-set", action="append", default=[], metavar="KEY=VALUE",
                         help="preprocess the generated rows with this setting (repeatable; not with --data)")
@@ -168,6 +250,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.data and args.preprocess_set:
         parser.error("--preprocess-set preprocesses the generated rows again: drop --data")
+    if args.family:
+        print(json.dumps(family(args.out.with_name(f"{args.out.name}_family"), args.teachers, args.split_seeds,
+                                args.peer), indent=2))
+        return
     out = args.out if args.teacher == "head" else args.out.with_name(f"{args.out.name}_{args.teacher}")
     data = args.data or prepare(out, args.teacher, args.preprocess_set)
     training = with_settings(default_training() if args.defaults else TRAINING,
