@@ -10,6 +10,10 @@ continuous fields). The pairwise term uses the identity
     sum_{i<j} <e_i, e_j> = 1/2 * sum_d [ (sum_i e_id)^2 - sum_i e_id^2 ],
 which costs O(F D) instead of O(F^2 D).
 
+`field_pair_weights` weighs each pair of fields in the pairwise term by a learned scalar r_ij
+(FwFM, Pan et al., WWW 2018): y_FM's pairwise part becomes sum_{i<j} r_ij <e_i, e_j> x_i x_j,
+at O(F^2 D). The r_ij start at 1, the plain FM; the embeddings stay the ones the MLP reads.
+
 Two options read each categorical value's training count (from the vocabulary, kept as buffers of
 the model, so every scoring path applies them):
 - `count_features`: the MLP also reads the value's frequency, log(1 + count) / log(1 + N) (a side
@@ -51,6 +55,7 @@ class DeepFMConfig:
     precision: str = "fp32"  # "bf16": the MLP's products in bfloat16 (deepfm/training/precision.py)
     count_features: bool = False  # the MLP also reads each categorical value's log frequency
     mixed_dim_exponent: float = 0.0  # > 0: a value's vector has fewer dimensions the rarer it is
+    field_pair_weights: bool = False  # the FM weighs each pair of fields by a learned scalar (FwFM)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,16 +172,23 @@ class FieldEmbeddings(nn.Module):
 
 
 class FactorizationMachine(nn.Module):
-    """y_FM = b + sum_f w_f + 1/2 sum_d [(sum_f e_fd)^2 - sum_f e_fd^2]  ->  [B]."""
+    """y_FM = b + sum_f w_f + 1/2 sum_d [(sum_f e_fd)^2 - sum_f e_fd^2]  ->  [B];
+    with `fields` (field_pair_weights): b + sum_f w_f + sum_{f<g} r_fg <e_f, e_g>."""
 
-    def __init__(self) -> None:
+    def __init__(self, fields: int | None = None) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1))
+        # Only the entries above the diagonal are used: r_fg for f < g.
+        self.pair_weights = nn.Parameter(torch.ones(fields, fields)) if fields else None
 
     def forward(self, e: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        square_of_sum = e.sum(1).pow(2)  # [B, D]
-        sum_of_squares = e.pow(2).sum(1)  # [B, D]
-        pairwise = 0.5 * (square_of_sum - sum_of_squares).sum(1)  # [B]
+        if self.pair_weights is not None:
+            products = e @ e.transpose(1, 2)  # [B, F, F]: <e_f, e_g>
+            pairwise = (products * self.pair_weights.triu(1)).sum((1, 2))
+        else:
+            square_of_sum = e.sum(1).pow(2)  # [B, D]
+            sum_of_squares = e.pow(2).sum(1)  # [B, D]
+            pairwise = 0.5 * (square_of_sum - sum_of_squares).sum(1)  # [B]
         return self.bias + w.sum(1) + pairwise
 
 
@@ -212,7 +224,8 @@ class DeepFM(nn.Module):
         super().__init__()
         self.config = cfg
         self.embeddings = FieldEmbeddings(cfg, table)
-        self.fm = FactorizationMachine() if cfg.use_fm else None
+        self.fm = (FactorizationMachine(cfg.num_fields if cfg.field_pair_weights else None) if cfg.use_fm
+                   else None)
         self.deep = DeepNetwork(cfg) if cfg.use_deep else None
         if cfg.count_features:
             # per row of the embedding table; filled from the vocabulary before training (set_value_counts)
@@ -257,4 +270,6 @@ class DeepFM(nn.Module):
         widths = [cfg.deep_inputs, *cfg.hidden, 1] if cfg.use_deep else []
         mlp = sum(2 * a * b for a, b in zip(widths, widths[1:], strict=False))
         fm = 4 * cfg.num_fields * cfg.embedding_dim if cfg.use_fm else 0
+        if cfg.use_fm and cfg.field_pair_weights:
+            fm = 2 * cfg.num_fields ** 2 * (cfg.embedding_dim + 1)
         return mlp + fm

@@ -152,6 +152,9 @@ class ModelConfig(_Strict):
     count_features: bool = False
     # > 0: frequency-based embedding sizes, a value's dimensions ceil(D (count / field's top count)^a).
     mixed_dim_exponent: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # The FM's pairwise term weighs each pair of fields by a learned scalar (FwFM, Pan et al. 2018),
+    # starting at 1 (the plain FM): the embeddings stay shared with the MLP.
+    field_pair_weights: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

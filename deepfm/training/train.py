@@ -96,6 +96,7 @@ def model_config(fmap: FeatureMap, cfg: TrainConfig, sparse: bool) -> DeepFMConf
         precision=cfg.precision,
         count_features=m.count_features,
         mixed_dim_exponent=m.mixed_dim_exponent,
+        field_pair_weights=m.field_pair_weights,
     )
 
 

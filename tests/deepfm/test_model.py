@@ -49,6 +49,22 @@ def test_fm_equals_brute_force_over_all_field_pairs():
     assert torch.allclose(model(ids, dense), torch.stack(expected), atol=1e-5)
 
 
+def test_field_pair_weights_weigh_each_pair_and_start_as_the_plain_fm():
+    weighted, plain = _model(use_deep=False, field_pair_weights=True), _model(use_deep=False)
+    ids, dense = _inputs()
+    e, w = weighted.embeddings(ids, dense)
+    r = weighted.fm.pair_weights
+    pairs = sum(r[i, j] * (e[:, i] * e[:, j]).sum(1) for i, j in itertools.combinations(range(e.shape[1]), 2))
+    assert torch.allclose(weighted(ids, dense), weighted.fm.bias + w.sum(1) + pairs, atol=1e-5)
+    pairs.sum().backward()
+    assert r.grad is not None and r.grad.triu(1).abs().sum() > 0
+    # As built (every r_ij 1), the plain FM of the same embeddings.
+    fresh = DeepFM(DeepFMConfig(vocab_sizes=VOCABS, num_dense=FD, embedding_dim=D, hidden=(8, 8), use_deep=False,
+                                field_pair_weights=True))
+    fresh.load_state_dict({**plain.state_dict(), "fm.pair_weights": fresh.fm.pair_weights.detach()})
+    assert torch.allclose(fresh(ids, dense), plain(ids, dense), atol=1e-5)
+
+
 def test_logit_is_fm_plus_deep():
     model = _model()
     ids, dense = _inputs()
