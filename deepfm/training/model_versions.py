@@ -246,10 +246,10 @@ def map_model(config: DeepFMConfig, files: Sequence[str | Path]) -> DeepFM:
     state = torch.load(files[0], map_location="cpu", mmap=True, weights_only=True)
     stripes = ([state.pop(TABLE_KEY)] if TABLE_KEY in state
                else [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files[1:]])
-    rows = sum(config.vocab_sizes)
-    if rows and sum(len(s) for s in stripes) != rows:
-        raise ValueError(f"the table has {sum(len(s) for s in stripes)} rows, the model's fields {rows}")
-    model = DeepFM(config, StripedTable(stripes) if rows else None)
+    rows, table = sum(config.vocab_sizes), StripedTable(stripes)
+    if rows and table.rows != rows:
+        raise ValueError(f"the table has {table.rows} rows, the model's fields {rows}")
+    model = DeepFM(config, table if rows else None)
     model.load_state_dict(state, assign=True)  # assign: the mapped tensors themselves, not copies
     return model.eval()
 
