@@ -195,15 +195,17 @@ def fit_teacher_form(seed: int = 7, kind: str = "head") -> dict:
             "gap": round(test_true - best_test, 4)}
 
 
-def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool) -> dict:
-    """Each teacher of the family with the train: defaults, one worker, on each split seed."""
+def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool, settings: dict) -> dict:
+    """Each teacher of the family with the train: defaults (and `settings`), one worker, on each split seed."""
+    training = with_settings(default_training(), settings)
+    label = "".join(f"-{key}={value}" for key, value in settings.items())
     per_teacher = {}
     for kind in teachers:
         runs = []
         for split_seed in split_seeds:
             data = prepare(out / kind, kind, [f"dataset.split.seed={split_seed}"])
             references = reference_aucs(out / kind / "raw", data, kind)
-            ours = train(data, out / kind / f"w1-split{split_seed}", 1, "none", training=default_training())
+            ours = train(data, out / kind / f"w1-split{split_seed}{label}", 1, "none", training=training)
             run = {"split_seed": split_seed, **references, "true_probability_test_auc": round(true_auc(data), 4),
                    "test_auc": ours["test_auc"], "epochs": ours["epochs"],
                    "gap_to_true": round(references["true_probability_auc_all_rows"] - ours["test_auc"], 4),
@@ -223,7 +225,8 @@ def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool) -
         }
     means = [t["gap_to_learnable_mean"] for t in per_teacher.values()]
     return {"machine": machine(), "benchmark": "synthetic_quality_family", "split_seeds": split_seeds,
-            "learnable_min_count": LEARNABLE_MIN_COUNT, "training": default_training(), "teachers": per_teacher,
+            "learnable_min_count": LEARNABLE_MIN_COUNT, "settings": settings, "training": training,
+            "teachers": per_teacher,
             "family_gap_to_learnable_mean": round(float(np.mean(means)), 4),
             "every_teacher_within_0.02_of_learnable": all(m <= 0.02 for m in means)}
 
@@ -250,15 +253,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.data and args.preprocess_set:
         parser.error("--preprocess-set preprocesses the generated rows again: drop --data")
+    settings = {key.removeprefix("train."): yaml.safe_load(value)
+                for key, _, value in (pair.partition("=") for pair in args.train_set)}
     if args.family:
         print(json.dumps(family(args.out.with_name(f"{args.out.name}_family"), args.teachers, args.split_seeds,
-                                args.peer), indent=2))
+                                args.peer, settings), indent=2))
         return
     out = args.out if args.teacher == "head" else args.out.with_name(f"{args.out.name}_{args.teacher}")
     data = args.data or prepare(out, args.teacher, args.preprocess_set)
-    training = with_settings(default_training() if args.defaults else TRAINING,
-                             {key.removeprefix("train."): yaml.safe_load(value)
-                              for key, _, value in (pair.partition("=") for pair in args.train_set)})
+    training = with_settings(default_training() if args.defaults else TRAINING, settings)
     best = true_auc(data)
     if args.sharded:
         replicated = train(data, out / "w2", 2, "torch", training=training)
