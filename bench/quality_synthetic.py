@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -41,10 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import torch
 import yaml
 from sklearn.metrics import roc_auc_score
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import machine  # noqa: E402
 from synthetic_data import generate, preprocess  # noqa: E402
+from teacher_form import fit_teacher_form  # noqa: E402
 
 from deepfm.config import GenerateConfig, TrainConfig, with_settings  # noqa: E402
 from deepfm.training.launch import run_training  # noqa: E402
@@ -142,63 +142,10 @@ def train(data: Path, out: Path, workers: int, backend: str, precision: str = "f
             "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result.history]}
 
 
-def fit_teacher_form(seed: int = 7, kind: str = "head") -> dict:
-    """The teacher's own form fitted by Adam on 800k of its rows, early-stopped on 100k, tested on 100k."""
-    teacher = gen.Teacher.create(GenerateConfig(output="unused", seed=seed, teacher=kind))
-    rng = np.random.default_rng([seed, 0])
-    ints, ranks, logit = teacher.sample(ROWS, rng)
-    p_true = 1 / (1 + np.exp(-logit))
-    label = torch.from_numpy((rng.random(ROWS) < p_true).astype(np.float32))
-    head = teacher.head
-    no_signal = head  # one shared index for tail and missing values, pinned to zero
-    idx = torch.from_numpy(np.where((ranks >= 0) & (ranks < teacher.signal_values), ranks, no_signal))
-    logs = torch.from_numpy(np.log1p(np.maximum(np.nan_to_num(ints, nan=0.0), 0))).float()
-    present = torch.from_numpy(~np.isnan(ints)).float()
-    order = np.random.default_rng(1).permutation(ROWS)
-    train_rows, valid_rows, test_rows = (torch.from_numpy(a) for a in np.split(order, [800_000, 900_000]))
-
-    torch.manual_seed(0)
-    inter = torch.tensor(gen.INTERACTING)
-    first = torch.zeros(gen.NUM_CAT, head + 1, requires_grad=True)
-    vectors = (0.01 * torch.randn(len(inter), head + 1, gen.INTERACTION_DIM)).requires_grad_()
-    scale, center, bias = (torch.zeros(gen.NUM_INT, requires_grad=True),
-                           torch.ones(gen.NUM_INT, requires_grad=True), torch.zeros(1, requires_grad=True))
-    signal = (torch.arange(head + 1) < head).float()
-
-    def model(rows: torch.Tensor) -> torch.Tensor:
-        i = idx[rows]
-        out = bias + (first.gather(1, i.T).T * signal[i]).sum(1)
-        out = out + (scale * torch.tanh(logs[rows] - center) * present[rows]).sum(1)
-        v = vectors[torch.arange(len(inter))[:, None], i[:, inter].T] * signal[i[:, inter].T, None]
-        return out + 0.5 * ((v.sum(0) ** 2).sum(1) - (v ** 2).sum((0, 2)))
-
-    def auc(rows: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float(roc_auc_score(label[rows].numpy(), model(rows).numpy()))
-
-    optimizer = torch.optim.Adam([first, vectors, scale, center, bias], lr=0.01)
-    best_valid, best_test, stale = 0.0, 0.0, 0
-    for epoch in range(30):
-        shuffled = train_rows[torch.from_numpy(np.random.default_rng(epoch).permutation(len(train_rows)))]
-        for batch in shuffled.split(GLOBAL_BATCH):
-            loss = F.binary_cross_entropy_with_logits(model(batch), label[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        valid = auc(valid_rows)
-        if valid > best_valid:
-            best_valid, best_test, stale = valid, auc(test_rows), 0
-        elif (stale := stale + 1) >= 2:
-            break
-    test_true = float(roc_auc_score(label[test_rows].numpy(), p_true[test_rows.numpy()]))
-    return {"true_probability_test_auc": round(test_true, 4), "fitted_test_auc": round(best_test, 4),
-            "gap": round(test_true - best_test, 4)}
-
-
 def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool, settings: dict) -> dict:
     """Each teacher of the family with the train: defaults (and `settings`), one worker, on each split seed."""
     training = with_settings(default_training(), settings)
-    label = "".join(f"-{key}={value}" for key, value in settings.items())
+    label = re.sub(r"[^\w.=-]+", "_", "".join(f"-{key}={value}" for key, value in settings.items()))
     per_teacher = {}
     for kind in teachers:
         runs = []
