@@ -142,7 +142,18 @@ def train(data: Path, out: Path, workers: int, backend: str, precision: str = "f
             "valid_auc_per_epoch": [round(h["valid_auc"], 4) for h in result.history]}
 
 
-def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool, settings: dict) -> dict:
+def form_reference(out: Path, kind: str) -> dict:
+    """The teacher's own form, MAP-fitted on 800k rows of its own (bench/teacher_form.py): kept in `out`,
+    as it takes minutes and depends on the teacher alone."""
+    kept = out / "teacher_form_map.json"
+    if not kept.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(fit_teacher_form(kind, prior=True)))
+    return json.loads(kept.read_text())
+
+
+def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool, settings: dict,
+           with_form: bool = False) -> dict:
     """Each teacher of the family with the train: defaults (and `settings`), one worker, on each split seed."""
     training = with_settings(default_training(), settings)
     label = re.sub(r"[^\w.=-]+", "_", "".join(f"-{key}={value}" for key, value in settings.items()))
@@ -170,6 +181,10 @@ def family(out: Path, teachers: list[str], split_seeds: list[int], peer: bool, s
             "gap_to_true_mean": round(float(np.mean([r["gap_to_true"] for r in runs])), 4),
             **({"ahead_of_deepctr": all(r["test_auc"] > r["deepctr_torch_test_auc"] for r in runs)} if peer else {}),
         }
+        if with_form:
+            form = form_reference(out / kind, kind)
+            per_teacher[kind]["teacher_form_map_gap_to_true"] = form["gap"]
+            per_teacher[kind]["gap_beyond_teacher_form"] = round(per_teacher[kind]["gap_to_true_mean"] - form["gap"], 4)
     means = [t["gap_to_learnable_mean"] for t in per_teacher.values()]
     return {"machine": machine(), "benchmark": "synthetic_quality_family", "split_seeds": split_seeds,
             "learnable_min_count": LEARNABLE_MIN_COUNT, "settings": settings, "training": training,
@@ -192,6 +207,9 @@ def main() -> None:
     parser.add_argument("--teachers", nargs="+", choices=gen.TEACHER_FAMILY, default=list(gen.TEACHER_FAMILY))
     parser.add_argument("--split-seeds", nargs="+", type=int, default=[2017])
     parser.add_argument("--peer", action="store_true", help="with --family: DeepCTR-Torch's DeepFM on the same rows")
+    parser.add_argument("--form-reference", action="store_true",
+                        help="with --family: the teacher's own form, MAP-fitted on 800k rows, as the reference of "
+                             "what these rows allow (bench/teacher_form.py)")
     parser.add_argument("--defaults", action="store_true", help="train with conf/base.yaml's train: settings")
     parser.add_argument("--preprocess-set", action="append", default=[], metavar="KEY=VALUE",
                         help="preprocess the generated rows with this setting (repeatable; not with --data)")
@@ -204,7 +222,7 @@ def main() -> None:
                 for key, _, value in (pair.partition("=") for pair in args.train_set)}
     if args.family:
         print(json.dumps(family(args.out.with_name(f"{args.out.name}_family"), args.teachers, args.split_seeds,
-                                args.peer, settings), indent=2))
+                                args.peer, settings, args.form_reference), indent=2))
         return
     out = args.out if args.teacher == "head" else args.out.with_name(f"{args.out.name}_{args.teacher}")
     data = args.data or prepare(out, args.teacher, args.preprocess_set)

@@ -276,20 +276,25 @@ def test_tables_bigger_than_a_workers_memory_exit_2_before_training_naming_the_s
     rows = sum(f["vocab_size"] for f in fields if f["kind"] == "categorical")
     # Adam, the moving average and the prior at dim 16: 17 x 4 x (1 + 2 + 1) + 4 bytes a row
     too_small = f"{(rows * 276 - 1) / 2**20:.3f}m"
-    refused = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}"], cwd=REPO_ROOT,
-                             capture_output=True, text=True)
+    refused = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}",
+                              "--set", "train.embedding_optimizer=adam"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert refused.returncode == 2, refused.stderr[-3000:]
     errors = [line for line in refused.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "train.worker_memory" in errors[0], refused.stderr[-3000:]
     assert f"{rows:,} rows x 276 bytes" in errors[0]
     assert "train.embedding_optimizer=rowwise_adagrad (276 -> 144" in errors[0]
     assert "Traceback" not in refused.stderr and not (tmp_path / "models" / "LATEST").exists()
-    # The row-wise optimizer's 144 bytes a row fit the same memory.
+    # The default row-wise optimizer's 144 bytes a row fit the same memory.
     leaner = subprocess.run([*cli, "--set", f"train.worker_memory={too_small}", "--set", "train.epochs=1",
-                             "--set", "train.embedding_optimizer=rowwise_adagrad", "--set", "train.threads=1"],
-                            cwd=REPO_ROOT, capture_output=True, text=True)
+                             "--set", "train.threads=1"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert leaner.returncode == 0, leaner.stderr[-3000:]
     assert f"embedding tables: {rows:,} rows x 144 bytes" in leaner.stderr
+    # ... and a memory below them is refused without a hint to the optimizer it already has.
+    smaller = subprocess.run([*cli, "--set", f"train.worker_memory={rows * 144 // 2**10 - 1}k"],
+                             cwd=REPO_ROOT, capture_output=True, text=True)
+    assert smaller.returncode == 2, smaller.stderr[-3000:]
+    errors = [line for line in smaller.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{rows:,} rows x 144 bytes" in errors[0] and "embedding_optimizer" not in errors[0]
 
 
 def test_a_worker_memory_that_is_not_a_size_exits_2_naming_it(tmp_path):
