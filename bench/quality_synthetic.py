@@ -19,13 +19,16 @@ with one setting changed (e.g. --preprocess-set preprocess.vocab.oov_buckets=100
 numeric_cross, triples) with the train: defaults, one worker, on each --split-seeds split, and
 reports per teacher the gap to the true probability and to the learnable reference: the teacher
 with the effects of values seen fewer than 10 times in train zeroed (what a model can learn from
-these rows), both over all 1M rows; --peer adds DeepCTR-Torch 0.3.0's DeepFM on the same rows.
+these rows), both over all 1M rows; --peer adds DeepCTR-Torch 0.3.0's DeepFM on the same rows;
+--form-reference adds the teacher's own form MAP-fitted on 800k rows (bench/teacher_form.py), the
+gap that estimation from this many rows leaves even knowing the form; --train-set measures an option.
 Goal: gap to the learnable reference <= 0.02 on every teacher, and ahead of DeepCTR-Torch.
     python bench/quality_synthetic.py [--data DIR] [--backend torch] [--no-teacher-fit] [--one-worker] [--bf16]
                                       [--sharded]
                                       [--teacher head|long_tail|field_pairs|heavy_tail|numeric_cross|triples]
                                       [--defaults] [--preprocess-set KEY=VALUE ...] [--train-set KEY=VALUE ...]
-    python bench/quality_synthetic.py --family [--split-seeds 2017 1] [--peer] [--teachers ...]
+    python bench/quality_synthetic.py --family [--split-seeds 2017 1] [--peer] [--form-reference] [--teachers ...]
+                                      [--train-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
