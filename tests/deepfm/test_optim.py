@@ -169,8 +169,8 @@ def test_each_tables_optimizer_has_its_own_default_learning_rate():
     def embedding_lr(**settings) -> float:
         return resolve_regularization(TrainConfig(data="-", output="-", **settings), 10_000, 1)["embedding_lr"]
 
-    assert embedding_lr(lr=2e-4) == pytest.approx(2e-3)  # Adam: 10x the dense layers'
-    assert embedding_lr(lr=2e-4, embedding_optimizer="rowwise_adagrad") == ROWWISE_ADAGRAD_LR == 0.03
+    assert embedding_lr(lr=2e-4, embedding_optimizer="adam") == pytest.approx(2e-3)  # 10x the dense layers'
+    assert embedding_lr(lr=2e-4) == ROWWISE_ADAGRAD_LR == 0.03  # the default row-wise Adagrad's own
     assert embedding_lr(embedding_optimizer="rowwise_adagrad", embedding_lr=0.01) == 0.01
 
 

@@ -156,7 +156,8 @@ def test_replicated_bf16_tables_stay_identical_on_both_workers_and_ship_in_bf16(
 
 def test_bf16_tables_with_adam_are_refused_naming_the_settings(tmp_path):
     result = run_cli([sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={tmp_path}",
-                      "--set", f"train.output={tmp_path / 'm'}", "--set", "train.table_precision=bf16"])
+                      "--set", f"train.output={tmp_path / 'm'}", "--set", "train.table_precision=bf16",
+                      "--set", "train.embedding_optimizer=adam"])
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert "table_precision 'bf16' needs embedding_optimizer 'rowwise_adagrad'" in last
