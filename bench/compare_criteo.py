@@ -66,7 +66,8 @@ def bf16_against_fp32(data: Path, seeds: int) -> dict:
         "within_0.002": bool(abs(differences.mean()) <= 0.002)}
 
 
-PLAIN = {"lr": 1e-3, "embedding_lr": 1e-3, "embedding_l2": 0.0, "embedding_l2_rarity_exponent": 0.0, "ema_decay": 0.0}
+PLAIN = {"lr": 1e-3, "embedding_lr": 1e-3, "embedding_optimizer": "adam", "embedding_l2": 0.0,
+         "embedding_l2_rarity_exponent": 0.0, "ema_decay": 0.0}
 CRITEO_CONF = [str(ROOT / "conf" / name) for name in ("base.yaml", "datasets/criteo.yaml")]
 
 
