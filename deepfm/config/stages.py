@@ -204,7 +204,8 @@ class TrainConfig(_Strict):
     # A Gaussian prior on every embedding row, in units of training rows: the objective is
     # sum over rows of logloss + embedding_l2 * sum over values of ||row||^2 (deepfm/training/regularization.py).
     # Being in rows, it needs no scaling with data size: evidence grows with the rows, the prior not.
-    embedding_l2: Annotated[float, Field(ge=0)] = 0.2
+    # 0.1 learned every teacher of the synthetic family better than 0.2 (bench/RESULTS.md, issue 26).
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.1
     # The prior of a value seen in c of N training rows is embedding_l2 * (N / c)^exponent: 0 holds
     # every value alike; 0.5 holds one seen 100x less often 10x tighter.
     embedding_l2_rarity_exponent: Annotated[float, Field(ge=0)] = 0.75
