@@ -94,16 +94,6 @@ class TeacherForm(torch.nn.Module):
                     table[:, -1] = 0
 
 
-def _triple_cells(ranks: np.ndarray) -> np.ndarray:
-    """Each row's cell of every three-field cross, or TRIPLE_TOP ** 3 (none) outside their top values."""
-    cells = np.full((len(ranks), len(gen.TRIPLES)), gen.TRIPLE_TOP ** 3)
-    for k, fields in enumerate(gen.TRIPLES):
-        top = np.all([(ranks[:, f] >= 0) & (ranks[:, f] < gen.TRIPLE_TOP) for f in fields], axis=0)
-        cell = sum(np.maximum(ranks[:, f], 0) * gen.TRIPLE_TOP ** j for j, f in enumerate(fields))
-        cells[top, k] = cell[top]
-    return cells
-
-
 def fit_teacher_form(kind: str = "head", prior: bool = False, seed: int = 7) -> dict:
     """The teacher's own form fitted by Adam on 800k of its rows, early-stopped on 100k, tested on 100k."""
     teacher = gen.Teacher.create(GenerateConfig(output="unused", seed=seed, teacher=kind))
@@ -114,7 +104,7 @@ def fit_teacher_form(kind: str = "head", prior: bool = False, seed: int = 7) -> 
     idx = torch.from_numpy(np.where((ranks >= 0) & (ranks < teacher.signal_values), ranks, teacher.head))
     logs = torch.from_numpy(np.log1p(np.maximum(np.nan_to_num(ints, nan=0.0), 0))).float()
     present = torch.from_numpy(~np.isnan(ints)).float()
-    cells = torch.from_numpy(_triple_cells(ranks))
+    cells = torch.from_numpy(gen.triple_cells(ranks))
     order = np.random.default_rng(1).permutation(ROWS)
     train_rows, valid_rows, test_rows = (torch.from_numpy(a) for a in np.split(order, [TRAIN_ROWS,
                                                                                       TRAIN_ROWS + VALID_ROWS]))

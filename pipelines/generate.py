@@ -201,10 +201,10 @@ class Teacher:
                 shape = np.tanh(np.log1p(np.maximum(np.nan_to_num(ints[:, i], nan=0.0), 0)) - self.int_center[i])
                 out += np.where(head[:, f] & ~np.isnan(ints[:, i]), self.numeric_slopes[k, idx[:, f]] * shape, 0.0)
         if self.triple_effects is not None:
-            for k, fields in enumerate(TRIPLES):
-                top = np.all([(ranks[:, f] >= 0) & (ranks[:, f] < TRIPLE_TOP) for f in fields], axis=0)
-                cell = sum(np.maximum(ranks[:, f], 0) * TRIPLE_TOP ** j for j, f in enumerate(fields))
-                out += np.where(top, self.triple_effects[k, np.where(top, cell, 0)], 0.0)
+            cells = triple_cells(ranks)
+            for k in range(len(TRIPLES)):
+                top = cells[:, k] < TRIPLE_TOP ** 3
+                out += np.where(top, self.triple_effects[k, np.where(top, cells[:, k], 0)], 0.0)
         return out
 
     def calibrate_bias(self, base_ctr: float, rng: np.random.Generator) -> float:
@@ -216,6 +216,17 @@ class Teacher:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if sigmoid(logit + mid).mean() < base_ctr else (lo, mid)
         return (lo + hi) / 2
+
+
+def triple_cells(ranks: np.ndarray) -> np.ndarray:
+    """(n, len(TRIPLES)): each row's cell of every three-field cross, or TRIPLE_TOP ** 3 where one of
+    its values is outside its field's top TRIPLE_TOP."""
+    cells = np.full((len(ranks), len(TRIPLES)), TRIPLE_TOP ** 3)
+    for k, fields in enumerate(TRIPLES):
+        top = np.all([(ranks[:, f] >= 0) & (ranks[:, f] < TRIPLE_TOP) for f in fields], axis=0)
+        cell = sum(np.maximum(ranks[:, f], 0) * TRIPLE_TOP ** j for j, f in enumerate(fields))
+        cells[top, k] = cell[top]
+    return cells
 
 
 def generate(cfg: GenerateConfig) -> dict[str, object]:
