@@ -5,10 +5,14 @@ make setup` makes .venv-current), interleaved over rounds, keeping each figure's
 machine's speed drifts from minute to minute):
   preprocess rows/s   bench_preprocess.py --sizes 1000000      1M synthetic raw rows on local[2]
   training samples/s  bench_train.py --readers native          the native pyarrow reader, 1 worker
-  scoring rows/s      bench_score.py --cases spark_raw_logs    raw logs through the Spark score job
+  scoring rows/s      bench_score.py --cases spark_raw_logs    4M raw rows (the 1M rows' file 4 times) through
+                      the Spark score job, twice in one Spark session: the second job is the steady state
+                      (the goal's figure), the first also pays the session's start (JIT, class loading,
+                      the first Python worker), a fixed cost per spark-submit reported apart as
+                      `score_raw_first_job_rows_per_s`
   in-process scoring  bench_score.py --cases in_process_raw_logs  the job's parse/encode/score, no Spark
 Prints one JSON object: each stack's versions and figures, and the current/named ratios (goal: none
-below 0.95; the in-process scoring figure only locates a scoring gap).
+below 0.95 among the steady-state figures; the in-process scoring figure only locates a scoring gap).
     python bench/bench_stacks.py [--rounds 2] [--benchmarks score_raw_rows_per_s ...]
 """
 
@@ -25,17 +29,24 @@ from machine import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = {"named": ROOT / ".venv", "current": ROOT / ".venv-current"}
+# name: (command, {figure: how to read it from the command's JSON})
 BENCHMARKS = {
     "preprocess_rows_per_s": (["bench/bench_preprocess.py", "--sizes", "1000000"],
-                              lambda out: out["runs"][0]["rows_per_s"]),
+                              {"preprocess_rows_per_s": lambda out: out["runs"][0]["rows_per_s"]}),
     "train_samples_per_s": (["bench/bench_train.py", "--readers-only", "--readers", "native", "--rounds", "1"],
-                            lambda out: out["cases"][0]["samples_per_s"]),
-    "score_raw_rows_per_s": (["bench/bench_score.py", "--cases", "spark_raw_logs", "--rounds", "1"],
-                             lambda out: out["spark_raw_logs"]["rows_per_s"]),
+                            {"train_samples_per_s": lambda out: out["cases"][0]["samples_per_s"]}),
+    "score_raw_rows_per_s": (["bench/bench_score.py", "--cases", "spark_raw_logs", "--rounds", "2",
+                              "--raw-copies", "4"],
+                             {"score_raw_rows_per_s": lambda out: out["spark_raw_logs"]["rows_per_s"],
+                              "score_raw_first_job_rows_per_s":
+                                  lambda out: out["first_round"]["spark_raw_logs"]["rows_per_s"]}),
     # The same parse, encode and score without Spark: whether a scoring gap is Python's or Spark's
     "score_raw_in_process_rows_per_s": (["bench/bench_score.py", "--cases", "in_process_raw_logs", "--rounds", "1"],
-                                        lambda out: out["in_process_raw_logs"]["rows_per_s"]),
+                                        {"score_raw_in_process_rows_per_s":
+                                             lambda out: out["in_process_raw_logs"]["rows_per_s"]}),
 }
+# Figures that locate or explain a gap rather than measure the goal
+NOT_GOALS = {"score_raw_in_process_rows_per_s", "score_raw_first_job_rows_per_s"}
 
 
 def _run(python: Path, args: list[str]) -> dict:
@@ -60,12 +71,14 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {stack: {} for stack in STACKS}
     for round_ in range(args.rounds):
         for name in args.benchmarks:
-            command, figure = BENCHMARKS[name]
+            command, figures = BENCHMARKS[name]
             for stack, venv in STACKS.items():
-                value = figure(_run(venv / "bin" / "python", command))
-                print(f"round {round_ + 1}: {stack} {name} {value:,.0f}", file=sys.stderr)
-                best[stack][name] = max(best[stack].get(name, 0), value)
-    ratios = {name: round(best["current"][name] / best["named"][name], 3) for name in args.benchmarks}
+                out = _run(venv / "bin" / "python", command)
+                for figure, read in figures.items():
+                    value = read(out)
+                    print(f"round {round_ + 1}: {stack} {figure} {value:,.0f}", file=sys.stderr)
+                    best[stack][figure] = max(best[stack].get(figure, 0), value)
+    ratios = {figure: round(best["current"][figure] / best["named"][figure], 3) for figure in best["named"]}
     print(json.dumps({
         "machine": machine(),
         "benchmark": "stacks",
@@ -74,7 +87,7 @@ def main() -> None:
         "best": best,
         "ratios_current_vs_named": ratios,
         "goal": 0.95,
-        "met": all(r >= 0.95 for name, r in ratios.items() if name != "score_raw_in_process_rows_per_s"),
+        "met": all(r >= 0.95 for figure, r in ratios.items() if figure not in NOT_GOALS),
     }, indent=2))
 
 
