@@ -20,9 +20,10 @@ run: setup
 	$(VENV)/bin/deepfm-pipeline evaluate
 	@echo "Scores: out/criteo_scores/run_date=*/   Report: out/criteo_report/report.html"
 
-## The default test suite (what CI runs).
+## The default test suite (what CI runs), on TEST_WORKERS processes (pytest-xdist; 0: in this one).
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 ## Both stacks set up, then the same answers from each on the embedded sample: preprocess rows, ids and
 ## vocabularies, the same seed's test AUC, the score job's probabilities (about 4 minutes).
@@ -51,9 +52,10 @@ setup-airflow:
 	@bash scripts/setup_airflow.sh
 
 ## The daily DAG run for real by `airflow dags test` on the embedded sample: two dates, then a
-## run killed in train and rerun (about 10 minutes).
+## run killed in train and rerun, beside four dates of the drifting stream (two processes, each
+## with its own Airflow home; about 10 minutes).
 test-airflow: setup setup-airflow
-	$(PY) -m pytest -m airflow $(PYTEST_ARGS)
+	$(PY) -m pytest -m airflow -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 ## An MLflow tracking server (the full mlflow, in .venv-mlflow): runs in an SQLite store and the
 ## artifacts it serves to clients, under MLFLOW_DIR. Point tracking.uri at http://HOST:PORT; for

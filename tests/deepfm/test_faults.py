@@ -73,7 +73,8 @@ def _resume_as_a_scheduler_does(command: list[str], env: dict[str, str]) -> subp
 
 
 @pytest.mark.parametrize(("backend", "launcher"), [
-    ("torch", "local"), ("horovod", "local"),
+    pytest.param("torch", "local", marks=pytest.mark.stack_neutral),
+    pytest.param("horovod", "local", marks=pytest.mark.stack_neutral),
     pytest.param("torch", "spark", marks=pytest.mark.slow),  # 3 minutes: `make test-slow`
 ])
 def test_a_rank_killed_mid_epoch_ends_the_job_keeps_the_model_and_resume_matches(criteo_shards, tmp_path, backend,

@@ -134,6 +134,7 @@ def _train_cli(data, root, run_date, killed_at=None, *extra):
     return run_cli([sys.executable, "-c", script, "train", "--run-date", run_date, *sets, *extra])
 
 
+@pytest.mark.stack_neutral
 @pytest.mark.parametrize("killed_at", ["gate decided", "version in place"])
 def test_a_train_killed_after_the_gate_leaves_latest_as_it_was(days, tmp_path, killed_at):
     """Killed after the gate turned a broken day down, or after it passed a sound one: LATEST stays on

@@ -84,6 +84,7 @@ def test_sharded_and_replicated_training_from_the_same_weights_end_with_equal_we
         torch.testing.assert_close(sharded_state[name], weight, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.stack_neutral
 def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(criteo_shards, tmp_path):
     common = ["--set", f"train.data={criteo_shards}", "--set", "train.epochs=2", "--set", "train.batch_size=64",
               "--set", "train.threads=1", "--set", "train.model.embedding_dim=8", "--set", "train.model.hidden=[32]",

@@ -164,6 +164,7 @@ def _kill_when_checkpointed(cmd, checkpoint: Path, also: Path | None = None) -> 
     return json.loads(load_torch(checkpoint)["state"])
 
 
+@pytest.mark.stack_neutral
 def test_resume_after_kill_matches_uninterrupted_run(criteo_shards, tmp_path):
     common = ["--set", f"train.data={criteo_shards}", "--set", "train.epochs=2", "--set", "train.batch_size=32",
               "--set", "train.threads=1", "--set", "train.model.embedding_dim=8",
