@@ -121,6 +121,8 @@ def _check_tracked(out: Path, run_date: str) -> None:
     assert "report/report.html" in {a.path for a in _mlflow(out).list_artifacts(run.info.run_id, "report")}
 
 
+# The killed run continues the dates of the test before it: one xdist process runs both, in this order.
+@pytest.mark.xdist_group("criteo_dates")
 def test_daily_runs_write_dated_outputs_and_advance_the_model_version(airflow):
     env, out = airflow
     first = _dags_test(env, "2026-11-27")
@@ -138,6 +140,7 @@ def test_daily_runs_write_dated_outputs_and_advance_the_model_version(airflow):
     assert sorted(p.name for p in models.iterdir()) == ["2026-11-27", "2026-11-28", "LATEST"]
 
 
+@pytest.mark.xdist_group("criteo_dates")
 def test_a_run_killed_in_train_leaves_latest_on_the_previous_version_and_a_rerun_continues_it(airflow):
     env, out = airflow
     models = out / "models" / "criteo"
