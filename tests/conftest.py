@@ -97,7 +97,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     named_only = [marker for marker, runs_here in (("petastorm", why_not_petastorm() is None),
                                                    ("stack_neutral", carries_petastorm())) if not runs_here]
-    deselected = [item for item in items if any(item.get_closest_marker(m) for m in named_only)]
+    kept, deselected = [], []
+    for item in items:
+        (deselected if any(item.get_closest_marker(m) for m in named_only) else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if item not in deselected]
+        items[:] = kept
