@@ -89,9 +89,10 @@ def criteo_dataset(path: str | Path = CRITEO_SAMPLE, **overrides: Any) -> dict[s
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the current stack, Petastorm's tests and the `stack_neutral` ones are deselected, not
     skipped: they run, and count, on the named stack. test_config.py checks there that choosing
-    Petastorm on the current stack is refused. The stack_neutral tests kill and resume workers and
-    jobs, minutes of process start-up each, through the checkpoint and commit code, which is the same
-    on both stacks; the Parquet, Arrow and Spark paths they pass through run on the current stack in
+    Petastorm on the current stack is refused. The stack_neutral tests are slow ones (process
+    start-up, killed and resumed workers) whose subject is code that is the same on both stacks:
+    checkpoints and commits, output ownership, memory planning, sharded tables, next-day
+    orchestration; the Parquet, Arrow and Spark paths they pass through run on the current stack in
     the other tests. Leaving them out there keeps `.ci/run` in its time on a slow machine."""
     from deepfm.stack import carries_petastorm, why_not_petastorm
 

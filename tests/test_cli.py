@@ -225,6 +225,7 @@ def test_a_run_date_that_is_not_a_date_exits_2_naming_the_flag():
         assert "argument --run-date: must be a date as YYYY-MM-DD, got '2026-02-30'" in result.stderr
 
 
+@pytest.mark.stack_neutral
 def test_a_directory_the_project_did_not_write_is_never_replaced(tmp_path):
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -239,6 +240,7 @@ def test_a_directory_the_project_did_not_write_is_never_replaced(tmp_path):
         assert sorted(p.name for p in theirs.iterdir()) == ["data.csv"]
 
 
+@pytest.mark.stack_neutral
 def test_a_second_job_into_a_leased_output_exits_2_naming_the_first(tmp_path):
     import os
     import socket

@@ -67,6 +67,7 @@ def _file_mapped_at(address: int) -> str | None:
     return None
 
 
+@pytest.mark.stack_neutral
 def test_sharded_and_replicated_training_from_the_same_weights_end_with_equal_weights(criteo_shards, tmp_path):
     """The same 2 workers, data and steps: a sharded table takes the steps a replicated one does.
     Both start from one version's weights (warm start: a sharded table draws its own initial rows),

@@ -269,6 +269,7 @@ def test_embedding_tables_step_at_their_own_learning_rate(sparse):
     assert (first_layer.detach() - before[1]).abs().max().item() == pytest.approx(1e-3, rel=1e-3)
 
 
+@pytest.mark.stack_neutral
 def test_tables_bigger_than_a_workers_memory_exit_2_before_training_naming_the_settings(criteo_shards, tmp_path):
     cli = [sys.executable, "-m", "jobs.cli", "train", "--set", f"train.data={criteo_shards}",
            "--set", f"train.output={tmp_path / 'models'}", "--set", "train.backend=torch", "--set", "train.workers=2",

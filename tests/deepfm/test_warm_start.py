@@ -166,6 +166,7 @@ def _sharded_take_over(rank: int, port: int, data: str, source: str, out: str) -
     dist.destroy_process_group()
 
 
+@pytest.mark.stack_neutral
 def test_a_sharded_table_takes_over_each_workers_rows_from_a_sharded_version(days, tmp_path):
     """Day 1 trained sharded; day 2's sharded table takes over, worker by worker, exactly the rows a
     whole table takes over (read from the stripes one at a time); then day 2 trains from them."""

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from deepfm.config import GenerateConfig, TrainConfig, load_config
 from deepfm.training.launch import run_training
 from pipelines.drift import generate_stream
@@ -17,6 +19,7 @@ def _config(raw, work, run_date):
         run_date=run_date)
 
 
+@pytest.mark.stack_neutral
 def test_the_serving_version_is_judged_on_each_new_date_and_the_history_grows(spark, tmp_path):
     raw = tmp_path / "raw"
     generate_stream(GenerateConfig(output=str(raw), rows=20_000, days=3, cardinality_scale=0.01,
