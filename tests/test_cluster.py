@@ -131,18 +131,6 @@ def test_every_stage_runs_on_the_cluster_from_the_shipped_environment(cluster, p
                       "wall_s": {s: round(summaries[s]["wall_s"], 1) for s in summaries}}))
 
 
-def test_the_workers_cleanup_leaves_nothing_of_a_days_applications(cluster, pipeline):
-    """What each stage unpacked (about 1.4 GB per executor) is gone once the worker's cleanup has seen
-    the application finished for APP_DATA_TTL_S."""
-    assert all(app["left_mb"] > 500 for app in pipeline["apps"].values()), pipeline["apps"]
-    deadline = time.monotonic() + APP_DATA_TTL_S + 60
-    while time.monotonic() < deadline and any((cluster.worker_dir / a["id"]).exists()
-                                              for a in pipeline["apps"].values()):
-        time.sleep(5)
-    left = {stage: cluster.app_dir_bytes(app["id"]) for stage, app in pipeline["apps"].items()}
-    assert not any((cluster.worker_dir / a["id"]).exists() for a in pipeline["apps"].values()), left
-
-
 class ExecutorKiller(threading.Thread):
     """SIGKILLs the first executor JVM of application `app_name` once its log shows `after_tasks`
     tasks started: a lost executor, as when a node dies, in the middle of the job."""
@@ -289,3 +277,16 @@ def test_a_cluster_without_room_for_the_executors_fails_as_transient_after_the_w
     assert "no executor ran the stage's first tasks in 20 s (spark.executor_wait_s)" in log, log[-4000:]
     assert "spark.executor.memory=16g" in log and "Traceback" not in log
     assert not (cluster.work / "scores" / "run_date=2026-11-30").exists()
+
+
+def test_the_workers_cleanup_leaves_nothing_of_a_days_applications(cluster, pipeline):
+    """What each stage unpacked (about 1.4 GB per executor) is gone once the worker's cleanup has seen
+    the application finished for APP_DATA_TTL_S. Last in the module, so that the tests before it run
+    while the TTL passes."""
+    assert all(app["left_mb"] > 500 for app in pipeline["apps"].values()), pipeline["apps"]
+    deadline = time.monotonic() + APP_DATA_TTL_S + 60
+    while time.monotonic() < deadline and any((cluster.worker_dir / a["id"]).exists()
+                                              for a in pipeline["apps"].values()):
+        time.sleep(5)
+    left = {stage: cluster.app_dir_bytes(app["id"]) for stage, app in pipeline["apps"].items()}
+    assert not any((cluster.worker_dir / a["id"]).exists() for a in pipeline["apps"].values()), left
