@@ -230,6 +230,11 @@ class TrainConfig(_Strict):
     # Where a warm-started row's prior (embedding_l2) pulls it: `earlier`, towards the row taken over
     # (yesterday's estimate is today's prior); `zero`, as for a model trained from scratch.
     warm_start_prior: Literal["earlier", "zero"] = "earlier"
+    # The share of its earlier row-wise Adagrad sum that a taken-over row starts with (tables trained
+    # with rowwise_adagrad): 1, its steps stay as small as they had become; 0, as large as a new
+    # row's. In between the earlier days count for less than today's, so rows keep adapting; 0.25
+    # did best on the drifting stream (bench/RESULTS.md, issue 25).
+    warm_start_accumulator: Annotated[float, Field(ge=0, le=1)] = 0.25
 
     @field_validator("worker_memory")
     @classmethod

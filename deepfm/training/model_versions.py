@@ -69,6 +69,10 @@ LATEST = "LATEST"
 RECORD = "version.json"
 BUILDING = ".building-"
 BUILD_SIGNATURE = "training_signature"
+# RowWiseAdagrad's sum for each table row at the end of training (deepfm/training/optim.py), for a
+# warm start to take over with the rows; a sharded table's in stripes named after ACCUMULATOR_STEM.
+ACCUMULATOR = "table_accumulator.pt"
+ACCUMULATOR_STEM = "table_accumulator"
 
 
 class ModelVersionError(ValueError):
@@ -184,15 +188,24 @@ class ModelVersion:
         whole = state.pop(TABLE_KEY, None)
         if rows is None or whole is not None:
             return state, None if rows is None else whole[rows]
-        owner, local = place(rows, self.table_stripes)
-        picked = None
-        for stripe_index, path in enumerate(self.weight_files[1:]):
-            stripe = ckpt.load_torch(path, "cpu")
-            if picked is None:
-                picked = stripe.new_empty(len(rows), stripe.shape[1])
-            here = owner == stripe_index
-            picked[here] = stripe[local[here]]
-        return state, picked
+        return state, _rows_of_stripes(self.weight_files[1:], rows)
+
+    @property
+    def accumulator_files(self) -> list[Location]:
+        """The files of the table's row-wise optimizer state (ACCUMULATOR), striped as the table is."""
+        if not self.table_stripes:
+            return [self.path / ACCUMULATOR]
+        return [self.path / stripe_file(r, self.table_stripes, ACCUMULATOR_STEM) for r in range(self.table_stripes)]
+
+    def accumulator_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The row-wise optimizer's sums of the table's `rows` (a warm start's); None where the version
+        keeps none (its tables trained with Adam)."""
+        files = self.accumulator_files
+        if not all(f.is_file() for f in files):
+            return None
+        if not self.table_stripes:
+            return ckpt.load_torch(files[0], "cpu")[rows]
+        return _rows_of_stripes(files, rows)
 
     def weights_bytes(self) -> bytes:
         """The whole model's weights as one `torch.save` file, for the readers that take bytes."""
@@ -298,6 +311,20 @@ def write_model_version(out: Location, model: DeepFM, data: PreprocessOutput, tr
     (out / METRICS).write_text(result.to_json())
     if data.vocabulary.is_file():  # the scorer needs the exact vocabulary the model was trained with
         data.vocabulary.copy_to(out / VOCABULARY)
+
+
+def _rows_of_stripes(files: list[Location], rows: torch.Tensor) -> torch.Tensor:
+    """Global `rows` of a tensor kept in stripes (one file per worker, sharding.place), reading one
+    stripe at a time."""
+    owner, local = place(rows, len(files))
+    picked = None
+    for stripe_index, path in enumerate(files):
+        stripe = ckpt.load_torch(path, "cpu")
+        if picked is None:
+            picked = stripe.new_empty((len(rows), *stripe.shape[1:]))
+        here = owner == stripe_index
+        picked[here] = stripe[local[here]]
+    return picked
 
 
 @dataclass(frozen=True)

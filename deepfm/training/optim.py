@@ -80,7 +80,9 @@ class RowWiseAdagrad(_RowUpdates, torch.optim.Optimizer):
     A row without a gradient neither moves nor accumulates, so the update is the same whether the
     gradient comes sparse (only the batch's rows) or dense (NCCL's DDP, where every other row is 0).
     The sum starts at `initial_accumulator_value` (FBGEMM: 0; a small positive value keeps a row's
-    first step from being lr in every coordinate whatever the gradient's size).
+    first step from being lr in every coordinate whatever the gradient's size). A warm start sets
+    the rows it takes over to their sums in the earlier version (`accumulator`), so that a row
+    learned over earlier days keeps its small steps instead of being kicked by lr on its first one.
     """
 
     def __init__(self, params, lr: float = 0.01, eps: float = 1e-8, initial_accumulator_value: float = 0.0) -> None:
@@ -91,16 +93,22 @@ class RowWiseAdagrad(_RowUpdates, torch.optim.Optimizer):
                              f"initial_accumulator_value {initial_accumulator_value} >= 0")
         super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value})
 
-    def _update(self, param: torch.Tensor, group: dict) -> None:
+    def accumulator(self, param: torch.Tensor) -> torch.Tensor:
+        """Each row's sum of mean squared gradients: how far its steps have shrunk."""
         state = self.state[param]
         if not state:
+            group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
             state["sum"] = torch.full((param.shape[0],), float(group["initial_accumulator_value"]),
                                       dtype=torch.float32, device=param.device)
+        return state["sum"]
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        accumulator = self.accumulator(param)
         rows, values = _touched_rows(param.grad)
         if values.numel() == 0:
             return
-        total = state["sum"].index_select(0, rows).add_(values.float().square().mean(dim=1))
-        state["sum"].index_copy_(0, rows, total)
+        total = accumulator.index_select(0, rows).add_(values.float().square().mean(dim=1))
+        accumulator.index_copy_(0, rows, total)
         moved = values.float().div(total.sqrt_().add_(group["eps"]).unsqueeze(1)).mul_(-float(group["lr"]))
         # A bf16 table (train.table_precision) is updated in fp32 and rounded stochastically.
         updated = param.index_select(0, rows).float().add_(moved)

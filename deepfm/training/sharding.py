@@ -162,9 +162,10 @@ def sharded_parameter_names(model: nn.Module) -> list[str]:
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, RowShardedTable)]
 
 
-def stripe_file(rank: int, world: int) -> str:
-    """Where worker `rank` of `world` keeps its stripe of the table in a model directory."""
-    return f"model.table-{rank:04d}-of-{world:04d}.pt"
+def stripe_file(rank: int, world: int, stem: str = "model.table") -> str:
+    """Where worker `rank` of `world` keeps its stripe of the table (or of the table's `stem`, such
+    as its optimizer's accumulator) in a model directory."""
+    return f"{stem}-{rank:04d}-of-{world:04d}.pt"
 
 
 def assemble(stripes: list[torch.Tensor]) -> torch.Tensor:

@@ -36,6 +36,8 @@ from deepfm.training import checkpoint as ckpt
 from deepfm.training.distributed import Backend
 from deepfm.training.metrics import binary_metrics
 from deepfm.training.model_versions import (
+    ACCUMULATOR,
+    ACCUMULATOR_STEM,
     CURVES,
     METRICS,
     WEIGHTS,
@@ -43,7 +45,7 @@ from deepfm.training.model_versions import (
     open_model_version,
     write_model_version,
 )
-from deepfm.training.optim import make_optimizers
+from deepfm.training.optim import RowWiseAdagrad, make_optimizers
 from deepfm.training.precision import check_precision
 from deepfm.training.readers import Batch, Reader, evaluation_reader, make_reader
 from deepfm.training.regularization import EmbeddingPrior
@@ -178,21 +180,22 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     raw_model = DeepFM(config, table)
     train_rows = data.rows("train")
     vocabulary = data.vocabulary
-    warm = center = None
+    taken = center = None
     if cfg.warm_start != "none":  # before the value counts: they decide anew what the vocabulary decides
         if cfg.warm_start == "latest":
             raise WarmStartError("train.warm_start=latest names a version of train.output's model root, which "
                                  "`deepfm-pipeline train` resolves; here give a version's directory, or none")
         source = open_model_version(cfg.warm_start)
         check_compatible(source, raw_model.config, fmap)
-        warm, center = take_over(raw_model, fmap, vocabulary, source)
-        if table is not None:
-            center = table.holding(center)
+        taken = take_over(raw_model, fmap, vocabulary, source)
+        center = taken.center if table is None else table.holding(taken.center)
     if raw_model.config.reads_value_counts:  # before the backend syncs the ranks' models
         raw_model.set_value_counts(torch.from_numpy(row_counts(vocabulary, fmap)).float(), train_rows)
     settings = resolve_regularization(cfg, train_rows, backend.world)
     model, optimizers = backend.prepare(raw_model, make_optimizers(raw_model, cfg.lr, settings["embedding_lr"],
                                                                      cfg.embedding_optimizer))
+    if taken is not None:
+        taken.seed_optimizers(raw_model, optimizers, cfg.warm_start_accumulator)
     prior = None
     if cfg.embedding_l2 and raw_model.embedding_parameters():
         prior = EmbeddingPrior.from_vocabulary(vocabulary, fmap, train_rows, cfg.embedding_l2, backend.device,
@@ -205,7 +208,7 @@ def build_run(cfg: TrainConfig, backend: Backend, data: PreprocessOutput) -> Run
     schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=cfg.lr_decay,
                                                              patience=cfg.lr_patience) for o in optimizers]
     return Run(model, raw_model, raw_model if averaged is None else averaged.module, averaged, optimizers,
-               schedulers, prior, settings, warm)
+               schedulers, prior, settings, taken.summary if taken is not None else None)
 
 
 def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
@@ -253,6 +256,7 @@ def train(cfg: TrainConfig, backend: Backend, resume: bool = False,
         stopped = stop_after_epoch is not None and bool(stop_after_epoch(state.epoch - 1, valid))
 
     _load_weights(run.raw_model, out, backend)
+    _save_accumulator(run, out, backend)
     test = evaluate(run.raw_model, data.split("test"), fmap, cfg.eval_batch_size, backend)
     result = TrainingResult(
         valid_auc_best=state.best_criterion if state.monitor == "auc" else math.nan,
@@ -398,8 +402,9 @@ def _my_checkpoint(out: Location, run: Run, backend: Backend) -> Location:
 
 
 def _fresh_output(out: Location, world: int) -> None:
-    stale = [_checkpoint_file(rank) for rank in range(world)] + [stripe_file(rank, world) for rank in range(world)]
-    for name in (*stale, WEIGHTS, METRICS):
+    stale = [name for rank in range(world)
+             for name in (_checkpoint_file(rank), stripe_file(rank, world), stripe_file(rank, world, ACCUMULATOR_STEM))]
+    for name in (*stale, WEIGHTS, METRICS, ACCUMULATOR):
         (out / name).unlink()
     out.mkdir()
 
@@ -410,6 +415,21 @@ def _save_weights(model: DeepFM, out: Location, backend: Backend) -> None:
         ckpt.save_torch(state.pop(TABLE_KEY), out / stripe_file(backend.rank, backend.world))
     if backend.rank == 0:
         ckpt.save_torch(state, out / WEIGHTS)
+
+
+def _save_accumulator(run: Run, out: Location, backend: Backend) -> None:
+    """The row-wise optimizer's sum for each table row, for a later warm start to take over
+    (model_versions.ACCUMULATOR): the sums at the end of training, a little past the best epoch's
+    weights, as the sums only grow."""
+    tables = run.raw_model.embedding_parameters()
+    adagrad = [o for o in run.optimizers if isinstance(o, RowWiseAdagrad)]
+    if not tables or not adagrad:
+        return
+    sums = adagrad[0].accumulator(tables[0]).cpu()
+    if is_sharded(run.raw_model):
+        ckpt.save_torch(sums, out / stripe_file(backend.rank, backend.world, ACCUMULATOR_STEM))
+    elif backend.rank == 0:
+        ckpt.save_torch(sums, out / ACCUMULATOR)
 
 
 def _load_weights(model: DeepFM, out: Location, backend: Backend) -> None:

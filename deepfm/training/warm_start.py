@@ -9,6 +9,9 @@ of `oov_buckets` and every id of a hashed field. Dense weights (the FM's bias, d
 vectors, the MLP, batch-norm statistics) are copied; they have the same shapes, as the
 architecture and feature set must be the same (`check_compatible`, on the driver, before any worker
 starts). What the vocabulary decides anew (count features, mixed dimensions) is not taken over.
+With row-wise Adagrad, each taken-over row's accumulated squared gradient comes too (the version
+keeps them, model_versions.ACCUMULATOR), as TensorFlow's warm start can take over an optimizer's
+slot variables: a fresh sum would make every known row's first step as large as a new row's.
 
 `train.warm_start: latest` means the newest complete version before the one being built that the
 promotion gate did not turn down, which in daily operation is the serving one: a rerun or backfill
@@ -32,6 +35,7 @@ from deepfm.features.vocabulary import table_offsets, token_rows
 from deepfm.model import DeepFM, DeepFMConfig
 from deepfm.storage.location import Where
 from deepfm.training.model_versions import ModelRoot, ModelVersion, open_model_version
+from deepfm.training.optim import RowWiseAdagrad
 from deepfm.training.sharding import TABLE_KEY, RowShardedTable, place
 
 log = logging.getLogger(__name__)
@@ -134,12 +138,34 @@ def _per_field(table: pa.Table) -> dict[str, int]:
     return {row["values"]: row["counts"] for row in pc.value_counts(table.column("field")).to_pylist()}
 
 
+@dataclass(frozen=True)
+class TakenOver:
+    """What a warm start took over; of a sharded table, this worker's stripe of each tensor."""
+
+    summary: dict[str, Any]  # for metrics.json and the log
+    # The table's prior centre (deepfm/training/regularization.py): each row as taken over, zero for the others.
+    center: torch.Tensor | None
+    rows: torch.Tensor | None  # the table's rows taken over
+    # The earlier row-wise optimizer's sum for each of `rows`; None where the source kept none.
+    accumulator: torch.Tensor | None
+
+    @torch.no_grad()
+    def seed_optimizers(self, model: DeepFM, optimizers: list[torch.optim.Optimizer], share: float) -> None:
+        """Give the row-wise optimizer `share` of the earlier sum of each row taken over
+        (train.warm_start_accumulator), so that a row learned on earlier days keeps smaller steps
+        than a new one, which starts as in a fresh run. Called once the backend has prepared the
+        optimizers (Horovod's are rebuilt there)."""
+        if self.accumulator is None or share == 0:
+            return
+        for optimizer in optimizers:
+            if isinstance(optimizer, RowWiseAdagrad):
+                for table in model.embedding_parameters():
+                    optimizer.accumulator(table)[self.rows.to(table.device)] = share * self.accumulator.to(table.device)
+
+
 @torch.no_grad()
-def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
-              source: ModelVersion) -> tuple[dict[str, Any], torch.Tensor | None]:
-    """Initialise `model` (built fresh for this feature map) from `source`. Returns what was taken
-    over, and the table's prior centre: each taken-over row as taken over, zero for the others
-    (deepfm/training/regularization.py); of a sharded table, this worker's stripe of both."""
+def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where, source: ModelVersion) -> TakenOver:
+    """Initialise `model` (built fresh for this feature map) from `source`, and say what was taken over."""
     table = model.embeddings.table
     match = match_rows(fmap, vocabulary, source) if table is not None else None
     rows = from_rows = None
@@ -155,13 +181,15 @@ def take_over(model: DeepFM, fmap: FeatureMap, vocabulary: Where,
             state[key].copy_(value)
     summary: dict[str, Any] = {"from": str(source.path), "version": source.name,
                                "weights_digest": source.weights_digest}
-    center = None
+    center = accumulator = None
     if match is not None:
         table.weight[rows] = taken.to(table.weight.dtype)
         center = torch.zeros_like(table.weight)
         center[rows] = table.weight[rows]
+        accumulator = source.accumulator_rows(from_rows)
         totals = {k: sum(v[k] for v in match.fields.values()) for k in ("taken_over", "new", "dropped")}
-        summary.update({"rows": totals, "fields": match.fields})
-        log.info("warm start from %s: %d embedding rows taken over, %d new, %d dropped", source.path,
-                 totals["taken_over"], totals["new"], totals["dropped"])
-    return summary, center
+        summary.update({"rows": totals, "fields": match.fields, "accumulator_taken_over": accumulator is not None})
+        log.info("warm start from %s: %d embedding rows taken over%s, %d new, %d dropped", source.path,
+                 totals["taken_over"], " with their optimizer sums" if accumulator is not None else "",
+                 totals["new"], totals["dropped"])
+    return TakenOver(summary, center, rows, accumulator)

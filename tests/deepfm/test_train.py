@@ -213,6 +213,11 @@ def test_two_process_training_keeps_bit_identical_replicas(criteo_shards, tmp_pa
     assert trained.result.workers == 2
     assert 0.6 < trained.result.test["auc"] < 0.85  # learned something (the 989 test rows make AUC noisy)
     assert json.loads((Path(trained.model) / "metrics.json").read_text())["workers"] == 2
+    # The row-wise optimizer's sums, kept for a warm start, written through the backend's optimizer.
+    sums = Path(trained.model) / "table_accumulator.pt"
+    assert sums.is_file() == (embedding_optimizer == "rowwise_adagrad")
+    if sums.is_file():
+        assert float(torch.load(sums, weights_only=True).max()) > 0
     # The replicas hold bit-identical weights after every epoch (each rank trained on other rows:
     # without a working gradient exchange they would differ, and training would have stopped).
     first, second = trained.result.replica_fingerprints

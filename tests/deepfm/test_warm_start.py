@@ -11,6 +11,7 @@ from deepfm.features.preprocess_output import PreprocessOutput
 from deepfm.model import DeepFM
 from deepfm.training.launch import run_training
 from deepfm.training.model_versions import ModelRoot, open_model_version
+from deepfm.training.optim import RowWiseAdagrad
 from deepfm.training.sharding import TABLE_KEY
 from deepfm.training.train import model_config
 from deepfm.training.warm_start import WarmStartError, take_over
@@ -58,11 +59,16 @@ def test_rows_of_shared_tokens_are_taken_over_new_ones_initialised_gone_ones_dro
     model = DeepFM(model_config(fmap, _cfg(day2, root.path), sparse=True))
     torch.manual_seed(5)
     fresh = DeepFM(model.config)
-    summary, _ = take_over(model, fmap, data.vocabulary, previous)
+    taken = take_over(model, fmap, data.vocabulary, previous)
+    summary = taken.summary
+    adagrad = RowWiseAdagrad(model.embedding_parameters(), lr=0.03)  # the default tables' optimizer
+    taken.seed_optimizers(model, [adagrad], 0.25)  # train.warm_start_accumulator's default
 
     old_weights = torch.load(previous.weights.local_path, weights_only=True)
+    old_sums = torch.load(previous.path.local_path / "table_accumulator.pt", weights_only=True)
     old_table, new_table = old_weights[TABLE_KEY], model.embeddings.table.weight
-    fresh_table = fresh.embeddings.table.weight
+    fresh_table, sums = fresh.embeddings.table.weight, adagrad.accumulator(new_table)
+    assert summary["accumulator_taken_over"] and len(old_sums) == len(old_table)
     offsets_old = dict(zip([f.name for f in previous.feature_map.categorical],
                            np.cumsum([0, *[f.vocab_size for f in previous.feature_map.categorical][:-1]]), strict=True))
     offsets_new = dict(zip([f.name for f in fmap.categorical],
@@ -76,9 +82,11 @@ def test_rows_of_shared_tokens_are_taken_over_new_ones_initialised_gone_ones_dro
         for token in shared:
             row, row_before = offsets_new[field] + now[token], offsets_old[field] + before[token]
             assert torch.equal(new_table[row], old_table[row_before])
+            assert sums[row] == 0.25 * old_sums[row_before]  # its steps stay smaller than a new row's
         for token in new:
             row = offsets_new[field] + now[token]
             assert torch.equal(new_table[row], fresh_table[row])
+            assert sums[row] == 0  # a new value's first step is as in a fresh run
         spec = fmap.categorical[[f.name for f in fmap.categorical].index(field)]
         by_id = [0, 1, *range(spec.first_oov_bucket, spec.vocab_size)]  # missing, OOV, tail buckets
         old_spec = previous.feature_map.categorical[[f.name for f in fmap.categorical].index(field)]
@@ -104,6 +112,7 @@ def test_train_records_its_source_and_latest_never_means_itself_or_a_later_date(
     assert record.warm_start["version"] == "2026-11-01"
     assert record.warm_start["weights_digest"] == open_model_version(first.model).weights_digest
     assert record.warm_start["rows"]["taken_over"] > 0 and second.result.warm_start["fields"]["C1"]["new"] > 0
+    assert record.warm_start["accumulator_taken_over"]  # the version keeps its row-wise optimizer's sums
     # A backfill of the first date warm-starts from nothing: not from itself, nor from the later version.
     backfill = run_training(_cfg(day1, root.path, warm_start="latest", seed=3), run_date="2026-11-01")
     assert not backfill.up_to_date and root.record("2026-11-01").warm_start is None
@@ -161,8 +170,12 @@ def _sharded_take_over(rank: int, port: int, data: str, source: str, out: str) -
     config = model_config(prep.feature_map, _cfg(data, out), sparse=True)
     table = RowShardedTable(sum(config.vocab_sizes), config.embedding_dim + 1)
     table.initialize(0)
-    summary, center = take_over(DeepFM(config, table), prep.feature_map, prep.vocabulary, open_model_version(source))
-    torch.save({"stripe": table.weight.detach(), "center": center, "summary": summary}, f"{out}.{rank}")
+    model = DeepFM(config, table)
+    taken = take_over(model, prep.feature_map, prep.vocabulary, open_model_version(source))
+    adagrad = RowWiseAdagrad([table.weight], lr=0.03)
+    taken.seed_optimizers(model, [adagrad], 1.0)
+    torch.save({"stripe": table.weight.detach(), "center": taken.center, "summary": taken.summary,
+                "sums": adagrad.accumulator(table.weight)}, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
@@ -181,7 +194,12 @@ def test_a_sharded_table_takes_over_each_workers_rows_from_a_sharded_version(day
     assert previous.table_stripes == 2
     data = PreprocessOutput.open(day2)
     whole = DeepFM(model_config(data.feature_map, _cfg(day2, root.path), sparse=True))
-    summary, center = take_over(whole, data.feature_map, data.vocabulary, previous)
+    taken_whole = take_over(whole, data.feature_map, data.vocabulary, previous)
+    summary, center = taken_whole.summary, taken_whole.center
+    adagrad = RowWiseAdagrad(whole.embedding_parameters(), lr=0.03)
+    taken_whole.seed_optimizers(whole, [adagrad], 1.0)
+    sums = adagrad.accumulator(whole.embeddings.table.weight)
+    assert summary["accumulator_taken_over"] and int((sums > 0).sum()) > 0
     out = str(tmp_path / "stripes")
     mp.spawn(_sharded_take_over, args=(free_port(), str(day2), str(previous.path), out), nprocs=2)
     taken = center.abs().sum(1) > 0  # the rows taken over (a fresh row's centre is zero)
@@ -191,6 +209,7 @@ def test_a_sharded_table_takes_over_each_workers_rows_from_a_sharded_version(day
         mine = taken[rank::2]
         assert torch.equal(got["stripe"][mine], whole.embeddings.table.weight.detach()[rank::2][mine])
         assert torch.equal(got["center"], center[rank::2])
+        assert torch.equal(got["sums"], sums[rank::2])  # the optimizer's sums, read from the stripes alike
         assert got["summary"] == summary
     # and the day trains on, warm-started, as a daily run does
     second = run_training(_cfg(day2, root.path, warm_start="latest", **sharded), run_date="2026-11-02")
@@ -211,6 +230,6 @@ def test_a_model_without_categorical_fields_takes_its_dense_weights_over(tmp_pat
     source = ModelVersion(Location.of(str(tmp_path)), config, None, "", "digest", {})
     torch.manual_seed(2)
     model = DeepFM(config)
-    summary, center = take_over(model, None, None, source)
-    assert center is None and "rows" not in summary
+    taken = take_over(model, None, None, source)
+    assert taken.center is None and taken.accumulator is None and "rows" not in taken.summary
     assert all(torch.equal(model.state_dict()[k], v) for k, v in earlier.state_dict().items())
