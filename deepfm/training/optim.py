@@ -81,8 +81,9 @@ class RowWiseAdagrad(_RowUpdates, torch.optim.Optimizer):
     gradient comes sparse (only the batch's rows) or dense (NCCL's DDP, where every other row is 0).
     The sum starts at `initial_accumulator_value` (FBGEMM: 0; a small positive value keeps a row's
     first step from being lr in every coordinate whatever the gradient's size). A warm start sets
-    the rows it takes over to their sums in the earlier version (`accumulator`), so that a row
-    learned over earlier days keeps its small steps instead of being kicked by lr on its first one.
+    the rows it takes over to a share of their sums in the earlier version (`accumulator`,
+    train.warm_start_accumulator), so that a row learned over earlier days keeps smaller steps
+    than a new one instead of being kicked by lr on its first.
     """
 
     def __init__(self, params, lr: float = 0.01, eps: float = 1e-8, initial_accumulator_value: float = 0.0) -> None:
