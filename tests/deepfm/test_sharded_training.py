@@ -33,6 +33,9 @@ def test_sharded_training_commits_a_version_that_scores_as_the_run_evaluated(cri
     files = {p.name for p in out.iterdir()}
     assert {"model.pt", "model.table-0000-of-0002.pt", "model.table-0001-of-0002.pt"} <= files
     assert not [name for name in files if name.startswith("checkpoint")]  # the build's checkpoints are gone
+    # Row-wise Adagrad's sums, for a warm start, striped as the table is.
+    sums = {f"table_accumulator-000{r}-of-0002.pt" for r in range(2)}
+    assert (sums <= files) == (tables["embedding_optimizer"] == "rowwise_adagrad")
     # Each worker wrote its own stripe, every second row; the weights file holds all else.
     total = sum(json.loads((out / "model.json").read_text())["model"]["vocab_sizes"])
     stripes = [load_torch(out / f"model.table-000{r}-of-0002.pt") for r in range(2)]

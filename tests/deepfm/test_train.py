@@ -41,7 +41,8 @@ def test_single_process_training_commits_a_complete_model_version(criteo_shards,
     assert trained.model == str(out) and (tmp_path / "model" / "LATEST").read_text().strip() == trained.version
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(["LATEST", trained.version])
     files = {p.name for p in out.iterdir()}
-    assert {"model.pt", "model.json", "metrics.json", "training_curves.png", "version.json", "vocab"} == files
+    assert {"model.pt", "model.json", "metrics.json", "training_curves.png", "version.json", "vocab",
+            "table_accumulator.pt"} == files  # the last: row-wise Adagrad's sums, for a warm start
     assert 0.62 < trained.result.test["auc"] < 0.85  # the 10k sample is small; ~0.70 is typical
     assert trained.result.test["rows"] == json.loads((criteo_shards / "manifest.json").read_text())["rows"]["splits"][
         "test"]["rows"]
