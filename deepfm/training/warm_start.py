@@ -9,9 +9,10 @@ of `oov_buckets` and every id of a hashed field. Dense weights (the FM's bias, d
 vectors, the MLP, batch-norm statistics) are copied; they have the same shapes, as the
 architecture and feature set must be the same (`check_compatible`, on the driver, before any worker
 starts). What the vocabulary decides anew (count features, mixed dimensions) is not taken over.
-With row-wise Adagrad, each taken-over row's accumulated squared gradient comes too (the version
-keeps them, model_versions.ACCUMULATOR), as TensorFlow's warm start can take over an optimizer's
-slot variables: a fresh sum would make every known row's first step as large as a new row's.
+With row-wise Adagrad, a share of each taken-over row's accumulated squared gradient comes too
+(train.warm_start_accumulator; the version keeps the sums, model_versions.ACCUMULATOR), as
+TensorFlow's warm start can take over an optimizer's slot variables: a fresh sum would make every
+known row's first step as large as a new row's.
 
 `train.warm_start: latest` means the newest complete version before the one being built that the
 promotion gate did not turn down, which in daily operation is the serving one: a rerun or backfill
